@@ -1,0 +1,105 @@
+"""The contract every Clipwise model follows, static and adaptive alike.
+
+Input: clips as float tensors of shape (N, 3, T, H, W), normalised. Output of ``forward``: logits (N, K).
+``execute`` runs one inference pass and returns the logits with an execution record: the MACs that pass
+really executed per clip, the full-compute figure, and the policy the model chose (None for static
+models).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from models.flops import count_flops, track_macs
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ClipModelConfig:
+    """Fields every family's config has; families subclass it and add their own."""
+
+    num_classes: int = 400
+    frames: int = 8
+    size: int = 224
+
+
+@dataclass
+class Execution:
+    """What one inference pass computed and what it cost."""
+
+    logits: torch.Tensor
+    executed_gflops: list[float]
+    full_gflops: float
+    policy: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's training clips were made; the service makes its inputs the same way."""
+
+    sampling: str  # "segments" (TSN) or "dense"
+    frames: int
+    stride: int  # dense sampling: frames between samples
+    short_side: int
+    crop_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class VideoClassifier(nn.Module):
+    """Base class of every model in the zoo."""
+
+    family: ClassVar[str] = ""
+    sampling: ClassVar[str] = "segments"
+    dense_stride: ClassVar[int] = 1
+
+    def __init__(self, config: ClipModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.preset = ""  # registry name, set by create_model
+        self._full_gflops: dict[tuple[int, int], float] = {}
+
+    def forward_with_policy(self, clips: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]] | None]:
+        """Logits and the per-clip policy of an inference pass; static models have no policy."""
+        return self(clips), None
+
+    def full_compute(self) -> contextlib.AbstractContextManager:
+        """Context in which an adaptive model keeps everything; static models need nothing."""
+        return contextlib.nullcontext()
+
+    def full_gflops(self, frames: int | None = None, size: int | None = None) -> float:
+        """GMACs of one clip with nothing skipped, at the given (default: configured) input size."""
+        key = (frames or self.config.frames, size or self.config.size)
+        if key not in self._full_gflops:
+            self._full_gflops[key] = count_flops(self, *key).gflops
+        return self._full_gflops[key]
+
+    @torch.inference_mode()
+    def execute(self, clips: torch.Tensor) -> Execution:
+        """One inference pass over (N, 3, T, H, W) clips with its measured cost."""
+        with track_macs(clips.shape[0]) as tracker:
+            logits, policy = self.forward_with_policy(clips)
+        full = self.full_gflops(clips.shape[2], clips.shape[-1])
+        return Execution(logits=logits, executed_gflops=tracker.gflops, full_gflops=full, policy=policy)
+
+    def preprocessing(self) -> Preprocessing:
+        """The sampling and transforms this model is trained and served with."""
+        size = self.config.size
+        return Preprocessing(
+            sampling=self.sampling,
+            frames=self.config.frames,
+            stride=self.dense_stride,
+            short_side=round(size * 256 / 224),
+            crop_size=size,
+        )
+
