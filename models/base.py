@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from models.flops import count_flops, track_macs
+from models.policy import Policy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +38,7 @@ class Execution:
     logits: torch.Tensor
     executed_gflops: list[float]
     full_gflops: float
-    policy: list[dict[str, Any]] | None = None
+    policy: list[Policy] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,18 @@ class VideoClassifier(nn.Module):
         self.preset = ""  # registry name, set by create_model
         self._full_gflops: dict[tuple[int, int], float] = {}
 
-    def forward_with_policy(self, clips: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]] | None]:
-        """Logits and the per-clip policy of an inference pass; static models have no policy."""
+    def forward_with_policy(self, clips: torch.Tensor) -> tuple[torch.Tensor, list[Policy] | None]:
+        """Logits and the per-clip policy (models.policy) of an inference pass; static models have none."""
         return self(clips), None
 
     def full_compute(self) -> contextlib.AbstractContextManager:
         """Context in which an adaptive model keeps everything; static models need nothing."""
         return contextlib.nullcontext()
+
+    def force_saving(self, fraction: float) -> contextlib.AbstractContextManager:
+        """Context in which an adaptive model follows a fixed policy that skips about ``fraction`` of its
+        full-compute MACs, the same for every clip (benchmarks and tests). Static models have no policy."""
+        raise NotImplementedError(f"{type(self).__name__} has no policy to force")
 
     def full_gflops(self, frames: int | None = None, size: int | None = None) -> float:
         """GMACs of one clip with nothing skipped, at the given (default: configured) input size."""

@@ -1,0 +1,47 @@
+"""What an adaptive model chose for one clip: the ``policy`` of an execution record.
+
+The same pydantic models are the service's response schema, so OpenAPI documents every field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ChannelUsage(BaseModel):
+    """Fractions of gated channels kept (computed), reused (copied from the previous frame), skipped."""
+
+    keep: float = Field(ge=0, le=1)
+    reuse: float = Field(ge=0, le=1)
+    skip: float = Field(ge=0, le=1)
+
+
+class AdaFusePolicy(BaseModel):
+    """AdaFuse: per-channel keep / reuse / skip decisions of every gated bottleneck."""
+
+    family: Literal["adafuse"] = "adafuse"
+    overall: ChannelUsage = Field(description="over all gated channels, blocks and frames")
+    blocks: list[ChannelUsage] = Field(description="one entry per gated block, input to output")
+    frames: list[ChannelUsage] = Field(description="one entry per input frame")
+
+
+class Ada3DPolicy(BaseModel):
+    """Ada3D: which frames the selection net kept and which 3D stages stayed 3D."""
+
+    family: Literal["ada3d"] = "ada3d"
+    frames_kept: list[int] = Field(description="indices (into the sampled clip) of the frames kept")
+    stages_3d: list[bool] = Field(description="per switchable stage: true = 3D kernels, false = centre slice")
+    frame_fraction: float = Field(ge=0, le=1, description="kept frames / sampled frames")
+    stage_fraction: float = Field(ge=0, le=1, description="3D stages on / switchable stages")
+
+
+class FusionPolicy(BaseModel):
+    """Probabilistic fusion: the unit (S, ST or S+ST) each template layer runs."""
+
+    family: Literal["fusion"] = "fusion"
+    strategy: list[Literal["S", "ST", "S+ST"]] = Field(description="one unit per template layer")
+
+
+Policy = Annotated[AdaFusePolicy | Ada3DPolicy | FusionPolicy, Field(discriminator="family")]
