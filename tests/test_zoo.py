@@ -1,0 +1,65 @@
+"""Contract checks that every registered preset must pass, whatever its family.
+
+Family-specific behaviour and paper figures live in each family's own test module; this one makes sure
+a new preset cannot join the registry without running, counting its cost and round-tripping through
+a checkpoint the service can load.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from models import count_flops, create_model, get_preset, list_models
+from models.checkpoint import PreprocessingSpec, load_version, save_version
+from models.policy import Ada3DPolicy, AdaFusePolicy, FusionPolicy
+
+ALL = list_models()
+TINY = [name for name in ALL if name.endswith("_tiny")]
+PAPER = [name for name in ALL if not name.endswith("_tiny") and name != "e3d"]
+
+
+def tiny_clips(model, clips: int = 2) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(clips, 3, model.config.frames, model.config.size, model.config.size)
+
+
+def test_every_paper_preset_has_a_tiny_twin():
+    assert PAPER, "the registry is empty"
+    assert [name for name in PAPER if f"{name}_tiny" not in ALL] == []
+
+
+@pytest.mark.parametrize("name", PAPER + TINY)
+def test_preset_builds_and_counts_on_the_meta_device(name):
+    with torch.device("meta"):
+        model = create_model(name, num_classes=10)
+    cost = count_flops(model, model.config.frames, model.config.size)
+    assert cost.gflops > 0 and cost.params_m > 0
+    PreprocessingSpec(**model.preprocessing().to_dict())
+    assert dataclasses.replace(get_preset(name).config, num_classes=10) == model.config
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_preset_executes_with_a_record(name):
+    model = create_model(name, num_classes=11).eval()
+    execution = model.execute(tiny_clips(model))
+    assert execution.logits.shape == (2, 11) and torch.isfinite(execution.logits).all()
+    assert len(execution.executed_gflops) == 2
+    assert all(0 < g <= execution.full_gflops * (1 + 1e-9) for g in execution.executed_gflops)
+    if execution.policy is None:
+        assert execution.executed_gflops == pytest.approx([execution.full_gflops] * 2)
+    else:
+        assert len(execution.policy) == 2
+        assert all(isinstance(p, AdaFusePolicy | Ada3DPolicy | FusionPolicy) for p in execution.policy)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_preset_round_trips_through_a_checkpoint(name, tmp_path):
+    model = create_model(name, num_classes=3).eval()
+    labels = ["a", "b", "c"]
+    version_dir = save_version(model, labels, tmp_path, "m", trained=False)
+    loaded = load_version(tmp_path, "m")
+    assert (loaded.version, loaded.path) == (1, version_dir)
+    assert loaded.manifest.architecture == name and loaded.manifest.labels == labels
+    clips = tiny_clips(model, 1)
+    assert torch.allclose(loaded.model.execute(clips).logits, model.execute(clips).logits, atol=1e-5)
