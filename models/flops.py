@@ -18,14 +18,15 @@ Counting is analytic and always on the real execution path:
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -75,19 +76,46 @@ def _count_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             tracker.add(macs)
 
 
+class _SharedHook:
+    """One global forward hook, installed while any thread tracks: each call counts once, into the
+    tracker of the thread (context) that made it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._handle is None:
+                self._handle = nn.modules.module.register_module_forward_hook(_count_hook)
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._handle is not None:
+                self._handle.remove()
+                self._handle = None
+
+
+_shared_hook = _SharedHook()
+
+
 @contextlib.contextmanager
 def track_macs(clips: int) -> Iterator[MacTracker]:
     """Count the MACs of every forward pass run inside the block, per clip of a batch of ``clips``.
 
-    Nested blocks count into their own tracker only; the caller adds the inner figures where they belong.
+    Thread-safe: concurrent blocks in other threads count into their own trackers. Nested blocks count
+    into their own tracker only; the caller adds the inner figures where they belong.
     """
     tracker = MacTracker(clips)
     token = _active.set(tracker)
-    handle = nn.modules.module.register_module_forward_hook(_count_hook)
+    _shared_hook.acquire()
     try:
         yield tracker
     finally:
-        handle.remove()
+        _shared_hook.release()
         _active.reset(token)
 
 
@@ -115,25 +143,37 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, frames: int, size: int, channels: int = 3) -> FlopCount:
-    """Full-compute GMACs of one clip of ``frames`` x ``size``² and the parameter count, shapes only.
+def meta_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the meta device (shapes, no storage); the live model is never touched.
 
-    Adaptive models run with their keep-everything policy (``full_compute``), so this is the figure
-    that an executed count is compared with.
+    Zoo models are rebuilt from their config, which costs nothing; a module whose structure its config
+    does not describe (edited after construction, or no config at all) is copied, then moved.
     """
     from models.base import VideoClassifier
 
-    meta_state = {
-        name: torch.empty_like(tensor, device="meta")
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-    }
+    if isinstance(model, VideoClassifier):
+        with torch.device("meta"):
+            twin = type(model)(model.config)
+        if _shapes(twin) == _shapes(model):
+            return twin.train(model.training)
+    return copy.deepcopy(model).to("meta")
+
+
+def _shapes(model: nn.Module) -> dict[str, torch.Size]:
+    return {name: tensor.shape for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def count_flops(model: nn.Module, frames: int, size: int, channels: int = 3) -> FlopCount:
+    """Full-compute GMACs of one clip of ``frames`` x ``size``² and the parameter count, shapes only.
+
+    Runs a meta-device twin of the model, so it is safe while the model serves requests. Adaptive models
+    run with their keep-everything policy (``full_compute``): the figure an executed count is compared with.
+    """
+    from models.base import VideoClassifier
+
+    twin = meta_twin(model).eval()
+    full_compute = twin.full_compute() if isinstance(twin, VideoClassifier) else contextlib.nullcontext()
     clip = torch.empty(1, channels, frames, size, size, device="meta")
-    was_training = model.training
-    full_compute = model.full_compute() if isinstance(model, VideoClassifier) else contextlib.nullcontext()
-    model.eval()
-    try:
-        with torch.no_grad(), full_compute, track_macs(1) as tracker:
-            functional_call(model, meta_state, (clip,))
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), full_compute, track_macs(1) as tracker:
+        twin(clip)
     return FlopCount(gflops=tracker.per_clip.item() / 1e9, params_m=count_params(model) / 1e6)

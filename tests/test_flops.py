@@ -69,3 +69,24 @@ def test_nothing_is_counted_outside_a_tracker():
     assert execution.executed_gflops == pytest.approx([expected_macs(2, 8, 3) / 1e9] * 2)
     assert execution.full_gflops == pytest.approx(expected_macs(2, 8, 3) / 1e9)
     assert execution.policy is None
+
+
+def test_concurrent_trackers_in_threads_each_count_only_their_own_forward():
+    import threading
+
+    model = TinyNet(ClipModelConfig(num_classes=5, frames=4, size=16)).eval()
+    start, results = threading.Barrier(4), []
+
+    def run() -> None:
+        start.wait()
+        for _ in range(5):
+            with torch.no_grad(), track_macs(1) as tracker:
+                model(torch.randn(1, 3, 4, 16, 16))
+            results.append(tracker.per_clip.item())
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected_macs(4, 16, 5)] * 20
