@@ -1,0 +1,1 @@
+"""Route modules: ``health`` (liveness, readiness), ``models`` (what is served), ``predict``."""

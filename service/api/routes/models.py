@@ -1,0 +1,57 @@
+"""What is being served: the model list and each model's manifest."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from models.checkpoint import LoadedVersion
+from service.deps import StoreDep
+from service.errors import documented_errors
+from service.schemas import ModelDetail, ModelList, ModelSummary
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+ModelName = Annotated[str, Path(description="model name, as listed by GET /v1/models")]
+
+
+def model_summary(served: LoadedVersion) -> ModelSummary:
+    manifest = served.manifest
+    return ModelSummary(
+        name=served.name,
+        version=served.version,
+        family=type(served.model).family,
+        architecture=manifest.architecture,
+        full_gflops=manifest.full_gflops,
+        trained=manifest.trained,
+    )
+
+
+def model_detail(served: LoadedVersion, versions: list[int]) -> ModelDetail:
+    manifest = served.manifest
+    spec = manifest.preprocessing
+    return ModelDetail(
+        **model_summary(served).model_dump(),
+        versions=versions,
+        labels=manifest.labels,
+        preprocessing=spec,
+        input_shape=[3, spec.frames, spec.crop_size, spec.crop_size],
+        params_m=manifest.params_m,
+        kwargs=manifest.kwargs,
+        metrics=manifest.metrics,
+        backend=manifest.backend,
+        created_at=manifest.created_at,
+        weights_sha256=manifest.weights_sha256,
+    )
+
+
+@router.get("", summary="Models being served")
+async def list_models(store: StoreDep) -> ModelList:
+    return ModelList(models=[model_summary(served) for served in store.served()])
+
+
+@router.get(
+    "/{name}", summary="A served model: versions, labels, input spec, cost", responses=documented_errors(404, 422)
+)
+async def get_model(name: ModelName, store: StoreDep) -> ModelDetail:
+    return model_detail(store.get(name), store.versions_on_disk(name))

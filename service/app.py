@@ -1,0 +1,85 @@
+"""The FastAPI application: ``create_app(settings)`` builds one, ready for uvicorn.
+
+Startup checks the configuration at once (the repository exists, the default models are in it) and
+refuses to start otherwise; the models are then loaded and warmed up in the background, so ``/healthz``
+answers during loading and ``/readyz`` turns 200 when every default model is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+
+from clipwise import __version__
+from service.api.main import api_router
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.middleware import RequestContextMiddleware
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Video action recognition with efficient and adaptive models. Every prediction reports the FLOPs "
+    "(multiply-accumulates) the model executed and, for adaptive models, the policy it followed."
+)
+
+
+class ConfigurationError(RuntimeError):
+    """The settings name a repository or models that do not exist."""
+
+
+def default_models(state: ServiceState) -> list[str]:
+    """The models to load at startup: those the settings name, or every model in the repository."""
+    repository = state.settings.model_repository
+    if not repository.is_dir():
+        raise ConfigurationError(f"model repository {repository} is not a directory")
+    on_disk = state.store.names_on_disk()
+    names = state.settings.models or on_disk
+    missing = sorted(set(names) - set(on_disk))
+    if missing:
+        raise ConfigurationError(f"models {missing} have no version in {repository}; present: {on_disk}")
+    return names
+
+
+async def load_models(state: ServiceState, names: list[str]) -> None:
+    """Load and warm up ``names`` one after the other, then declare the service ready."""
+    for name in names:
+        state.startup.loading(name)
+        try:
+            loaded = await asyncio.to_thread(state.store.load, name)
+        except Exception as error:
+            state.startup.failed(f"loading {name} failed: {error}")
+            logger.exception("loading %s failed; the service stays not ready", name)
+            return
+        logger.info("serving %s version %d from %s", name, loaded.version, loaded.path)
+    state.startup.ready()
+    logger.info("ready: %s", ", ".join(names) or "no models")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServiceState = app.state.service
+    if state.settings.torch_threads:
+        torch.set_num_threads(state.settings.torch_threads)
+    loading = asyncio.create_task(load_models(state, default_models(state)))
+    try:
+        yield
+    finally:
+        loading.cancel()
+        state.runner.shutdown()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A Clipwise app for ``settings`` (default: from the environment)."""
+    app = FastAPI(title="Clipwise", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = ServiceState.from_settings(settings or Settings())
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    app.include_router(api_router)
+    return app

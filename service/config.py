@@ -1,0 +1,55 @@
+"""Service settings: ``CLIPWISE_*`` environment variables, overridden by ``clipwise serve`` flags.
+
+Every field is an environment variable (``model_repository`` -> ``CLIPWISE_MODEL_REPOSITORY``) and a flag
+of ``clipwise serve`` (``--model-repository``); its description is the flag's help. This module imports
+nothing heavy: the command line reads it to build its flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+MIB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """How one Clipwise server runs."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIPWISE_", frozen=True)
+
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    model_repository: Path = Field(BUNDLED_REPOSITORY, description="model repository directory (<model>/<version>/...)")
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="models to load at startup, comma-separated (default: every model in the repository)"
+    )
+    max_upload_mb: float = Field(200.0, gt=0, description="largest accepted upload, MiB")
+    max_duration_s: float = Field(600.0, gt=0, description="longest accepted video, seconds")
+    max_pixels: int = Field(4096 * 2160, gt=0, description="largest accepted frame, width x height")
+    decode_timeout_s: float = Field(30.0, gt=0, description="wall-time limit of decoding one upload, seconds")
+    max_concurrent_inferences: int = Field(
+        2, ge=1, description="requests decoding or running a model at the same time; the others wait"
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="time a prediction has once its upload is received: waiting for a slot, decoding, inference",
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's own)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="logging level")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()] or None
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MIB)

@@ -1,0 +1,113 @@
+"""Every error leaves as JSON ``{"error": {"code", "message", "request_id"}}``.
+
+Client mistakes map to 4xx here; the handlers cover the service's own errors, video errors, FastAPI's
+validation errors (422) and Starlette's routing errors (404, 405). Anything else is a server bug: the
+request middleware logs its traceback and answers a generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.log import REQUEST_ID
+from service.model_store import ModelNotFound
+from service.schemas import ErrorDetail, ErrorResponse
+from video import VideoError
+
+# VideoError.reason -> (HTTP status, error code). Limits on the content answer 413 like the upload size:
+# the remedy is the same (send less). A decode that overruns its time limit is the upload's doing too,
+# so it is a 4xx (408), not a server error.
+VIDEO_ERRORS: dict[str, tuple[int, str]] = {
+    "empty": (400, "empty_video"),
+    "undecodable": (400, "undecodable_video"),
+    "no_frames": (400, "no_frames"),
+    "not_video": (415, "not_a_video"),
+    "too_large": (413, "upload_too_large"),
+    "too_long": (413, "video_too_long"),
+    "too_many_pixels": (413, "too_many_pixels"),
+    "timeout": (408, "decode_timeout"),
+}
+
+logger = logging.getLogger(__name__)
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+ERROR_DESCRIPTIONS = {
+    400: "empty or undecodable video, no frames, malformed multipart body",
+    404: "unknown model or version",
+    408: "decoding the video overran the decode time limit",
+    413: "upload, duration or frame size over its limit",
+    415: "not a video (no video stream), or the body is not multipart/form-data",
+    422: "invalid parameters",
+    503: "not ready, or no inference slot freed before the request deadline (see Retry-After)",
+    504: "the request deadline passed while the video was being processed",
+}
+
+
+class ApiError(Exception):
+    """An error answered to the client as-is."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The JSON error body for the current request (its id from the request context), logged."""
+    logger.info("%d %s: %s", status, code, message)
+    body = ErrorResponse(error=ErrorDetail(code=code, message=message, request_id=REQUEST_ID.get()))
+    return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers or {}))
+
+
+def video_error(error: VideoError) -> ApiError:
+    status, code = VIDEO_ERRORS.get(error.reason, (400, "undecodable_video"))
+    return ApiError(status, code, str(error))
+
+
+def documented_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries: the error body for each status."""
+    return {status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def _describe_validation(error: RequestValidationError) -> str:
+    problems = [f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()]
+    return "; ".join(problems) or "invalid request"
+
+
+async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    return error_response(error.status, error.code, error.message, error.headers)
+
+
+async def _video_error(request: Request, error: VideoError) -> JSONResponse:
+    return await _api_error(request, video_error(error))
+
+
+async def _model_not_found(request: Request, error: ModelNotFound) -> JSONResponse:
+    return error_response(404, error.code, str(error))
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    return error_response(422, "validation_error", _describe_validation(error))
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    code = HTTP_CODES.get(error.status_code, "http_error")
+    return error_response(error.status_code, code, str(error.detail), error.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(VideoError, _video_error)
+    app.add_exception_handler(ModelNotFound, _model_not_found)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

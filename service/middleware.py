@@ -1,0 +1,69 @@
+"""Request context: an id for every request, an access log line, and the last-resort 500.
+
+The id is the client's ``X-Request-ID`` when it is sane (1-64 characters of ``[A-Za-z0-9._:-]``), a new
+UUID otherwise; it is echoed in the ``X-Request-ID`` response header, in error bodies and in every log
+line of the request. An exception no handler claimed is a server bug: its traceback is logged with the
+request id and the client gets a generic 500 error body.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_response
+from service.log import REQUEST_ID
+
+HEADER = "X-Request-ID"
+SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+PROBES = frozenset({"/healthz", "/readyz"})  # polled every few seconds: logged at debug level
+
+access_log = logging.getLogger("clipwise.access")
+logger = logging.getLogger(__name__)
+
+
+def request_id_for(scope: Scope) -> str:
+    incoming = Headers(scope=scope).get(HEADER)
+    return incoming if incoming and SANE_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware (no BaseHTTPMiddleware: it would run the app in another task and context)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_for(scope)
+        token = REQUEST_ID.set(request_id)
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if status is not None:
+                raise
+            message = f"internal server error; quote request id {request_id} when reporting it"
+            await error_response(500, "internal_error", message)(scope, receive, send_with_id)
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            level = logging.DEBUG if scope["path"] in PROBES else logging.INFO
+            access_log.log(level, "%s %s %s %.1f ms", scope["method"], scope["path"], status, elapsed_ms)
+            REQUEST_ID.reset(token)

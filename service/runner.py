@@ -1,0 +1,63 @@
+"""Blocking work (decode, preprocess, inference) off the event loop, a bounded number at a time.
+
+A job has ``timeout_s`` from its submission to finish: waiting for one of ``slots`` worker threads, then
+running. If no slot frees in time it is refused with 503 and Retry-After. Once running, work cannot be
+interrupted: a job whose deadline passes mid-way is answered 504 while its thread finishes, still holding
+its slot, so the number of concurrent jobs never exceeds ``slots``. Jobs run in a copy of the request's
+context (its request id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from service.errors import ApiError
+
+T = TypeVar("T")
+RETRY_AFTER_S = 1
+
+
+class InferenceRunner:
+    """A pool of ``slots`` worker threads with deadline-bounded admission."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="clipwise-worker")
+
+    async def run(self, work: Callable[[], T], timeout_s: float) -> tuple[T, float]:
+        """Run ``work`` in a worker thread within ``timeout_s``; returns its result and the milliseconds
+        spent waiting for a slot."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        queued = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise ApiError(
+                503,
+                "overloaded",
+                f"every inference slot stayed busy for {timeout_s:g} s",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        queue_ms = (time.perf_counter() - queued) * 1000
+        context = contextvars.copy_context()
+        future = loop.run_in_executor(self._executor, context.run, work)
+        future.add_done_callback(self._finished)
+        done, _ = await asyncio.wait({future}, timeout=deadline - loop.time())  # never cancels the job
+        if not done:
+            raise ApiError(504, "deadline_exceeded", f"the request took longer than {timeout_s:g} s to process")
+        return future.result(), queue_ms
+
+    def _finished(self, future: asyncio.Future) -> None:
+        self._slots.release()
+        if not future.cancelled():
+            future.exception()  # retrieved here so an abandoned job's error is not reported as unhandled
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,157 @@
+"""Request and response models of the HTTP API (pydantic v2); their descriptions are the OpenAPI docs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, field_serializer
+
+from models.checkpoint import PreprocessingSpec
+from models.policy import Policy
+
+MAX_CLIPS = 10
+
+
+def _digits_to_int(value: object) -> object:
+    """Query strings arrive as text; an int Literal only matches ints."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+CropCount = Annotated[Literal[1, 3], BeforeValidator(_digits_to_int)]
+
+
+class PredictQuery(BaseModel):
+    """Query parameters of a prediction."""
+
+    model_config = {"extra": "forbid"}
+
+    version: int | None = Field(
+        None, ge=1, description="model version to use; it must be the loaded one (default: the loaded one)"
+    )
+    top_k: int = Field(5, ge=1, description="number of classes to return, at most the model's class count")
+    clips: int = Field(
+        1, ge=1, le=MAX_CLIPS, description="temporal clips sampled across the video (views = clips x crops)"
+    )
+    crops: CropCount = Field(1, description="spatial crops per clip: 1 (centre) or 3 (left/centre/right)")
+
+
+class ClassScore(BaseModel):
+    """One class of the top-k."""
+
+    label: str = Field(description="class name, from the model's manifest")
+    index: int = Field(ge=0, description="class index in the model's output")
+    score: float = Field(ge=0, le=1, description="softmax probability, averaged over the views")
+
+
+class FlopsReport(BaseModel):
+    """Compute of this request, in GFLOPs as the papers count them (multiply-accumulates), summed over views."""
+
+    executed_gflops: float = Field(ge=0, description="GMACs the model actually executed, all views together")
+    full_gflops: float = Field(ge=0, description="GMACs with nothing skipped, all views together")
+    saving: float = Field(le=1, description="1 - executed / full: the fraction of compute the policy skipped")
+
+
+class VideoReport(BaseModel):
+    """The uploaded video and what was decoded from it."""
+
+    duration_s: float = Field(ge=0, description="duration of the video stream, seconds")
+    fps: float = Field(ge=0, description="average frame rate")
+    width: int = Field(ge=0, description="frame width, pixels")
+    height: int = Field(ge=0, description="frame height, pixels")
+    codec: str = Field(description="codec of the video stream (e.g. h264, vp9)")
+    num_frames: int = Field(ge=0, description="frames in the video stream, counted from its packets")
+    frames_decoded: int = Field(ge=0, description="frames the decoder produced to serve this request")
+    frame_indices: list[list[int]] = Field(description="per temporal clip, the indices of the frames sampled")
+    truncated: bool = Field(description="true when the stream broke mid-way and the frames before it were used")
+
+
+class TimingReport(BaseModel):
+    """Wall time of each stage of this request, milliseconds."""
+
+    read: float = Field(ge=0, description="receiving the upload")
+    queue: float = Field(ge=0, description="waiting for a free inference slot")
+    decode: float = Field(ge=0, description="demuxing and decoding the sampled frames")
+    preprocess: float = Field(ge=0, description="resizing, cropping and normalising the views")
+    inference: float = Field(ge=0, description="running the model on every view")
+    total: float = Field(ge=0, description="from the request's arrival to the response")
+
+    @field_serializer("*")
+    def _microseconds(self, value: float) -> float:
+        return round(value, 3)
+
+
+class PredictResponse(BaseModel):
+    """The classes of one video, what computing them cost, and what the model decided to skip."""
+
+    model: str = Field(description="model name")
+    version: int = Field(ge=1, description="model version that served the request")
+    predictions: list[ClassScore] = Field(description="top-k classes, best first")
+    flops: FlopsReport = Field(description="compute of this request, summed over its views")
+    policy: list[Policy] | None = Field(
+        description="adaptive models: the policy executed for each view, in view order (clip-major: view i is "
+        "clip i // crops, crop i % crops); null for static models"
+    )
+    video: VideoReport = Field(description="the uploaded video and the frames sampled from it")
+    timing_ms: TimingReport = Field(description="wall time of each stage, milliseconds")
+    backend: Literal["torch", "onnxruntime"] = Field(description="runtime that executed the model")
+    request_id: str = Field(description="id of this request, also in the X-Request-ID header and the logs")
+
+
+class ModelSummary(BaseModel):
+    """A model being served."""
+
+    name: str = Field(description="model name: the directory in the repository")
+    version: int = Field(ge=1, description="the loaded version, the one predictions use by default")
+    family: str = Field(description="model family (tsn, tsm, i3d, adafuse, ...)")
+    architecture: str = Field(description="registry preset the weights belong to")
+    full_gflops: float = Field(ge=0, description="GMACs of one view with nothing skipped")
+    trained: bool = Field(description="false for placeholder weights (random initialisation)")
+
+
+class ModelList(BaseModel):
+    """The models being served."""
+
+    models: list[ModelSummary] = Field(description="every loaded model, by name")
+
+
+class ModelDetail(ModelSummary):
+    """A served model with its manifest."""
+
+    versions: list[int] = Field(description="versions present in the repository, ascending")
+    labels: list[str] = Field(description="class names, by output index")
+    preprocessing: PreprocessingSpec = Field(description="how input views are sampled and transformed")
+    input_shape: list[int] = Field(description="shape of one view: [channels, frames, height, width]")
+    params_m: float = Field(ge=0, description="parameters, millions")
+    kwargs: dict[str, Any] = Field(description="config fields the architecture was built with")
+    metrics: dict[str, float] = Field(description="evaluation metrics recorded at training time")
+    backend: Literal["torch", "onnxruntime"] = Field(description="runtime the version runs on")
+    created_at: datetime = Field(description="when the version was written")
+    weights_sha256: str = Field(description="sha256 of weights.safetensors, checked at load time")
+
+
+class Liveness(BaseModel):
+    """The process answers."""
+
+    status: Literal["alive"] = Field(description="always 'alive'")
+
+
+class Readiness(BaseModel):
+    """Every default model is loaded and warmed up."""
+
+    status: Literal["ready"] = Field(description="always 'ready' (not ready: 503 with an error body)")
+    models: list[str] = Field(description="models being served")
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    code: str = Field(description="stable machine-readable error code (see the README's error table)")
+    message: str = Field(description="human-readable explanation")
+    request_id: str = Field(description="id of the request, to find it in the logs")
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error response."""
+
+    error: ErrorDetail = Field(description="what went wrong")

@@ -1,0 +1,43 @@
+"""What one running app holds: its settings, the model store, the worker pool and its startup status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from service.config import Settings
+from service.model_store import ModelStore
+from service.runner import InferenceRunner
+
+
+@dataclass
+class Startup:
+    """Progress of loading and warming up the default models."""
+
+    status: Literal["loading", "ready", "failed"] = "loading"
+    detail: str = "loading the default models"
+
+    def loading(self, name: str) -> None:
+        self.detail = f"loading {name}"
+
+    def ready(self) -> None:
+        self.status, self.detail = "ready", "ready"
+
+    def failed(self, detail: str) -> None:
+        self.status, self.detail = "failed", detail
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    store: ModelStore
+    runner: InferenceRunner
+    startup: Startup = field(default_factory=Startup)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServiceState:
+        return cls(
+            settings=settings,
+            store=ModelStore(settings.model_repository),
+            runner=InferenceRunner(settings.max_concurrent_inferences),
+        )

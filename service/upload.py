@@ -1,0 +1,133 @@
+"""Reading a video upload: a multipart/form-data body streamed in, one file part kept, cut at a size limit.
+
+FastAPI's ``UploadFile`` would spool the whole body to a temporary file before the endpoint runs. Here
+the body is parsed as it arrives (python-multipart's streaming parser): a declared Content-Length over
+the limit is refused before reading anything, and a body that grows past it is refused as soon as it
+does, so no more than the limit is ever held.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastapi import Request
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
+
+from service.errors import ApiError
+
+FIELD = "file"
+FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries, part headers and small extra fields
+
+
+@dataclass
+class Upload:
+    """The uploaded file and how long receiving it took."""
+
+    data: bytes
+    read_ms: float
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "upload_too_large", f"upload larger than the limit of {limit / (1 << 20):g} MiB")
+
+
+class _FilePart:
+    """Callbacks of the multipart parser that keep the bytes of the part named ``FIELD``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data: bytearray | None = None
+        self.complete = False  # the part's closing boundary arrived
+        self._capturing = False
+        self._name = b""
+        self._value = b""
+        self._disposition = b""
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._disposition = b""
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._name.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._name = self._value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if options.get(b"name") != FIELD.encode():
+            return
+        if self.data is not None:
+            raise ApiError(422, "validation_error", f"more than one '{FIELD}' part")
+        self.data = bytearray()
+        self._capturing = True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._capturing:
+            return
+        assert self.data is not None
+        if len(self.data) + end - start > self.limit:
+            raise too_large(self.limit)
+        self.data += data[start:end]
+
+    def _part_end(self) -> None:
+        if self._capturing:
+            self._capturing, self.complete = False, True
+
+
+def _boundary(request: Request) -> bytes:
+    content_type, options = parse_options_header(request.headers.get("content-type"))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise ApiError(
+            415, "unsupported_media_type", f"send the video as multipart/form-data with a part named '{FIELD}'"
+        )
+    return options[b"boundary"]
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + FRAMING_ALLOWANCE:
+        raise too_large(limit)
+
+
+async def read_upload(request: Request, limit: int) -> Upload:
+    """The bytes of the multipart part ``file``, at most ``limit`` of them (413 beyond)."""
+    started = time.perf_counter()
+    part = _FilePart(limit)
+    parser = MultipartParser(_boundary(request), part.callbacks())
+    _check_declared_length(request, limit)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit + FRAMING_ALLOWANCE:
+                raise too_large(limit)
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as error:
+        raise ApiError(400, "malformed_multipart", f"malformed multipart body: {error}") from None
+    except ClientDisconnect:
+        raise ApiError(400, "incomplete_upload", "the client disconnected before the upload was complete") from None
+    if part.data is None:
+        raise ApiError(422, "validation_error", f"body.{FIELD}: a multipart part named '{FIELD}' is required")
+    if not part.complete:
+        raise ApiError(400, "malformed_multipart", f"the body ended inside the '{FIELD}' part")
+    return Upload(bytes(part.data), (time.perf_counter() - started) * 1000)
