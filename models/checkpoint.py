@@ -42,13 +42,15 @@ class PreprocessingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sampling: Literal["segments", "dense"]
-    frames: int = Field(ge=1, le=256)
-    stride: int = Field(ge=1, le=64)
-    short_side: int = Field(ge=8, le=2048)
-    crop_size: int = Field(ge=8, le=2048)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    sampling: Literal["segments", "dense"] = Field(
+        description="segments: TSN, the centre frame of each of T equal segments; dense: T frames at a stride"
+    )
+    frames: int = Field(ge=1, le=256, description="frames per clip (T)")
+    stride: int = Field(ge=1, le=64, description="dense sampling: frames between two samples")
+    short_side: int = Field(ge=8, le=2048, description="frames are resized so their short side has this length")
+    crop_size: int = Field(ge=8, le=2048, description="side of the square crop(s) taken after resizing")
+    mean: tuple[float, float, float] = Field(description="per-channel RGB mean subtracted (0..1 scale)")
+    std: tuple[float, float, float] = Field(description="per-channel RGB standard deviation divided by")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> PreprocessingSpec:

@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 class ChannelUsage(BaseModel):
     """Fractions of gated channels kept (computed), reused (copied from the previous frame), skipped."""
 
-    keep: float = Field(ge=0, le=1)
-    reuse: float = Field(ge=0, le=1)
-    skip: float = Field(ge=0, le=1)
+    keep: float = Field(ge=0, le=1, description="fraction computed at this frame")
+    reuse: float = Field(ge=0, le=1, description="fraction copied from the previous frame, not computed")
+    skip: float = Field(ge=0, le=1, description="fraction set to zero, not computed")
 
 
 class AdaFusePolicy(BaseModel):
