@@ -1,1 +1,341 @@
-"""Placeholder: filled in by its family's author."""
+"""Ada3D (Li et al., 2021): a selection net picks, per clip, the frames and the 3D stages a 3D network uses.
+
+* Selection net: MobileNetV2 (``models.mobilenet``) on every frame resized to 112² (0.081 GMACs a frame at
+  width 1.0, the paper's 0.08), features averaged over frames, two linear heads with sigmoids: one
+  probability per frame (T) and one per switchable 3D stage (K: 5 on I3D-R50, stem and res2..res5; 2 on
+  Slow-only-R50, res4 and res5). The backbones are ``models.resnet3d``'s PySlowFast I3D / Slow-only.
+* Inference is greedy (probability ≥ 0.5). Dropped frames are removed: the backbone runs on the kept ones
+  only, which it can since nothing in it strides or pools in time. A stage turned off runs every temporal
+  kernel as its centre slice, a real 1×k×k conv. If no frame reaches 0.5 the most probable one is kept.
+  Clips with the same policy run as one batch; each group's MACs are counted apart and go to its clips, so
+  the executed figure of a clip is the selection net plus the backbone exactly as it ran for that clip.
+* Training (REINFORCE, Eqs. 2–7): ``Selection.sample`` draws the Bernoulli actions, ``Selection.log_prob``
+  gives log π^f(u) and log π^c(v), ``run_backbone`` runs the backbone under any actions (differentiable for
+  the joint fine-tuning of Eq. 8), and ``ada3d_rewards`` gives R(u) and R(v) of Eq. 4: the paper scores
+  the frame and the stage actions with separate rewards, O(u) = kept frames / T and O(v) = (3D stages on /
+  K)², summed only in the objective (Eq. 5). ``forward`` and ``forward_with_policy`` are greedy in both
+  train and eval mode; a training loop calls ``select``, ``Selection.sample`` and ``run_backbone`` itself.
+
+Choices where the paper is silent: the frame resize is bilinear without antialiasing; a sampled frame
+action that keeps nothing keeps the most probable frame, and its log-probability is that of the action
+executed; the heads start at N(0, 0.01) weights and zero biases (probabilities near 0.5), MobileNetV2 as
+torchvision initialises it; ``force_saving`` keeps evenly spaced frames (the centre of each of f equal
+segments). The full-compute figure counts the selection net (8 frames at 112²: 0.65 G) on top of the
+backbone's (I3D-R50 58.6 G at 8×256², the paper's "Upper"), since a deployed Ada3D always runs both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import ClipModelConfig, Preprocessing, VideoClassifier
+from models.flops import is_tracking, record_macs, track_macs
+from models.mobilenet import MobileNetV2Features
+from models.policy import Ada3DPolicy
+from models.registry import create_model, register_preset
+from models.resnet3d import ResNet3D, centre_slice_copy
+
+
+@dataclass
+class Ada3DConfig(ClipModelConfig):
+    """An Ada3D on a registered I3D / Slow-only preset, with its MobileNetV2 selection net."""
+
+    num_classes: int = 200
+    size: int = 256
+    backbone: str = "i3d_r50"  # a models.resnet3d preset; num_classes, frames and size are passed to it
+    selection_width: float = 1.0  # MobileNetV2 width multiplier
+    selection_size: int = 112  # frames are resized to this square before the selection net
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the backbone runs for one clip: the frames kept (indices) and which switchable stages stay 3D."""
+
+    frames: tuple[int, ...]
+    stages_3d: tuple[bool, ...]
+
+    def policy(self, total_frames: int) -> Ada3DPolicy:
+        return Ada3DPolicy(
+            frames_kept=list(self.frames),
+            stages_3d=list(self.stages_3d),
+            frame_fraction=len(self.frames) / total_frames,
+            stage_fraction=sum(self.stages_3d) / len(self.stages_3d),
+        )
+
+
+@dataclass
+class Actions:
+    """Binary actions of a batch: frames kept u (N, T) and 3D stages on v (N, K), as bool tensors."""
+
+    frames: Tensor
+    stages: Tensor
+
+    def plans(self) -> list[Plan]:
+        frames, stages = self.frames.cpu().tolist(), self.stages.cpu().tolist()
+        return [
+            Plan(tuple(index for index, kept in enumerate(row) if kept), tuple(on))
+            for row, on in zip(frames, stages, strict=True)
+        ]
+
+
+def _keep_at_least_one_frame(frames: Tensor, frame_logits: Tensor) -> Tensor:
+    """``frames`` with the most probable frame switched on in every row that keeps none."""
+    most_probable = F.one_hot(frame_logits.argmax(dim=1), frames.shape[1]).bool()
+    empty = ~frames.any(dim=1, keepdim=True)
+    return frames | (most_probable & empty)
+
+
+@dataclass
+class Selection:
+    """The selection net's output for a batch: logits of keeping each frame (N, T) and each 3D stage (N, K)."""
+
+    frame_logits: Tensor
+    stage_logits: Tensor
+
+    @property
+    def frame_probs(self) -> Tensor:
+        """m of Eq. 1: probability of keeping each frame."""
+        return torch.sigmoid(self.frame_logits)
+
+    @property
+    def stage_probs(self) -> Tensor:
+        """n of Eq. 1: probability of keeping each switchable stage 3D."""
+        return torch.sigmoid(self.stage_logits)
+
+    def greedy(self) -> Actions:
+        """Inference: keep what has probability ≥ 0.5 (and at least one frame)."""
+        frames = _keep_at_least_one_frame(self.frame_probs >= 0.5, self.frame_logits)
+        return Actions(frames, self.stage_probs >= 0.5)
+
+    def sample(self, generator: torch.Generator | None = None) -> Actions:
+        """Training: actions drawn from the Bernoulli policies of Eqs. 2–3 (at least one frame kept)."""
+        frames = torch.bernoulli(self.frame_probs.detach(), generator=generator).bool()
+        stages = torch.bernoulli(self.stage_probs.detach(), generator=generator).bool()
+        return Actions(_keep_at_least_one_frame(frames, self.frame_logits), stages)
+
+    def log_prob(self, actions: Actions) -> tuple[Tensor, Tensor]:
+        """log π^f(u | V) and log π^c(v | V) per clip (Eqs. 2–3), differentiable in the logits."""
+        return _bernoulli_log_prob(self.frame_logits, actions.frames), _bernoulli_log_prob(
+            self.stage_logits, actions.stages
+        )
+
+
+def _bernoulli_log_prob(logits: Tensor, actions: Tensor) -> Tensor:
+    return -F.binary_cross_entropy_with_logits(logits, actions.to(logits.dtype), reduction="none").sum(dim=1)
+
+
+def ada3d_rewards(correct: Tensor, actions: Actions, gamma: float) -> tuple[Tensor, Tensor]:
+    """Eq. 4 for the frame and the stage actions of each clip: 1 − O(x) if the prediction is correct, −γ if not,
+    with O(u) = kept frames / T and O(v) = (3D stages on / K)². Returns (R(u), R(v)), each of shape (N,)."""
+    frame_cost = actions.frames.float().mean(dim=1)
+    stage_cost = actions.stages.float().mean(dim=1) ** 2
+    penalty = torch.full_like(frame_cost, -gamma)
+    return torch.where(correct, 1 - frame_cost, penalty), torch.where(correct, 1 - stage_cost, penalty)
+
+
+class SelectionNet(nn.Module):
+    """MobileNetV2 on every frame at ``input_size``², mean over frames, logits for T frames and K stages."""
+
+    def __init__(self, frames: int, stages: int, width_mult: float, input_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.features = MobileNetV2Features(width_mult)
+        self.frame_head = nn.Linear(self.features.out_channels, frames)
+        self.stage_head = nn.Linear(self.features.out_channels, stages)
+        for head in (self.frame_head, self.stage_head):
+            nn.init.normal_(head.weight, std=0.01)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, clips: Tensor) -> tuple[Tensor, Tensor]:
+        n, c, t, h, w = clips.shape
+        if t != self.frame_head.out_features:
+            raise ValueError(f"the selection net decides on {self.frame_head.out_features} frames, got {t}")
+        frames = clips.transpose(1, 2).reshape(n * t, c, h, w)
+        if (h, w) != (self.input_size, self.input_size):
+            frames = F.interpolate(frames, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+        features = self.features(frames).view(n, t, -1).mean(dim=1)
+        return self.frame_head(features), self.stage_head(features)
+
+
+@dataclass(frozen=True)
+class SavingPlan:
+    """A fixed plan and the fraction of the full-compute MACs it removes."""
+
+    plan: Plan
+    saved_fraction: float
+
+
+def build_backbone(config: Ada3DConfig) -> ResNet3D:
+    """The registered I3D / Slow-only preset a config names, with the config's classes, frames and size."""
+    backbone = create_model(config.backbone, num_classes=config.num_classes, frames=config.frames, size=config.size)
+    if not isinstance(backbone, ResNet3D):
+        raise TypeError(f"Ada3D needs a models.resnet3d backbone, {config.backbone!r} is {type(backbone).__name__}")
+    return backbone
+
+
+def _meta_gflops(backbone: ResNet3D, frames: int, size: int, stages_3d: tuple[bool, ...]) -> float:
+    """GMACs of one clip through a meta-device backbone under fixed stage flags (shapes only)."""
+    clip = torch.empty(1, 3, frames, size, size, device="meta")
+    with torch.no_grad(), track_macs(1) as tracker:
+        backbone(clip, stages_3d=stages_3d)
+    return tracker.gflops[0]
+
+
+def evenly_spaced_frames(count: int, total: int) -> tuple[int, ...]:
+    """Indices of ``count`` of ``total`` frames, the centre frame of each of ``count`` equal segments."""
+    return tuple((2 * index + 1) * total // (2 * count) for index in range(count))
+
+
+class Ada3D(VideoClassifier):
+    """A 3D ResNet whose frames and 3D stages a selection net picks per clip; only the picked ones run."""
+
+    family = "ada3d"
+    sampling = "dense"
+    dense_stride = ResNet3D.dense_stride
+
+    def __init__(self, config: Ada3DConfig) -> None:
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        self.num_stages = len(self.backbone.switchable_stages)
+        self.selection = SelectionNet(config.frames, self.num_stages, config.selection_width, config.selection_size)
+        self._forced_plan: Plan | None = None
+        self._backbone_costs_cache: dict[tuple[bool, ...], tuple[float, float]] = {}
+
+    # --- inference -------------------------------------------------------------------------------------------
+
+    def select(self, clips: Tensor) -> Selection:
+        """The selection net's frame and stage logits (probabilities as properties) for (N, 3, T, H, W) clips."""
+        return Selection(*self.selection(clips))
+
+    def run_backbone(self, clips: Tensor, plans: Sequence[Plan]) -> Tensor:
+        """Logits of the backbone running each clip under its own plan; clips sharing a plan share a batch."""
+        groups: dict[Plan, list[int]] = {}
+        for index, plan in enumerate(plans):
+            groups.setdefault(plan, []).append(index)
+        if len(groups) == 1:
+            return self._run_plan(clips, plans[0])
+        order = [index for indices in groups.values() for index in indices]
+        logits = torch.cat([self._run_group(clips, plan, indices) for plan, indices in groups.items()])
+        return logits[torch.tensor(order, device=logits.device).argsort()]
+
+    def _run_group(self, clips: Tensor, plan: Plan, indices: list[int]) -> Tensor:
+        """Run the clips at ``indices`` under ``plan``, their MACs recorded for those clips only."""
+        batch = clips[torch.tensor(indices, device=clips.device)]
+        if not is_tracking():
+            return self._run_plan(batch, plan)
+        with track_macs(len(indices)) as group:
+            logits = self._run_plan(batch, plan)
+        per_clip = torch.zeros(clips.shape[0], dtype=torch.float64)
+        per_clip[indices] = group.per_clip
+        record_macs(per_clip)
+        return logits
+
+    def _run_plan(self, clips: Tensor, plan: Plan) -> Tensor:
+        if len(plan.frames) < clips.shape[2]:
+            clips = clips.index_select(2, torch.tensor(plan.frames, device=clips.device))
+        return self.backbone(clips, stages_3d=plan.stages_3d)
+
+    def _infer(self, clips: Tensor) -> tuple[Tensor, list[Plan]]:
+        selection = self.select(clips)
+        plans = [self._forced_plan] * clips.shape[0] if self._forced_plan is not None else selection.greedy().plans()
+        return self.run_backbone(clips, plans), plans
+
+    def forward(self, clips: Tensor) -> Tensor:
+        return self._infer(clips)[0]
+
+    def forward_with_policy(self, clips: Tensor) -> tuple[Tensor, list[Ada3DPolicy]]:
+        logits, plans = self._infer(clips)
+        return logits, [plan.policy(clips.shape[2]) for plan in plans]
+
+    def preprocessing(self) -> Preprocessing:
+        return self.backbone.preprocessing()
+
+    # --- fixed plans: full compute, forced savings, the static network of a plan -----------------------------
+
+    def full_plan(self) -> Plan:
+        return Plan(tuple(range(self.config.frames)), (True,) * self.num_stages)
+
+    def full_compute(self) -> contextlib.AbstractContextManager:
+        return self._forcing(self.full_plan())
+
+    def force_saving(self, fraction: float) -> contextlib.AbstractContextManager:
+        return self._forcing(self.saving_plan(fraction).plan)
+
+    @contextlib.contextmanager
+    def _forcing(self, plan: Plan) -> Iterator[None]:
+        previous, self._forced_plan = self._forced_plan, plan
+        try:
+            yield
+        finally:
+            self._forced_plan = previous
+
+    def saving_plan(self, fraction: float) -> SavingPlan:
+        """The plan (evenly spaced frames, some stages 2D) whose saving of the full-compute MACs at the
+        configured input is closest to ``fraction``; the selection net always runs and always counts."""
+        frames, costs = self.config.frames, self._backbone_costs()
+        full_backbone = costs[self.full_plan().stages_3d][1]
+        full = self.full_gflops()
+
+        def saved(kept: int, stages_3d: tuple[bool, ...]) -> float:
+            # Every conv of the backbone costs in proportion to the frames and its classifier does not:
+            # interpolating between 1 and T frames is exact.
+            one, every = costs[stages_3d]
+            return (full_backbone - one - (every - one) * (kept - 1) / max(frames - 1, 1)) / full
+
+        candidates = (
+            SavingPlan(Plan(evenly_spaced_frames(kept, frames), stages_3d), saved(kept, stages_3d))
+            for kept in range(1, frames + 1)
+            for stages_3d in costs
+        )
+        return min(candidates, key=lambda candidate: abs(candidate.saved_fraction - fraction))
+
+    def _backbone_costs(self) -> dict[tuple[bool, ...], tuple[float, float]]:
+        """Backbone GMACs on 1 and on T frames for every setting of the switchable stages, counted once on a
+        meta-device twin of the backbone."""
+        if not self._backbone_costs_cache:
+            with torch.device("meta"):
+                twin = build_backbone(self.config).eval()
+            for stages_3d in itertools.product((True, False), repeat=self.num_stages):
+                self._backbone_costs_cache[stages_3d] = (
+                    _meta_gflops(twin, 1, self.config.size, stages_3d),
+                    _meta_gflops(twin, self.config.frames, self.config.size, stages_3d),
+                )
+        return self._backbone_costs_cache
+
+    def static_backbone(self, plan: Plan) -> ResNet3D:
+        """A copy of the backbone as ``plan`` runs it: stages off hold real 1×k×k convs with the centre
+        slices of the kernels. Feed it the kept frames only (reference counts, export of a fixed plan)."""
+        static = copy.deepcopy(self.backbone)
+        trunk = static.trunk
+        for index, on in zip(static.switchable_stages, plan.stages_3d, strict=True):
+            if not on:
+                _replace_submodule(static, trunk[index], centre_slice_copy(trunk[index]))
+        return static
+
+
+def _replace_submodule(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    name = next(name for name, module in root.named_modules() if module is old)
+    parent, _, attribute = name.rpartition(".")
+    setattr(root.get_submodule(parent), attribute, new)
+
+
+def _register_presets() -> None:
+    """``ada3d_i3d_r50`` and ``ada3d_slowonly_r50`` (the paper's 8-frame setting: 200 classes, 256² test
+    crops, MobileNetV2 1.0 at 112²) and their ``_tiny`` twins on the tiny backbones: 8×64² clips, a
+    quarter-width MobileNetV2 at 32² (the paper's half resolution)."""
+    for backbone in ("i3d_r50", "slowonly_r50"):
+        paper = Ada3DConfig(backbone=backbone)
+        register_preset(f"ada3d_{backbone}", Ada3D, paper)
+        tiny = replace(paper, backbone=f"{backbone}_tiny", size=64, selection_width=0.25, selection_size=32)
+        register_preset(f"ada3d_{backbone}_tiny", Ada3D, tiny)
+
+
+_register_presets()
