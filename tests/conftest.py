@@ -1,0 +1,64 @@
+"""Fixtures shared by the test modules: real video files made with PyAV.
+
+Every video shows index-coded frames (``video.synthetic``): ``read_frame_index`` on a decoded frame gives
+the index of the frame it is. Defaults: 64 frames of 160×120 at 25 fps, a keyframe every 16 frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from video.synthetic import encode_video, index_coded_frames, write_video
+
+NUM_FRAMES, HEIGHT, WIDTH, FPS, GOP = 64, 120, 160, 25, 16
+
+
+@pytest.fixture(scope="session")
+def coded_frames() -> np.ndarray:
+    """The (64, 120, 160, 3) uint8 frames every fixture video encodes."""
+    return np.stack(list(index_coded_frames(NUM_FRAMES, HEIGHT, WIDTH)))
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="session")
+def h264_video(video_dir: Path, coded_frames: np.ndarray) -> Path:
+    """H.264 in MP4 (B-frames, index at the end): 64 frames, 160×120, 25 fps, keyframe every 16 frames."""
+    path = video_dir / "h264.mp4"
+    write_video(path, coded_frames, fps=FPS, codec="h264", gop=GOP)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vp9_video(video_dir: Path, coded_frames: np.ndarray) -> Path:
+    """VP9 in WebM (no frame count in the header): same frames, rate and keyframes as ``h264_video``."""
+    path = video_dir / "vp9.webm"
+    write_video(path, coded_frames, fps=FPS, codec="vp9", gop=GOP)
+    return path
+
+
+@pytest.fixture(scope="session")
+def video_bytes_factory() -> Callable[..., bytes]:
+    """``make(num_frames=64, height=120, width=160, container_format="mp4", **write_video_options) -> bytes``:
+    an index-coded video in memory, 25 fps with a keyframe every 16 frames unless the options say otherwise
+    (``codec``, ``gop``, ``fps``, ``start_pts``...)."""
+
+    def make(
+        num_frames: int = NUM_FRAMES,
+        height: int = HEIGHT,
+        width: int = WIDTH,
+        container_format: str = "mp4",
+        **write_video_options,
+    ) -> bytes:
+        options = {"fps": FPS, "gop": GOP, **write_video_options}
+        frames = index_coded_frames(num_frames, height, width)
+        return encode_video(frames, container_format=container_format, **options)
+
+    return make

@@ -1,0 +1,509 @@
+"""From uploaded bytes to model input, decoding only the frames the sampler picks.
+
+A request goes through four steps, all inside one container that is closed on every path:
+
+1. **Open** the bytes in memory (``io.BytesIO``: no file path, nothing shared between requests), with
+   FFmpeg restricted to ``ACCEPTED_FORMATS`` (playlist or script demuxers such as HLS or concat would open
+   other files or URLs named inside the upload). Size, duration and pixel limits are checked from the
+   headers before anything is decoded.
+2. **Index**: the video packets are demuxed without decoding (about 1% of the cost of decoding them) to
+   learn each frame's presentation timestamp and which frames are keyframes. Frame i is the frame with
+   the i-th smallest pts, so a stream that starts at a pts other than 0, B-frame reordering and a header
+   without a frame count need no arithmetic on time bases. Packets an edit list discards, packets without
+   a timestamp and packets before the first keyframe are not frames the decoder returns, so they are not
+   counted. The duration limit is checked again against the timestamps as they come.
+3. **Sample**: the plan (a sampler) picks frame indices from that exact frame count.
+4. **Decode**: seek to the keyframe before the next wanted frame when that keyframe lies beyond the
+   decoder's position, decode forward otherwise, stop after the last wanted frame. Seeks go to the
+   keyframe's dts (never after its pts): where the demuxer lands before the keyframe, the packets up to
+   it are skipped undecoded; where it lands past it (seeking by bisection), it is sent back to the first
+   frame and skips forward from there. For FFmpeg's decoders of codecs
+   with B-frames, frames that are neither wanted nor a reference for others are not decoded at all
+   (``skip_frame``, set packet by packet). Decoded frames are matched to indices by their pts; only wanted
+   frames are converted to RGB, by one ``VideoReformatter`` reused for the whole request. Containers
+   such as AVI store no presentation timestamps and FFmpeg makes pts up from the decode order: when the
+   codec reorders frames but the packets' pts never go back, frames are counted in decoder output order
+   from the start instead, without seeking.
+
+Failures: an error while opening is ``undecodable`` when the bytes start like a container format we
+accept and ``not_video`` otherwise. Should the fast path (seeks, skipped frames) miss a wanted frame, it
+is decoded the plain way, forward from the start. Should that fail too (a decoding error, or a frame the
+decoder does not return), the stream ends there: the frames before it are kept when there are at least
+``min_frames`` of them, the sampler plans again over them and the result is marked ``truncated``. In a
+stream cut short (a file truncated with its index at the front) the cut is in decode order, which with
+B-frames leaves holes in presentation order: the last GOP is cut at its first hole. A Matroska file that
+simply ends early, without an error, reads as a shorter video: its header has no frame count to compare
+with. The decode wall time is checked at every packet.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import io
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from itertools import count, pairwise
+from typing import Literal, get_args
+
+import av
+import numpy as np
+import torch
+from av.video.reformatter import VideoReformatter
+
+from video.sampling import ClipSpec
+from video.transforms import CROP_COUNTS, make_views
+
+# FFmpeg demuxer names ("mov,mp4,m4a,3gp,3g2,mj2" matches "mov"); anything else is refused before its header is read
+ACCEPTED_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "gif")
+_OPEN_OPTIONS = {"format_whitelist": ",".join(ACCEPTED_FORMATS)}
+Reason = Literal[
+    "empty", "too_large", "not_video", "undecodable", "too_long", "too_many_pixels", "timeout", "no_frames"
+]
+REASONS: tuple[Reason, ...] = get_args(Reason)
+_AV_ERRORS = (av.error.FFmpegError, OSError)
+# FFmpeg's own decoders of codecs with B-frames, which apply skip_frame to the very packet it is set for
+# (libdav1d, for one, applies it frames later and would drop wanted frames)
+_SKIPS_PER_PACKET = ("h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4")
+_ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide")  # first box of an MP4 / QuickTime file
+_MAGIC_PREFIXES = (
+    b"\x1a\x45\xdf\xa3",  # Matroska / WebM (EBML)
+    b"RIFF",  # AVI (checked for "AVI " below)
+    b"FLV",
+    b"OggS",
+    b"GIF8",
+    b"\x00\x00\x01\xba",  # MPEG program stream
+    b"\x30\x26\xb2\x75\x8e\x66\xcf\x11",  # ASF / WMV
+)
+
+
+class VideoError(Exception):
+    """An upload that cannot be made into clips. ``reason`` is one of ``REASONS``; str() explains it."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    """What one request may cost. The service sets them from its settings."""
+
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_duration_s: float = 600.0
+    max_pixels: int = 4096 * 2160  # width * height
+    decode_timeout_s: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """The video stream as read: from the headers (``probe``) or from its frames (``read_frames``)."""
+
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    codec: str
+    num_frames: int
+
+
+@dataclasses.dataclass
+class DecodedFrames:
+    """The frames a sampling plan asked for."""
+
+    info: VideoInfo
+    frame_indices: list[list[int]]  # the plan: per clip, the frame index of each of its frames
+    frames: dict[int, np.ndarray]  # frame index -> (H, W, 3) uint8 RGB, every index of the plan
+    frames_decoded: int  # frames the decoder produced on the way, converted or not
+    truncated: bool  # the stream broke or ended early; the plan covers the frames before that point
+    decode_ms: float
+
+    def stacked(self) -> tuple[np.ndarray, list[list[int]]]:
+        """The planned frames as one (F, H, W, 3) array in index order, and each clip's positions in it."""
+        order = _flatten(self.frame_indices)
+        position = {index: i for i, index in enumerate(order)}
+        frames = np.stack([self.frames[index] for index in order])
+        return frames, [[position[index] for index in clip] for clip in self.frame_indices]
+
+
+@dataclasses.dataclass
+class LoadedClips:
+    """Model input made from an upload, with what it took to make it."""
+
+    clips: torch.Tensor  # (clips * crops, 3, T, crop, crop) float32, normalised, clip-major
+    info: VideoInfo
+    frame_indices: list[list[int]]  # per temporal clip, the frame index of each of its T frames
+    frames_decoded: int
+    decode_ms: float
+    preprocess_ms: float
+    truncated: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PacketInfo:
+    """What the index keeps of one video packet."""
+
+    pts: int
+    dts: int | None
+    keyframe: bool
+
+
+class FrameIndex:
+    """A video stream's frames, learnt from its packets without decoding them.
+
+    Frame i is the frame with the i-th smallest pts. ``keyframes`` lists the frames decoding can start
+    from; ``timestamps_reliable`` is False when FFmpeg made the pts up (see the module docstring);
+    ``complete`` is False when the demuxer stopped at an error.
+    """
+
+    def __init__(self, packets: list[PacketInfo], *, reorders: bool, complete: bool) -> None:
+        """``packets`` in decode order; ``reorders``: the codec outputs frames in another order."""
+        self.complete = complete
+        if not complete:
+            packets = _cut_at_hole(packets)
+        self.pts = sorted({packet.pts for packet in packets})
+        self._frame_at = {pts: i for i, pts in enumerate(self.pts)}
+        self._packet_number = {packet.pts: number for number, packet in enumerate(packets)}
+        self._seek_timestamp = {
+            self._frame_at[packet.pts]: packet.pts if packet.dts is None else packet.dts
+            for packet in packets
+            if packet.keyframe
+        }
+        self.keyframes = sorted(self._seek_timestamp)
+        goes_back = any(later.pts < earlier.pts for earlier, later in pairwise(packets))
+        self.timestamps_reliable = goes_back or not reorders
+
+    @property
+    def count(self) -> int:
+        return len(self.pts)
+
+    def frame_at(self, pts: int | None) -> int | None:
+        """The index of the frame with this pts; None when no frame has it."""
+        return self._frame_at.get(pts)
+
+    def packet_number(self, pts: int | None) -> int | None:
+        """The decode-order number of the packet of the frame with this pts; None when no frame has it."""
+        return self._packet_number.get(pts)
+
+    def keyframe_before(self, index: int) -> int:
+        """The last keyframe at or before frame ``index`` (the first keyframe for frames before it)."""
+        return self.keyframes[max(bisect.bisect_right(self.keyframes, index) - 1, 0)]
+
+    def seek_timestamp(self, keyframe: int) -> int:
+        """The timestamp to seek to for keyframe ``keyframe``: its dts, never after its pts, so demuxers that
+        seek by either land at or before the keyframe (the reader skips packets up to it without decoding)."""
+        return self._seek_timestamp[keyframe]
+
+
+def probe(data: bytes, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
+    """The video stream's description from the headers alone (the frame count estimated from duration × fps
+    when the header has none); raises ``VideoError`` for input ``load_clips`` would refuse up front."""
+    with _open_video(data, limits) as (_, _, info):
+        return info
+
+
+def load_clips(
+    data: bytes, spec: ClipSpec, *, clips: int = 1, crops: int = 1, limits: DecodeLimits = DecodeLimits()
+) -> LoadedClips:
+    """Decode an upload into ``clips`` temporal clips × ``crops`` spatial crops of model input.
+
+    Raises ``VideoError`` for input that cannot be used and ``ValueError`` for bad ``clips`` / ``crops``.
+    """
+    if clips < 1 or crops not in CROP_COUNTS:
+        raise ValueError(f"clips must be positive and crops one of {CROP_COUNTS}; got {clips} and {crops}")
+    decoded = read_frames(
+        data, lambda num_frames: spec.frame_indices(num_frames, clips=clips), limits=limits, min_frames=spec.frames
+    )
+    started = time.perf_counter()
+    frames, positions = decoded.stacked()
+    views = make_views(frames, positions, spec, crops)
+    return LoadedClips(
+        clips=views,
+        info=decoded.info,
+        frame_indices=decoded.frame_indices,
+        frames_decoded=decoded.frames_decoded,
+        decode_ms=decoded.decode_ms,
+        preprocess_ms=(time.perf_counter() - started) * 1000,
+        truncated=decoded.truncated,
+    )
+
+
+def read_frames(
+    data: bytes,
+    plan: Callable[[int], list[list[int]]],
+    *,
+    limits: DecodeLimits = DecodeLimits(),
+    min_frames: int = 1,
+    seek: bool = True,
+) -> DecodedFrames:
+    """Decode the frames ``plan(num_frames)`` names, as RGB arrays.
+
+    ``min_frames``: a stream that breaks part-way (a decoding error, or a frame the decoder does not
+    return) is used when at least this many frames (or all of a shorter video) come before the break; the
+    plan is then made again over those frames. ``seek=False`` decodes every frame forward from the first
+    (the plain path the fast one is tested against).
+    """
+    started = time.perf_counter()
+    deadline = _Deadline(limits.decode_timeout_s)
+    with _open_video(data, limits) as (container, stream, header):
+        index = _read_index(container, stream, limits, deadline)
+        if index.count == 0:
+            raise VideoError("no_frames", "the video stream holds no decodable frame")
+        reader = _FrameReader(container, stream, index, deadline)
+        num_frames, fast = index.count, seek and index.timestamps_reliable
+        frame_indices = _checked(plan(num_frames), num_frames)
+        while missing := reader.missing(frame_indices):
+            broken_at = reader.read(missing, fast=fast)
+            failed = reader.missing(frame_indices)
+            if not failed:
+                break
+            if fast:  # the shortcuts failed (a keyframe that is none, say): judge the stream the plain way
+                fast = False
+                continue
+            # the stream broke, or the decoder did not return a frame: use the frames before that point
+            num_frames = min(failed[0], num_frames if broken_at is None else broken_at)
+            if num_frames == 0 or num_frames < min(min_frames, index.count):
+                raise VideoError("undecodable", f"the video stream breaks after {num_frames} frame(s)")
+            frame_indices = _checked(plan(num_frames), num_frames)
+        truncated = not index.complete or num_frames < index.count
+    return DecodedFrames(
+        info=_stream_info(header, num_frames),
+        frame_indices=frame_indices,
+        frames={i: reader.frames[i] for i in _flatten(frame_indices)},
+        frames_decoded=reader.decoded,
+        truncated=truncated,
+        decode_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise VideoError("timeout", f"decoding took longer than the {self.seconds:g} s limit")
+
+
+class _FrameReader:
+    """Decodes chosen frames of one open stream into RGB arrays with one reused converter."""
+
+    def __init__(
+        self, container: av.container.InputContainer, stream: av.VideoStream, index: FrameIndex, deadline: _Deadline
+    ) -> None:
+        self.container, self.stream, self.index, self.deadline = container, stream, index, deadline
+        self.skips_unreferenced = index.timestamps_reliable and stream.codec_context.name in _SKIPS_PER_PACKET
+        self.converter = VideoReformatter()
+        self.frames: dict[int, np.ndarray] = {}
+        self.decoded = 0  # every frame the decoder returned
+
+    def read(self, targets: list[int], *, fast: bool) -> int | None:
+        """Decode the frames ``targets`` (sorted indices) into ``frames``, seeking and skipping frames nothing
+        refers to when ``fast``. Returns None, or when the stream breaks, how many frames come before the break."""
+        wanted = set(targets)
+        last = -1
+        try:
+            for position, frame in self._frames_towards(targets, fast=fast):
+                last = max(last, position)
+                if position in wanted and position not in self.frames:
+                    self.frames[position] = self._to_rgb(frame)
+        except _AV_ERRORS:
+            return last + 1
+        return None
+
+    def missing(self, frame_indices: list[list[int]]) -> list[int]:
+        return [index for index in _flatten(frame_indices) if index not in self.frames]
+
+    def _frames_towards(self, targets: list[int], *, fast: bool) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(frame index, frame) for each frame decoded on the way to ``targets``, stopping after the last.
+        When ``fast``, seeks ahead where the next target's keyframe lies beyond the next frame."""
+        pending = deque(targets)
+        locate = _locator(self.index)
+        start = self.index.keyframe_before(pending[0]) if fast else 0
+        skip_unreferenced = fast and self.skips_unreferenced
+        while True:
+            for frame in self._decode_from(start, set(pending) if skip_unreferenced else None):
+                position = locate(frame)
+                if position is None or position < start:
+                    continue  # no frame of the index, or an open GOP's leading frame (its references are gone)
+                yield position, frame
+                while pending and pending[0] <= position:
+                    pending.popleft()
+                if not pending:
+                    return
+                keyframe = self.index.keyframe_before(pending[0])
+                if fast and keyframe > position + 1:
+                    start = keyframe
+                    break
+            else:
+                return
+
+    def _decode_from(self, keyframe: int, wanted: set[int] | None) -> Iterator[av.VideoFrame]:
+        """Frames decoded from keyframe ``keyframe`` on. Given ``wanted``, frames that are neither wanted nor
+        a reference for other frames are not decoded at all (``skip_frame``, set packet by packet)."""
+        context = self.stream.codec_context
+        for packet in self._packets_from(keyframe):
+            self.deadline.check()
+            unwanted = wanted is not None and self.index.frame_at(packet.pts) not in wanted
+            context.skip_frame = "NONREF" if unwanted else "DEFAULT"
+            for frame in packet.decode():
+                self.decoded += 1
+                yield frame
+
+    def _packets_from(self, keyframe: int) -> Iterator[av.Packet]:
+        """The stream's packets in decode order from keyframe ``keyframe``'s packet on.
+
+        The demuxer may land before that packet (packets up to it are skipped, not decoded) or, where it
+        seeks by bisection, past it: then it seeks to the first frame and skips forward from there.
+        """
+        target = self.index.packet_number(self.index.pts[keyframe])
+        for start in dict.fromkeys((keyframe, self.index.keyframes[0])):
+            self.container.seek(self.index.seek_timestamp(start), stream=self.stream, backward=True)
+            packets = self.container.demux(self.stream)
+            for packet in packets:
+                self.deadline.check()
+                number = self.index.packet_number(packet.pts)
+                if number is None or number < target:
+                    continue
+                if number > target:
+                    break
+                yield packet
+                yield from packets
+                return
+        raise VideoError("undecodable", "seeking in the video stream does not reach its frames")
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        context = self.stream.codec_context  # every frame at the stream's size, should the size change
+        return self.converter.reformat(frame, width=context.width, height=context.height, format="rgb24").to_ndarray()
+
+
+def _cut_at_hole(packets: list[PacketInfo]) -> list[PacketInfo]:
+    """The packets of a stream cut short, less the frames of its last GOP that follow a hole.
+
+    The cut is in decode order; with B-frames it leaves holes in presentation order, found as a pts step
+    more than 1.5 times the usual one. Earlier GOPs were read whole (their packets precede the last keyframe).
+    """
+    steps = Counter(later - earlier for earlier, later in pairwise(sorted(packet.pts for packet in packets)))
+    if not steps:
+        return packets
+    usual_step = steps.most_common(1)[0][0]
+    last_key = max(number for number, packet in enumerate(packets) if packet.keyframe)
+    tail = sorted(packet.pts for packet in packets[last_key:])
+    holes = [earlier for earlier, later in pairwise(tail) if later - earlier > 1.5 * usual_step]
+    if not holes:
+        return packets
+    return packets[:last_key] + [packet for packet in packets[last_key:] if packet.pts <= holes[0]]
+
+
+def _locator(index: FrameIndex) -> Callable[[av.VideoFrame], int | None]:
+    """Frame -> frame index: by pts, or by counting from the first frame when the pts are made up."""
+    if index.timestamps_reliable:
+        return lambda frame: index.frame_at(frame.pts)
+    counter = count()
+    return lambda frame: next(counter)
+
+
+def _read_index(
+    container: av.container.InputContainer, stream: av.VideoStream, limits: DecodeLimits, deadline: _Deadline
+) -> FrameIndex:
+    """The frame index of the stream, from all its packets up to the end or to the first broken one."""
+    packets: list[PacketInfo] = []
+    payloads = 0
+    complete = False
+    try:
+        for packet in container.demux(stream):
+            deadline.check()
+            if packet.is_corrupt:
+                break
+            payloads += packet.size > 0
+            if packet.size == 0 or packet.pts is None or packet.is_discard or not (packets or packet.is_keyframe):
+                continue
+            packets.append(PacketInfo(packet.pts, packet.dts, packet.is_keyframe))
+            if (packet.pts - packets[0].pts) * stream.time_base > limits.max_duration_s:
+                raise VideoError("too_long", _too_long_message(limits))
+        else:
+            complete = payloads >= stream.frames  # fewer packets than the header counts: cut short
+    except _AV_ERRORS:
+        pass
+    return FrameIndex(packets, reorders=stream.codec_context.has_b_frames, complete=complete)
+
+
+@contextlib.contextmanager
+def _open_video(
+    data: bytes, limits: DecodeLimits
+) -> Iterator[tuple[av.container.InputContainer, av.VideoStream, VideoInfo]]:
+    """The open container, its first video stream (multi-threaded decoding) and what its headers say."""
+    if not data:
+        raise VideoError("empty", "the upload is empty")
+    if len(data) > limits.max_upload_bytes:
+        raise VideoError("too_large", f"the upload is larger than {limits.max_upload_bytes} bytes")
+    try:
+        container = av.open(io.BytesIO(data), mode="r", container_options=_OPEN_OPTIONS)
+    except _AV_ERRORS as error:
+        if _looks_like_container(data):
+            raise VideoError("undecodable", f"the video container cannot be read ({error})") from error
+        raise VideoError("not_video", "the upload is not a video in a container format Clipwise reads") from error
+    with container:
+        if not container.streams.video:
+            raise VideoError("not_video", "the upload has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        info = _header_info(container, stream)
+        _check_header(info, limits)
+        yield container, stream, info
+
+
+def _header_info(container: av.container.InputContainer, stream: av.VideoStream) -> VideoInfo:
+    fps = float(stream.average_rate or stream.guessed_rate or 0)
+    if stream.duration:
+        duration = float(stream.duration * stream.time_base)
+    else:
+        duration = (container.duration or 0) / av.time_base
+    context = stream.codec_context
+    num_frames = stream.frames or round(duration * fps)
+    return VideoInfo(duration, fps, context.width, context.height, context.name, num_frames)
+
+
+def _check_header(info: VideoInfo, limits: DecodeLimits) -> None:
+    if info.width * info.height == 0:
+        raise VideoError("undecodable", "the video stream has no frame size")
+    if info.width * info.height > limits.max_pixels:
+        raise VideoError(
+            "too_many_pixels", f"{info.width}x{info.height} frames exceed the limit of {limits.max_pixels} pixels"
+        )
+    if info.duration_s > limits.max_duration_s:
+        raise VideoError("too_long", _too_long_message(limits))
+
+
+def _too_long_message(limits: DecodeLimits) -> str:
+    return f"the video is longer than the {limits.max_duration_s:g} s limit"
+
+
+def _stream_info(header: VideoInfo, num_frames: int) -> VideoInfo:
+    """The header's description corrected by the frames found: their count, and the duration they play."""
+    duration = num_frames / header.fps if header.fps else header.duration_s
+    return dataclasses.replace(header, duration_s=duration, num_frames=num_frames)
+
+
+def _looks_like_container(data: bytes) -> bool:
+    """Whether the bytes start like a file of one of ``ACCEPTED_FORMATS`` (a broken video, not another file)."""
+    if data[4:8] in _ISO_BOX_TYPES:
+        return True
+    if data.startswith(b"RIFF"):
+        return data[8:12] == b"AVI "
+    is_transport_stream = data[:1] == b"G" and data[188:189] == b"G"
+    return is_transport_stream or data.startswith(_MAGIC_PREFIXES)
+
+
+def _checked(frame_indices: list[list[int]], num_frames: int) -> list[list[int]]:
+    if not all(0 <= index < num_frames for clip in frame_indices for index in clip):
+        raise ValueError(f"the plan names frames outside the video's {num_frames}: {frame_indices}")
+    return frame_indices
+
+
+def _flatten(frame_indices: list[list[int]]) -> list[int]:
+    """The distinct frame indices of a plan, sorted."""
+    return sorted({index for clip in frame_indices for index in clip})
