@@ -31,17 +31,21 @@ class Preset:
     name: str
     model_cls: type[VideoClassifier]
     config: ClipModelConfig
+    requires: tuple[str, ...] = ()  # config fields create_model must be given (e.g. a searched architecture)
 
 
 _PRESETS: dict[str, Preset] = {}
 _loaded = False
 
 
-def register_preset(name: str, model_cls: type[VideoClassifier], config: ClipModelConfig) -> None:
-    """Register a named architecture; names are unique."""
+def register_preset(
+    name: str, model_cls: type[VideoClassifier], config: ClipModelConfig, requires: tuple[str, ...] = ()
+) -> None:
+    """Register a named architecture; names are unique. ``requires`` names config fields without which
+    the preset cannot be built."""
     if name in _PRESETS:
         raise ValueError(f"preset {name!r} is already registered")
-    _PRESETS[name] = Preset(name, model_cls, config)
+    _PRESETS[name] = Preset(name, model_cls, config, requires)
 
 
 def _load_families() -> None:
@@ -52,10 +56,10 @@ def _load_families() -> None:
         _loaded = True
 
 
-def list_models() -> list[str]:
-    """Names of every registered preset, sorted."""
+def list_models(buildable: bool = False) -> list[str]:
+    """Names of the registered presets, sorted; ``buildable``: only those that need no config field."""
     _load_families()
-    return sorted(_PRESETS)
+    return sorted(name for name, preset in _PRESETS.items() if not (buildable and preset.requires))
 
 
 def get_preset(name: str) -> Preset:
@@ -73,6 +77,9 @@ def create_model(name: str, **overrides: Any) -> VideoClassifier:
     unknown = set(overrides) - known
     if unknown:
         raise TypeError(f"{name}: unknown config fields {sorted(unknown)}; known: {sorted(known)}")
+    missing = [field for field in preset.requires if overrides.get(field) is None]
+    if missing:
+        raise TypeError(f"{name}: give {', '.join(f'{field}=...' for field in missing)}")
     model = preset.model_cls(dataclasses.replace(preset.config, **overrides))
     model.preset = name
     return model

@@ -367,7 +367,7 @@ def _register_presets() -> None:
     for name, config in presets.items():
         register_preset(name, X3D, config)
         register_preset(f"{name}_tiny", X3D, tiny(config, tiny_sizes[name[-1]]))
-    register_preset("e3d", X3D, E3D)
+    register_preset("e3d", X3D, E3D, requires=("arch",))
 
 
 _register_presets()

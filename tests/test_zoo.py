@@ -6,6 +6,7 @@ a checkpoint the service can load.
 """
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -14,9 +15,9 @@ from models import count_flops, create_model, get_preset, list_models
 from models.checkpoint import PreprocessingSpec, load_version, save_version
 from models.policy import Ada3DPolicy, AdaFusePolicy, FusionPolicy
 
-ALL = list_models()
+ALL = list_models(buildable=True)
 TINY = [name for name in ALL if name.endswith("_tiny")]
-PAPER = [name for name in ALL if not name.endswith("_tiny") and name != "e3d"]
+PAPER = [name for name in ALL if not name.endswith("_tiny")]
 
 
 def tiny_clips(model, clips: int = 2) -> torch.Tensor:
@@ -63,3 +64,21 @@ def test_tiny_preset_round_trips_through_a_checkpoint(name, tmp_path):
     assert loaded.manifest.architecture == name and loaded.manifest.labels == labels
     clips = tiny_clips(model, 1)
     assert torch.allclose(loaded.model.execute(clips).logits, model.execute(clips).logits, atol=1e-5)
+
+
+def test_flops_command_lists_every_buildable_preset(capsys):
+    from clipwise.cli import main
+
+    assert main(["flops", "--all", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["model"] for row in rows] == ALL
+    tsn = next(row for row in rows if row["model"] == "tsn_r18_tiny")
+    with torch.device("meta"):
+        model = create_model("tsn_r18_tiny")
+    assert tsn["gflops"] == pytest.approx(count_flops(model, 8, 64).gflops, abs=1e-4)
+
+
+def test_a_preset_that_needs_a_field_says_so():
+    assert "e3d" in list_models() and "e3d" not in ALL
+    with pytest.raises(TypeError, match="arch="):
+        create_model("e3d")

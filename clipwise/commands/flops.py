@@ -1,4 +1,4 @@
-"""``clipwise flops``: full-compute GMACs and parameters of a registered model."""
+"""``clipwise flops``: full-compute GMACs and parameters of registered models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("flops", help="count the MACs and parameters of a model")
-    parser.add_argument("--model", required=True, help="registry preset name (see --list)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="registry preset name")
+    target.add_argument("--all", action="store_true", help="every preset at its default input, as a table")
     parser.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
     parser.add_argument("--size", type=int, help="crop size in pixels (default: the preset's)")
     parser.add_argument("--classes", type=int, help="number of classes (default: the preset's)")
@@ -17,20 +19,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from models import list_models
+
+    overrides = {"num_classes": args.classes, "frames": args.frames, "size": args.size}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    names = list_models(buildable=True) if args.all else [args.model]
+    rows = [_measure(name, overrides) for name in names]
+    if args.json:
+        print(json.dumps(rows if args.all else {k: rows[0][k] for k in ("gflops", "params_m")}))
+    elif args.all:
+        print("| preset | family | input (T×S²) | classes | GFLOPs | params (M) |")
+        print("| --- | --- | --- | --- | ---: | ---: |")
+        for row in rows:
+            print(
+                f"| `{row['model']}` | {row['family']} | {row['frames']}×{row['size']}² | {row['classes']} "
+                f"| {row['gflops']:.3f} | {row['params_m']:.2f} |"
+            )
+    else:
+        row = rows[0]
+        print(
+            f"{row['model']}: {row['gflops']:.3f} GFLOPs (MACs) per clip of {row['frames']}x{row['size']}², "
+            f"{row['params_m']:.3f} M parameters, {row['classes']} classes"
+        )
+    return 0
+
+
+def _measure(name: str, overrides: dict[str, int]) -> dict[str, object]:
     import torch
 
     from models import count_flops, create_model
 
-    overrides = {"num_classes": args.classes, "frames": args.frames, "size": args.size}
     with torch.device("meta"):
-        model = create_model(args.model, **{k: v for k, v in overrides.items() if v is not None})
-    result = count_flops(model, model.config.frames, model.config.size)
-    if args.json:
-        print(json.dumps({"gflops": round(result.gflops, 4), "params_m": round(result.params_m, 4)}))
-    else:
-        cfg = model.config
-        print(
-            f"{args.model}: {result.gflops:.3f} GFLOPs (MACs) per clip of {cfg.frames}x{cfg.size}x{cfg.size}, "
-            f"{result.params_m:.3f} M parameters, {cfg.num_classes} classes"
-        )
-    return 0
+        model = create_model(name, **overrides)
+    cfg = model.config
+    cost = count_flops(model, cfg.frames, cfg.size)
+    return {
+        "model": name,
+        "family": model.family,
+        "frames": cfg.frames,
+        "size": cfg.size,
+        "classes": cfg.num_classes,
+        "gflops": round(cost.gflops, 4),
+        "params_m": round(cost.params_m, 4),
+    }
