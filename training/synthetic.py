@@ -4,17 +4,20 @@ Eight *temporal* classes show one asymmetric object (an L shape) that moves left
 rotates clockwise / anticlockwise, grows or shrinks. Any single frame of them looks alike: the label lives
 only in the order of the frames. Three *static* classes show a motionless circle, square or triangle: one
 frame is enough. Everything else is random per clip — object colour and size, start position, speed,
-a cluttered background (a smooth random colour field crossed by lines), per-frame sensor noise and camera jitter — so that no pixel
-gives the answer away. Frame-averaging models (TSN) should solve the static classes and stay near chance
-between the opposite pairs of temporal classes; temporal models should solve both.
+a cluttered background (a smooth random colour field crossed by lines), per-frame sensor noise and
+camera jitter — so that no pixel gives the answer away. Frame-averaging models (TSN) should solve the
+static classes and stay near chance between the opposite pairs of temporal classes; temporal models
+should solve both.
 
 Output, in the layout of mmaction2's video lists::
 
     OUT/classes.txt                 one label per line, index = line number
     OUT/train.txt, OUT/val.txt      "videos/<label>/<split>_<i>.mp4 <index>" lines
-    OUT/videos/<label>/*.mp4        H.264, yuv420p
+    OUT/videos/<label>/*.mp4        MPEG-4 Part 2, yuv420p, constant quantiser
 
-Clips are a function of (seed, split, label, index) alone: the same seed gives the same frames.
+Clips are a function of (seed, split, label, index) alone: the same seed gives the same bytes. The codec
+is FFmpeg's own MPEG-4 encoder because it is exactly reproducible: libx264 (even on one thread) gave
+different bytes for the same frames depending on what the process had allocated before, measured here.
 """
 
 from __future__ import annotations
@@ -186,7 +189,8 @@ def generate(out: Path, clips_per_class: int, seed: int, val_fraction: float = 0
     for split, label, i in tqdm(jobs, desc="synth", unit="clip"):
         relative = Path("videos") / label / f"{split}_{i:04d}.mp4"
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
-        write_video(out / relative, render_clip(label, clip_rng(seed, split, label, i), cfg), fps=cfg.fps)
+        frames = render_clip(label, clip_rng(seed, split, label, i), cfg)
+        write_video(out / relative, frames, fps=cfg.fps, codec="mpeg4", codec_options={"qscale": "3"})
         lines[split].append(f"{relative.as_posix()} {CLASSES.index(label)}")
     for split, rows in lines.items():
         (out / f"{split}.txt").write_text("\n".join(rows) + "\n")

@@ -1,0 +1,52 @@
+"""``clipwise eval``: accuracy, executed GFLOPs and policy statistics of a model version on a video list."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a model version: top-1/top-5, executed GFLOPs, policy per class", description=__doc__
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, required=True, metavar="REPO/NAME[/VERSION]", help="version (default: newest)"
+    )
+    parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset directory")
+    parser.add_argument("--split", choices=("val", "train"), default="val", help="list to evaluate (default: val)")
+    parser.add_argument("--data-root", type=Path, metavar="DIR", help="video paths are relative to it")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per batch (default: 8)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the full report here")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from models.checkpoint import CheckpointError
+    from training.data import AnnotationError
+    from training.evaluate import evaluate_version
+
+    try:
+        report = evaluate_version(
+            args.model_dir,
+            args.data,
+            split=args.split,
+            data_root=args.data_root,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+    except (CheckpointError, AnnotationError, ValueError) as error:
+        raise SystemExit(f"clipwise eval: {error}") from None
+    print(
+        f"{report['model']['name']} v{report['model']['version']} on {report['data']['clips']} clips: "
+        f"top-1 {report['top1']:.3f}, top-5 {report['top5']:.3f}, "
+        f"{report['mean_executed_gflops']:.4f} of {report['full_gflops']:.4f} GFLOPs per clip, "
+        f"{report['skipped']} unreadable"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0

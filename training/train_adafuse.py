@@ -1,0 +1,43 @@
+"""AdaFuse (seed 001, Eq. 6): cross-entropy plus λ times the GFLOPs of the sampled policy.
+
+One phase of ``--epochs`` epochs. In training the gated blocks draw hard Gumbel-softmax decisions with
+straight-through gradients at the temperature of the model's config (τ = 0.67, the paper's), and
+``model.policy_gflops()`` gives each clip's GFLOPs under those decisions by Eq. 5, differentiable in them.
+The loss is mean CE + λ · mean GFLOPs (``--flops-weight``, per GFLOP as in Eq. 6; the paper uses 0.1 on
+ResNet-50 models of about 33 GFLOPs, so the term weighs about 3.3 at full compute — scale λ by the ratio of
+full-compute GFLOPs to keep that balance on a smaller model).
+
+The paper's schedule: SGD, lr 0.002 ×0.1 at epochs 20 and 40 of 50 (``--schedule step``), batch 64, from
+ImageNet weights; ``--init`` starts from a trained TSN / TSM version of the same backbone instead (their
+weights load as they are; only the policy nets start new).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.adafuse import AdaFuse
+from training.common import Phase, StepOutput
+from training.config import TrainConfig
+
+
+class CrossEntropyAndFlops(nn.Module):
+    """Eq. 6: mean cross-entropy + ``flops_weight`` · mean GFLOPs of the policy the forward pass drew."""
+
+    def __init__(self, model: AdaFuse, flops_weight: float) -> None:
+        super().__init__()
+        self.model = model
+        self.flops_weight = flops_weight
+
+    def forward(self, clips: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        logits = self.model(clips)
+        cross_entropy = F.cross_entropy(logits, labels)
+        gflops = self.model.policy_gflops().mean()
+        stats = {"cross_entropy": cross_entropy.detach(), "gflops": gflops.detach()}
+        return StepOutput(cross_entropy + self.flops_weight * gflops, logits, stats)
+
+
+def phases(model: AdaFuse, config: TrainConfig, train_clips: int) -> list[Phase]:
+    return [Phase("train", config.epochs, CrossEntropyAndFlops(model, config.flops_weight), config.lr)]
