@@ -2,7 +2,8 @@
 
 Startup checks the configuration at once (the repository exists, the default models are in it) and
 refuses to start otherwise; the models are then loaded and warmed up in the background, so ``/healthz``
-answers during loading and ``/readyz`` turns 200 when every default model is served.
+answers during loading and ``/readyz`` turns 200 when every default model is served. With ``watch`` on, the
+repository is then polled for new versions (``service.lifecycle``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from clipwise import __version__
 from service.api.main import api_router
 from service.config import Settings
 from service.errors import install_error_handlers
+from service.lifecycle import load_model, watch_repository
 from service.middleware import RequestContextMiddleware
+from service.model_store import InvalidVersion, ModelNotFound
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -48,18 +51,20 @@ def default_models(state: ServiceState) -> list[str]:
 
 
 async def load_models(state: ServiceState, names: list[str]) -> None:
-    """Load and warm up ``names`` one after the other, then declare the service ready."""
+    """Load and warm up ``names`` one after the other, then declare the service ready (and watch, if asked)."""
     for name in names:
         state.startup.loading(name)
         try:
-            loaded = await asyncio.to_thread(state.store.load, name)
+            await load_model(state, name)
         except Exception as error:
             state.startup.failed(f"loading {name} failed: {error}")
-            logger.exception("loading %s failed; the service stays not ready", name)
+            unexpected = not isinstance(error, InvalidVersion | ModelNotFound)  # those are the repository's state
+            logger.error("loading %s failed; the service stays not ready", name, exc_info=unexpected)
             return
-        logger.info("serving %s version %d from %s", name, loaded.version, loaded.path)
     state.startup.ready()
     logger.info("ready: %s", ", ".join(names) or "no models")
+    if state.settings.watch:
+        await watch_repository(state)
 
 
 @asynccontextmanager
@@ -67,11 +72,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     if state.settings.torch_threads:
         torch.set_num_threads(state.settings.torch_threads)
-    loading = asyncio.create_task(load_models(state, default_models(state)))
+    background = asyncio.create_task(load_models(state, default_models(state)))
     try:
         yield
     finally:
-        loading.cancel()
+        background.cancel()
         state.runner.shutdown()
 
 

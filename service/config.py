@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 MIB = 1 << 20
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -28,18 +29,32 @@ class Settings(BaseSettings):
     models: Annotated[list[str] | None, NoDecode] = Field(
         None, description="models to load at startup, comma-separated (default: every model in the repository)"
     )
-    max_upload_mb: float = Field(200.0, gt=0, description="largest accepted upload, MiB")
+    max_upload_mb: float = Field(200.0, gt=0, description="largest accepted upload (or v2 request body), MiB")
     max_duration_s: float = Field(600.0, gt=0, description="longest accepted video, seconds")
     max_pixels: int = Field(4096 * 2160, gt=0, description="largest accepted frame, width x height")
     decode_timeout_s: float = Field(30.0, gt=0, description="wall-time limit of decoding one upload, seconds")
     max_concurrent_inferences: int = Field(
-        2, ge=1, description="requests decoding or running a model at the same time; the others wait"
+        2, ge=1, description="jobs (decoding one upload, or running one batch) at the same time; the others wait"
     )
     request_timeout_s: float = Field(
         60.0,
         gt=0,
         description="time a prediction has once its upload is received: waiting for a slot, decoding, inference",
     )
+    batching: bool = Field(True, description="run requests for the same model that arrive together as one batch")
+    batch_window_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long the first request of a batch waits for others to join, ms"
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="most clips (views) in one batch; a request is never split, a larger one runs alone"
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description=f"bearer token of the model management routes (at least {MIN_TOKEN_LENGTH} characters; "
+        "unset: the routes answer 403)",
+    )
+    watch: bool = Field(False, description="poll the repository and load new versions of served models")
+    watch_interval_s: float = Field(5.0, gt=0, description="seconds between two polls of the repository (--watch)")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's own)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="logging level")
 
@@ -49,6 +64,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()] or None
         return value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # CLIPWISE_ADMIN_TOKEN= (e.g. from compose) means no token
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"the admin token must have at least {MIN_TOKEN_LENGTH} characters")
+        return token
 
     @property
     def max_upload_bytes(self) -> int:

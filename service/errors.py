@@ -1,8 +1,10 @@
-"""Every error leaves as JSON ``{"error": {"code", "message", "request_id"}}``.
+"""Every error leaves as JSON ``{"error": {"code", "message", "request_id"}}``; under ``/v2`` (the Open
+Inference Protocol) as that protocol's ``{"error": "message"}``.
 
-Client mistakes map to 4xx here; the handlers cover the service's own errors, video errors, FastAPI's
-validation errors (422) and Starlette's routing errors (404, 405). Anything else is a server bug: the
-request middleware logs its traceback and answers a generic 500.
+Client mistakes map to 4xx here; the handlers cover the service's own errors, video errors, model store
+errors, FastAPI's validation errors (422) and Starlette's routing errors (404, 405). A version in the
+repository that cannot be served is the repository's fault: 502, with the version serving unchanged. Anything
+else is a server bug: the request middleware logs its traceback and answers a generic 500.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.log import REQUEST_ID
-from service.model_store import ModelNotFound
+from service.model_store import BackendNotAvailable, InvalidVersion, ModelNotFound
 from service.schemas import ErrorDetail, ErrorResponse
 from video import VideoError
 
@@ -38,14 +40,18 @@ VIDEO_ERRORS: dict[str, tuple[int, str]] = {
 logger = logging.getLogger(__name__)
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+V2_ROOT = "/v2"
 
 ERROR_DESCRIPTIONS = {
     400: "empty or undecodable video, no frames, malformed multipart body",
+    401: "missing or wrong bearer token",
+    403: "model management is disabled: no admin token is set",
     404: "unknown model or version",
     408: "decoding the video overran the decode time limit",
     413: "upload, duration or frame size over its limit",
     415: "not a video (no video stream), or the body is not multipart/form-data",
-    422: "invalid parameters",
+    422: "invalid parameters, or a backend the version cannot run on",
+    502: "the version in the repository cannot be served (manifest, weights or warm-up); the one serving is kept",
     503: "not ready, or no inference slot freed before the request deadline (see Retry-After)",
     504: "the request deadline passed while the video was being processed",
 }
@@ -62,16 +68,44 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The JSON error body for the current request (its id from the request context), logged."""
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, *, path: str = ""
+) -> JSONResponse:
+    """The JSON error body for the current request (its id from the request context), logged; ``path`` picks
+    the shape (the protocol's own under ``/v2/``)."""
     logger.info("%d %s: %s", status, code, message)
-    body = ErrorResponse(error=ErrorDetail(code=code, message=message, request_id=REQUEST_ID.get()))
-    return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers or {}))
+    if path == V2_ROOT or path.startswith(V2_ROOT + "/"):
+        content: dict[str, Any] = {"error": message}
+    else:
+        content = ErrorResponse(error=ErrorDetail(code=code, message=message, request_id=REQUEST_ID.get())).model_dump()
+    return JSONResponse(content, status_code=status, headers=dict(headers or {}))
 
 
 def video_error(error: VideoError) -> ApiError:
     status, code = VIDEO_ERRORS.get(error.reason, (400, "undecodable_video"))
     return ApiError(status, code, str(error))
+
+
+def as_api_error(error: Exception) -> ApiError | None:
+    """The client-facing form of an error the handlers answer; None for anything else (a server bug)."""
+    match error:
+        case ApiError():
+            return error
+        case VideoError():
+            return video_error(error)
+        case ModelNotFound():
+            return ApiError(404, error.code, str(error))
+        case BackendNotAvailable():
+            return ApiError(422, "backend_not_available", str(error))
+        case InvalidVersion():
+            return ApiError(502, "invalid_version", str(error))
+    return None
+
+
+def status_of(error: Exception) -> int:
+    """The HTTP status an error is answered with."""
+    answered = as_api_error(error)
+    return 500 if answered is None else answered.status
 
 
 def documented_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -84,30 +118,23 @@ def _describe_validation(error: RequestValidationError) -> str:
     return "; ".join(problems) or "invalid request"
 
 
-async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error.status, error.code, error.message, error.headers)
-
-
-async def _video_error(request: Request, error: VideoError) -> JSONResponse:
-    return await _api_error(request, video_error(error))
-
-
-async def _model_not_found(request: Request, error: ModelNotFound) -> JSONResponse:
-    return error_response(404, error.code, str(error))
+async def _known_error(request: Request, error: Exception) -> JSONResponse:
+    answered = as_api_error(error)
+    assert answered is not None  # registered only for the types as_api_error answers
+    return error_response(answered.status, answered.code, answered.message, answered.headers, path=request.url.path)
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    return error_response(422, "validation_error", _describe_validation(error))
+    return error_response(422, "validation_error", _describe_validation(error), path=request.url.path)
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     code = HTTP_CODES.get(error.status_code, "http_error")
-    return error_response(error.status_code, code, str(error.detail), error.headers)
+    return error_response(error.status_code, code, str(error.detail), error.headers, path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(VideoError, _video_error)
-    app.add_exception_handler(ModelNotFound, _model_not_found)
+    for error_type in (ApiError, VideoError, ModelNotFound, BackendNotAvailable, InvalidVersion):
+        app.add_exception_handler(error_type, _known_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -21,7 +21,8 @@ from service.log import REQUEST_ID
 
 HEADER = "X-Request-ID"
 SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-PROBES = frozenset({"/healthz", "/readyz"})  # polled every few seconds: logged at debug level
+# polled every few seconds: logged at debug level
+PROBES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 access_log = logging.getLogger("clipwise.access")
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class RequestContextMiddleware:
             if status is not None:
                 raise
             message = f"internal server error; quote request id {request_id} when reporting it"
-            await error_response(500, "internal_error", message)(scope, receive, send_with_id)
+            await error_response(500, "internal_error", message, path=scope["path"])(scope, receive, send_with_id)
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             level = logging.DEBUG if scope["path"] in PROBES else logging.INFO

@@ -1,30 +1,119 @@
-"""The model versions being served, one per model name.
+"""The model versions being served, one per model name, and how they are swapped.
 
-A request takes its ``LoadedVersion`` from the store once, at its start, and finishes on it: replacing
-the version of a name swaps one dictionary entry under a lock, and requests in flight keep a reference
-to the version they started on, which stays alive until they finish. Loading and warming up happen
-before the swap, so a version that fails to load never replaces the one serving.
+A request takes its ``ServedModel`` from the store once, at its start, and finishes on it: replacing the
+version of a name swaps one dictionary entry under a lock, and requests in flight keep a reference to the
+version they started on, which stays alive until they finish. A version is read from the repository and
+checked before the swap — manifest schema, sha256 of the weights, the architecture rebuilt with every weight
+matched, every backend opened and one warm-up inference on each giving logits of the manifest's shape — so a
+version that fails any check never replaces the one serving. Loads of one name are serialised; ``load``
+takes seconds and belongs in a worker thread (``service.lifecycle``), the other methods only take the
+dictionary lock for a moment.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from models.checkpoint import LoadedVersion, list_model_names, list_versions, load_version, validate_name
-from service.inference import warm_up
+import torch
+
+from export.runtime import MODEL_FILE, Runner
+from models.checkpoint import (
+    CheckpointError,
+    LoadedVersion,
+    Manifest,
+    list_model_names,
+    list_versions,
+    load_version,
+    read_manifest,
+    validate_name,
+)
+from service.backends import BackendName, Backends, open_backends
+from video import ClipSpec
+
+# Ada3D groups the clips of a batch by their plan (frames kept, 3D stages on), which differs from clip to clip:
+# merging requests rarely makes a group larger, so its requests run one by one.
+UNBATCHED_FAMILIES = frozenset({"ada3d"})
 
 
 class ModelNotFound(LookupError):
-    """No such model is being served."""
+    """No such model is being served (or, for management, none is in the repository)."""
 
     code = "model_not_found"
 
 
 class VersionNotFound(ModelNotFound):
-    """The model is served, but not at the requested version."""
+    """The model exists, but not at the requested version."""
 
     code = "version_not_found"
+
+
+class BackendNotAvailable(LookupError):
+    """The served version cannot run on the requested backend."""
+
+
+class InvalidVersion(Exception):
+    """A version in the repository that cannot be served: the repository's fault, not the request's."""
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A loaded version and the backends that can run it."""
+
+    loaded: LoadedVersion
+    backends: Backends
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def version(self) -> int:
+        return self.loaded.version
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.loaded.manifest
+
+    @property
+    def family(self) -> str:
+        return type(self.loaded.model).family
+
+    @cached_property
+    def spec(self) -> ClipSpec:
+        """How the model's input clips are sampled and transformed."""
+        return ClipSpec(**self.manifest.preprocessing.model_dump())
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        """Shape of one input clip: (channels, frames, height, width)."""
+        return (3, self.spec.frames, self.spec.crop_size, self.spec.crop_size)
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests may share a forward pass (see ``UNBATCHED_FAMILIES``)."""
+        return self.family not in UNBATCHED_FAMILIES
+
+    def backend(self, name: BackendName | None = None) -> Runner:
+        """The backend called ``name`` (default: the manifest's)."""
+        chosen = name or self.manifest.backend
+        if chosen not in self.backends.available:
+            raise BackendNotAvailable(
+                f"{self.name} version {self.version} cannot run on {chosen}: {self.backends.unavailable[chosen]}"
+            )
+        return self.backends.available[chosen]
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    """One version directory of the repository, as its manifest describes it."""
+
+    version: int
+    manifest: Manifest | None  # None when the manifest is missing or invalid
+    problem: str | None
+    has_onnx: bool
 
 
 class ModelStore:
@@ -32,25 +121,38 @@ class ModelStore:
 
     def __init__(self, repository: Path) -> None:
         self.repository = repository
-        self._served: dict[str, LoadedVersion] = {}
+        self._served: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
 
-    def load(self, name: str, version: int | None = None) -> LoadedVersion:
-        """Load a version (default: the newest) from the repository, warm it up, then serve it in place of
-        the current one. Raises ``models.checkpoint.CheckpointError`` and leaves the store as it was if the
-        version cannot be loaded."""
-        loaded = load_version(self.repository, name, version)
-        warm_up(loaded)
+    def load(self, name: str, version: int | None = None) -> tuple[ServedModel, ServedModel | None]:
+        """Read a version (default: the newest) from the repository, check and warm it up, then serve it in
+        place of the current one. Returns the new and the replaced version. Raises ``ModelNotFound`` /
+        ``VersionNotFound`` if the repository has no such version and ``InvalidVersion`` if it cannot be
+        served; the store is then as it was."""
+        version = self._resolve(name, version)
+        with self._load_lock(name):
+            served = open_version(self.repository, name, version)
+            with self._lock:
+                previous = self._served.get(name)
+                self._served[name] = served
+        return served, previous
+
+    def unload(self, name: str) -> ServedModel:
+        """Stop serving ``name``; requests in flight finish on it. Returns the version unloaded. (A load of the
+        name still running completes afterwards: the last to finish wins.)"""
         with self._lock:
-            self._served[name] = loaded
-        return loaded
+            served = self._served.pop(name, None)
+        if served is None:
+            raise ModelNotFound(f"model {name!r} is not served; served models: {self.names()}")
+        return served
 
-    def get(self, name: str, version: int | None = None) -> LoadedVersion:
+    def get(self, name: str, version: int | None = None) -> ServedModel:
         """The version serving ``name``; ``version``, if given, must be that one."""
         with self._lock:
             served = self._served.get(name)
         if served is None:
-            raise ModelNotFound(f"model {name!r} is not served; served models: {sorted(self.names())}")
+            raise ModelNotFound(f"model {name!r} is not served; served models: {self.names()}")
         if version is not None and version != served.version:
             raise VersionNotFound(
                 f"model {name!r} is served at version {served.version}, not {version}; "
@@ -58,7 +160,7 @@ class ModelStore:
             )
         return served
 
-    def served(self) -> list[LoadedVersion]:
+    def served(self) -> list[ServedModel]:
         """Every served version, by model name."""
         with self._lock:
             return [self._served[name] for name in sorted(self._served)]
@@ -77,3 +179,62 @@ class ModelStore:
             return list_versions(self.repository / validate_name(name))
         except ValueError:
             return []
+
+    def describe_versions(self, name: str) -> list[VersionEntry]:
+        """Every version of ``name`` in the repository with its manifest (weights are not read)."""
+        versions = self.versions_on_disk(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} has no version in the repository")
+        return [self._describe(self.repository / name / str(version), version) for version in versions]
+
+    @staticmethod
+    def _describe(version_dir: Path, version: int) -> VersionEntry:
+        has_onnx = (version_dir / MODEL_FILE).is_file()
+        try:
+            return VersionEntry(version, read_manifest(version_dir), None, has_onnx)
+        except CheckpointError as error:
+            return VersionEntry(version, None, str(error), has_onnx)
+
+    def _resolve(self, name: str, version: int | None) -> int:
+        versions = self.versions_on_disk(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} has no version in the repository; present: {self.names_on_disk()}")
+        if version is None:
+            return versions[-1]
+        if version not in versions:
+            raise VersionNotFound(f"model {name!r} has no version {version} in the repository; versions: {versions}")
+        return version
+
+    def _load_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._load_locks.setdefault(name, threading.Lock())
+
+
+def open_version(repository: Path, name: str, version: int) -> ServedModel:
+    """A version read from ``repository``, checked, its backends opened and warmed up: ready to serve.
+    Raises ``InvalidVersion`` if any check fails."""
+    try:
+        loaded = load_version(repository, name, version)
+        served = ServedModel(loaded, open_backends(loaded))
+    except CheckpointError as error:
+        raise InvalidVersion(f"{name} version {version} cannot be served: {error}") from None
+    for backend in served.backends.available.values():
+        warm_up(served, backend)
+    return served
+
+
+def warm_up(served: ServedModel, backend: Runner) -> None:
+    """One inference on a blank clip, so the first request does not pay for lazy initialisation; it checks the
+    logits have one entry per label. Raises ``InvalidVersion`` if the backend fails.
+
+    On torch it also caches the model's full-compute GFLOPs at the served input size: counting them runs the
+    model with its parameters swapped for meta tensors, which must not happen while requests run on it.
+    """
+    classes = len(served.manifest.labels)
+    where = f"{served.name} version {served.version} on {backend.name}"
+    try:
+        logits = backend.execute(torch.zeros(1, *served.clip_shape)).logits
+    except Exception as error:  # any failure of a version's own code or graph makes it unservable
+        raise InvalidVersion(f"{where}: the warm-up inference failed: {error}") from None
+    if tuple(logits.shape) != (1, classes):
+        raise InvalidVersion(f"{where}: logits of shape {tuple(logits.shape)}, not (1, {classes}) for its labels")

@@ -1,10 +1,10 @@
-"""Blocking work (decode, preprocess, inference) off the event loop, a bounded number at a time.
+"""Blocking work (decoding an upload, running a batch) off the event loop, a bounded number at a time.
 
-A job has ``timeout_s`` from its submission to finish: waiting for one of ``slots`` worker threads, then
-running. If no slot frees in time it is refused with 503 and Retry-After. Once running, work cannot be
-interrupted: a job whose deadline passes mid-way is answered 504 while its thread finishes, still holding
-its slot, so the number of concurrent jobs never exceeds ``slots``. Jobs run in a copy of the request's
-context (its request id).
+A job must finish by its deadline (event-loop time, ``deadline_in``): waiting for one of ``slots`` worker
+threads, then running. If no slot frees in time it is refused with 503 and Retry-After. Once running, work
+cannot be interrupted: a job whose deadline passes mid-way is answered 504 while its thread finishes, still
+holding its slot, so the number of concurrent jobs never exceeds ``slots``. Jobs run in a copy of the
+caller's context (its request id).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ T = TypeVar("T")
 RETRY_AFTER_S = 1
 
 
+def deadline_in(seconds: float) -> float:
+    """The event-loop time ``seconds`` from now."""
+    return asyncio.get_running_loop().time() + seconds
+
+
 class InferenceRunner:
     """A pool of ``slots`` worker threads with deadline-bounded admission."""
 
@@ -29,11 +34,10 @@ class InferenceRunner:
         self._slots = asyncio.Semaphore(slots)
         self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="clipwise-worker")
 
-    async def run(self, work: Callable[[], T], timeout_s: float) -> tuple[T, float]:
-        """Run ``work`` in a worker thread within ``timeout_s``; returns its result and the milliseconds
+    async def run(self, work: Callable[[], T], deadline: float) -> tuple[T, float]:
+        """Run ``work`` in a worker thread, finished by ``deadline``; returns its result and the milliseconds
         spent waiting for a slot."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         queued = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
@@ -42,7 +46,7 @@ class InferenceRunner:
             raise ApiError(
                 503,
                 "overloaded",
-                f"every inference slot stayed busy for {timeout_s:g} s",
+                "every inference slot stayed busy until the request's deadline",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from None
         queue_ms = (time.perf_counter() - queued) * 1000
@@ -51,7 +55,7 @@ class InferenceRunner:
         future.add_done_callback(self._finished)
         done, _ = await asyncio.wait({future}, timeout=deadline - loop.time())  # never cancels the job
         if not done:
-            raise ApiError(504, "deadline_exceeded", f"the request took longer than {timeout_s:g} s to process")
+            raise ApiError(504, "deadline_exceeded", "the request's deadline passed while it was being processed")
         return future.result(), queue_ms
 
     def _finished(self, future: asyncio.Future) -> None:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, BeforeValidator, Field, field_serializer
 
 from models.checkpoint import PreprocessingSpec
 from models.policy import Policy
+from service.backends import BackendName
 
 MAX_CLIPS = 10
 
@@ -34,6 +35,9 @@ class PredictQuery(BaseModel):
         1, ge=1, le=MAX_CLIPS, description="temporal clips sampled across the video (views = clips x crops)"
     )
     crops: CropCount = Field(1, description="spatial crops per clip: 1 (centre) or 3 (left/centre/right)")
+    backend: BackendName | None = Field(
+        None, description="runtime to execute the model on (default: the one the version's manifest names)"
+    )
 
 
 class ClassScore(BaseModel):
@@ -70,7 +74,7 @@ class TimingReport(BaseModel):
     """Wall time of each stage of this request, milliseconds."""
 
     read: float = Field(ge=0, description="receiving the upload")
-    queue: float = Field(ge=0, description="waiting for a free inference slot")
+    queue: float = Field(ge=0, description="waiting for inference slots and for the batch to form")
     decode: float = Field(ge=0, description="demuxing and decoding the sampled frames")
     preprocess: float = Field(ge=0, description="resizing, cropping and normalising the views")
     inference: float = Field(ge=0, description="running the model on every view")
@@ -94,7 +98,8 @@ class PredictResponse(BaseModel):
     )
     video: VideoReport = Field(description="the uploaded video and the frames sampled from it")
     timing_ms: TimingReport = Field(description="wall time of each stage, milliseconds")
-    backend: Literal["torch", "onnxruntime"] = Field(description="runtime that executed the model")
+    backend: BackendName = Field(description="runtime that executed the model")
+    batch_size: int = Field(ge=1, description="requests that ran in the same forward pass as this one (1: alone)")
     request_id: str = Field(description="id of this request, also in the X-Request-ID header and the logs")
 
 
@@ -125,9 +130,49 @@ class ModelDetail(ModelSummary):
     params_m: float = Field(ge=0, description="parameters, millions")
     kwargs: dict[str, Any] = Field(description="config fields the architecture was built with")
     metrics: dict[str, float] = Field(description="evaluation metrics recorded at training time")
-    backend: Literal["torch", "onnxruntime"] = Field(description="runtime the version runs on")
+    backend: BackendName = Field(description="runtime the version runs on by default")
+    backends: list[BackendName] = Field(description="runtimes the version can run on (query parameter 'backend')")
     created_at: datetime = Field(description="when the version was written")
     weights_sha256: str = Field(description="sha256 of weights.safetensors, checked at load time")
+
+
+class LoadResponse(BaseModel):
+    """The version now serving a model."""
+
+    model: str = Field(description="model name")
+    version: int = Field(ge=1, description="the version loaded, checked and warmed up, now serving")
+    previous_version: int | None = Field(description="the version it replaced (null: the model was not served)")
+    backends: list[BackendName] = Field(description="runtimes the version can run on")
+    load_ms: float = Field(ge=0, description="reading, checking and warming up the version, milliseconds")
+
+
+class UnloadResponse(BaseModel):
+    """The version no longer served."""
+
+    model: str = Field(description="model name")
+    version: int = Field(ge=1, description="the version unloaded; requests already running on it finish")
+
+
+class VersionInfo(BaseModel):
+    """One version directory of the repository."""
+
+    version: int = Field(ge=1, description="version number")
+    valid_manifest: bool = Field(description="the manifest exists and matches its schema (weights not checked)")
+    problem: str | None = Field(description="why the manifest is not valid (null when it is)")
+    architecture: str | None = Field(description="registry preset, from the manifest")
+    trained: bool | None = Field(description="false for placeholder weights, from the manifest")
+    metrics: dict[str, float] = Field(description="evaluation metrics recorded at training time")
+    created_at: datetime | None = Field(description="when the version was written")
+    backends: list[BackendName] = Field(description="runtimes it can run on: torch, and onnxruntime with model.onnx")
+    default_backend: BackendName | None = Field(description="the backend its manifest names")
+
+
+class VersionList(BaseModel):
+    """A model's versions in the repository."""
+
+    model: str = Field(description="model name")
+    served_version: int | None = Field(description="the version serving (null: not served)")
+    versions: list[VersionInfo] = Field(description="every version directory, ascending")
 
 
 class Liveness(BaseModel):

@@ -1,11 +1,14 @@
-"""What one running app holds: its settings, the model store, the worker pool and its startup status."""
+"""What one running app holds: its settings, the model store, the worker pool, the batcher, its metrics and
+its startup status."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+from service.batching import Batcher
 from service.config import Settings
+from service.metrics import ServiceMetrics
 from service.model_store import ModelStore
 from service.runner import InferenceRunner
 
@@ -32,12 +35,18 @@ class ServiceState:
     settings: Settings
     store: ModelStore
     runner: InferenceRunner
+    batcher: Batcher
+    metrics: ServiceMetrics
     startup: Startup = field(default_factory=Startup)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceState:
+        store = ModelStore(settings.model_repository)
+        runner = InferenceRunner(settings.max_concurrent_inferences)
         return cls(
             settings=settings,
-            store=ModelStore(settings.model_repository),
-            runner=InferenceRunner(settings.max_concurrent_inferences),
+            store=store,
+            runner=runner,
+            batcher=Batcher(runner, settings),
+            metrics=ServiceMetrics(store),
         )

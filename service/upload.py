@@ -1,14 +1,16 @@
-"""Reading a video upload: a multipart/form-data body streamed in, one file part kept, cut at a size limit.
+"""Reading request bodies cut at a size limit: a video upload (multipart/form-data, one file part kept) and a
+raw body (the v2 protocol's inference requests).
 
 FastAPI's ``UploadFile`` would spool the whole body to a temporary file before the endpoint runs. Here
-the body is parsed as it arrives (python-multipart's streaming parser): a declared Content-Length over
-the limit is refused before reading anything, and a body that grows past it is refused as soon as it
+the body is read as it arrives (multipart: python-multipart's streaming parser): a declared Content-Length
+over the limit is refused before reading anything, and a body that grows past it is refused as soon as it
 does, so no more than the limit is ever held.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -102,10 +104,25 @@ def _boundary(request: Request) -> bytes:
     return options[b"boundary"]
 
 
-def _check_declared_length(request: Request, limit: int) -> None:
+async def _limited_stream(request: Request, limit: int, allowance: int = 0) -> AsyncIterator[bytes]:
+    """The body's chunks; 413 (for ``limit``) once it declares or reaches more than ``limit + allowance``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + FRAMING_ALLOWANCE:
+    if declared is not None and declared.isdigit() and int(declared) > limit + allowance:
         raise too_large(limit)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit + allowance:
+                raise too_large(limit)
+            yield chunk
+    except ClientDisconnect:
+        raise ApiError(400, "incomplete_upload", "the client disconnected before the body was complete") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (413 beyond)."""
+    return b"".join([chunk async for chunk in _limited_stream(request, limit)])
 
 
 async def read_upload(request: Request, limit: int) -> Upload:
@@ -113,19 +130,12 @@ async def read_upload(request: Request, limit: int) -> Upload:
     started = time.perf_counter()
     part = _FilePart(limit)
     parser = MultipartParser(_boundary(request), part.callbacks())
-    _check_declared_length(request, limit)
-    received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit + FRAMING_ALLOWANCE:
-                raise too_large(limit)
+        async for chunk in _limited_stream(request, limit, FRAMING_ALLOWANCE):
             parser.write(chunk)
         parser.finalize()
     except FormParserError as error:
         raise ApiError(400, "malformed_multipart", f"malformed multipart body: {error}") from None
-    except ClientDisconnect:
-        raise ApiError(400, "incomplete_upload", "the client disconnected before the upload was complete") from None
     if part.data is None:
         raise ApiError(422, "validation_error", f"body.{FIELD}: a multipart part named '{FIELD}' is required")
     if not part.complete:

@@ -8,9 +8,9 @@ sampler, scores from the model run in-process on the same views.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import socket
+import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,18 +22,19 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from fastapi import FastAPI
+from live_server import assert_error, serving, wait_for
 
 from clipwise.cli import build_parser
 from clipwise.commands.serve import settings_from
+from export.runtime import MODEL_FILE as ONNX_FILE
+from export.runtime import open_runner
 from models import create_model
-from models.checkpoint import WEIGHTS_FILE, load_version, save_version
+from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_version, save_version
 from service.app import create_app
 from service.config import Settings
 from service.errors import ApiError
-from service.runner import InferenceRunner
-from service.schemas import ErrorResponse, PredictResponse
+from service.runner import InferenceRunner, deadline_in
+from service.schemas import PredictResponse
 from video import ClipSpec, load_clips
 from video.synthetic import encode_video, index_coded_frames
 
@@ -53,41 +54,6 @@ def save_versions(repository: Path, count: int) -> Path:
         torch.manual_seed(seed)
         save_version(create_model(MODEL, num_classes=len(LABELS)), LABELS, repository, MODEL, trained=False)
     return repository
-
-
-@contextlib.contextmanager
-def serving(app: FastAPI, *, ready: bool = True) -> Iterator[httpx.Client]:
-    """``app`` under uvicorn in a thread on a free loopback port; a client for it (after /readyz is 200)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None))
-
-    def run() -> None:
-        with contextlib.suppress(SystemExit):  # uvicorn exits when startup fails
-            server.run(sockets=[sock])
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), "the server to start")
-        if not server.started:
-            raise RuntimeError("the server did not start")
-        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=60) as client:
-            if ready:
-                wait_for(lambda: client.get("/readyz").status_code == 200, "readiness")
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="session")
@@ -145,16 +111,6 @@ def multipart_body(*files: bytes, closed: bool = True) -> bytes:
 
 def predict(client: httpx.Client, data: bytes, **params: object) -> httpx.Response:
     return client.post(PREDICT, params=params, files={"file": ("clip.mp4", data)})
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> ErrorResponse:
-    assert response.status_code == status, response.text
-    body = ErrorResponse.model_validate_json(response.content)
-    assert set(response.json()) == {"error"} and set(response.json()["error"]) == {"code", "message", "request_id"}
-    assert body.error.code == code, body
-    assert body.error.message
-    assert body.error.request_id == response.headers["x-request-id"]
-    return body
 
 
 def served_spec(repository: Path) -> ClipSpec:
@@ -385,14 +341,105 @@ def test_docs_and_openapi_describe_the_api(client: httpx.Client) -> None:
     upload = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload["required"] == ["file"]
     assert {"400", "404", "408", "413", "415", "422"} <= set(operation["responses"])
-    assert {param["name"] for param in operation["parameters"]} == {"name", "version", "top_k", "clips", "crops"}
+    expected_parameters = {"name", "version", "top_k", "clips", "crops", "backend"}
+    assert {param["name"] for param in operation["parameters"]} == expected_parameters
     components = schema["components"]["schemas"]
     assert {"AdaFusePolicy", "Ada3DPolicy", "FusionPolicy"} <= set(components)
     assert "HTTPValidationError" not in components  # every 422 is documented as the error body it really is
-    documented = ("PredictResponse", "FlopsReport", "VideoReport", "TimingReport", "ModelDetail", "ErrorResponse")
+    documented = """PredictResponse FlopsReport VideoReport TimingReport ModelDetail ErrorResponse LoadResponse
+        UnloadResponse VersionList VersionInfo InferResponse InferOutput ModelMetadata TensorMetadata V2Error""".split()
     for name in documented:
         undocumented = [field for field, spec in components[name]["properties"].items() if "description" not in spec]
         assert undocumented == [], f"{name}: {undocumented}"
+
+
+# ---------------------------------------------------------------- backends
+
+ADMIN_TOKEN = "backend-test-admin-token"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 1 of the model with its model.onnx."""
+    from export.onnx import export_version  # the export extra (onnx, onnxscript): only these tests need it
+
+    repository = save_versions(tmp_path_factory.mktemp("exported"), 1)
+    export_version(repository / MODEL / "1")
+    return repository
+
+
+def add_backend_variants(repository: Path) -> None:
+    """Version 2: version 1 with onnxruntime as the manifest's default; version 3: other weights, carrying
+    version 1's model.onnx; version 4: version 1 with a model.onnx that is not a graph."""
+    first = repository / MODEL / "1"
+    for number in (2, 3, 4):
+        shutil.copytree(first, repository / MODEL / str(number))
+    manifest = json.loads((first / MANIFEST_FILE).read_text())
+    (repository / MODEL / "2" / MANIFEST_FILE).write_text(json.dumps({**manifest, "backend": "onnxruntime"}))
+    torch.manual_seed(3)
+    other = save_version(create_model(MODEL, num_classes=len(LABELS)), LABELS, repository, "scratch", trained=False)
+    for name in (WEIGHTS_FILE, MANIFEST_FILE):
+        shutil.copy(other / name, repository / MODEL / "3" / name)
+    (repository / MODEL / "4" / ONNX_FILE).write_bytes(b"not an onnx graph")
+
+
+@pytest.fixture(scope="module")
+def backend_client(exported: Path) -> Iterator[httpx.Client]:
+    """A server of version 1; versions 2 to 4 appear in the repository once it serves."""
+    settings = Settings(model_repository=exported, models=[MODEL], admin_token=ADMIN_TOKEN)
+    with serving(create_app(settings)) as client:
+        add_backend_variants(exported)
+        yield client
+
+
+def load_version_at(client: httpx.Client, version: int) -> httpx.Response:
+    return client.post(f"/v1/models/{MODEL}/load?version={version}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def test_a_version_with_model_onnx_runs_on_either_backend_and_reports_alike(
+    backend_client: httpx.Client, exported: Path, videos: dict[str, bytes]
+) -> None:
+    data = videos["h264"]
+    detail = backend_client.get(f"/v1/models/{MODEL}").json()
+    assert (detail["version"], detail["backend"], detail["backends"]) == (1, "torch", ["onnxruntime", "torch"])
+    answers = {}
+    for backend in ("torch", "onnxruntime"):
+        response = predict(backend_client, data, backend=backend, top_k=len(LABELS), clips=2)
+        assert response.status_code == 200, response.text
+        answers[backend] = PredictResponse.model_validate_json(response.content)
+        assert answers[backend].backend == backend
+    assert predict(backend_client, data).json()["backend"] == "torch"  # the manifest's default
+
+    loaded = load_version(exported, MODEL, 1)
+    views = load_clips(data, served_spec(exported), clips=2)
+    expected = open_runner(loaded, "onnxruntime").execute(views.clips).logits.softmax(-1).mean(0).tolist()
+    onnx_scores = {p.index: p.score for p in answers["onnxruntime"].predictions}
+    torch_scores = {p.index: p.score for p in answers["torch"].predictions}
+    assert onnx_scores == pytest.approx(dict(enumerate(expected)), abs=1e-6)
+    assert onnx_scores == pytest.approx(torch_scores, rel=1e-3)
+    assert answers["onnxruntime"].flops == answers["torch"].flops
+
+
+def test_the_manifest_names_the_default_backend(backend_client: httpx.Client, videos: dict[str, bytes]) -> None:
+    assert load_version_at(backend_client, 2).json()["backends"] == ["onnxruntime", "torch"]
+    assert predict(backend_client, videos["h264"]).json()["backend"] == "onnxruntime"
+    assert predict(backend_client, videos["h264"], backend="torch").json()["backend"] == "torch"
+    assert load_version_at(backend_client, 1).status_code == 200
+
+
+def test_a_backend_the_version_cannot_run_on_is_422_with_the_reason(
+    backend_client: httpx.Client, videos: dict[str, bytes]
+) -> None:
+    assert load_version_at(backend_client, 3).json()["backends"] == ["torch"]  # its model.onnx is version 1's
+    response = predict(backend_client, videos["h264"], backend="onnxruntime")
+    assert "other weights" in assert_error(response, 422, "backend_not_available").error.message
+    assert predict(backend_client, videos["h264"]).json()["backend"] == "torch"
+    assert load_version_at(backend_client, 1).status_code == 200
+
+
+def test_a_model_onnx_onnxruntime_cannot_open_makes_the_version_invalid(backend_client: httpx.Client) -> None:
+    assert ONNX_FILE in assert_error(load_version_at(backend_client, 4), 502, "invalid_version").error.message
+    assert backend_client.get(f"/v1/models/{MODEL}").json()["version"] == 1
 
 
 # ---------------------------------------------------------------- startup
@@ -449,13 +496,13 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_the_runner_refuses_work_it_cannot_start_before_the_deadline() -> None:
     async def scenario() -> None:
         runner = InferenceRunner(slots=1)
-        busy = asyncio.create_task(runner.run(lambda: time.sleep(0.3), timeout_s=5))
+        busy = asyncio.create_task(runner.run(lambda: time.sleep(0.3), deadline_in(5)))
         await asyncio.sleep(0.05)
         with pytest.raises(ApiError) as refused:
-            await runner.run(lambda: None, timeout_s=0.05)
+            await runner.run(lambda: None, deadline_in(0.05))
         assert (refused.value.status, refused.value.headers) == (503, {"Retry-After": "1"})
         await busy
-        assert (await runner.run(lambda: 7, timeout_s=5))[0] == 7
+        assert (await runner.run(lambda: 7, deadline_in(5)))[0] == 7
         runner.shutdown()
 
     asyncio.run(scenario())
@@ -471,9 +518,9 @@ def test_the_runner_answers_504_past_the_deadline_and_keeps_the_slot_until_the_w
             finished.set()
 
         with pytest.raises(ApiError) as late:
-            await runner.run(slow, timeout_s=0.05)
+            await runner.run(slow, deadline_in(0.05))
         assert late.value.status == 504 and not finished.is_set()
-        _, queue_ms = await runner.run(lambda: None, timeout_s=5)
+        _, queue_ms = await runner.run(lambda: None, deadline_in(5))
         assert finished.is_set() and queue_ms > 100  # waited for the abandoned job to free its slot
         runner.shutdown()
 

@@ -27,7 +27,6 @@ import itertools
 import json
 import platform
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -261,35 +260,18 @@ def in_process_settings(repository: Path | None, models: list[str] | None) -> Se
 def local_server(app: FastAPI) -> Iterator[str]:
     """A Clipwise ``app`` (``service.app.create_app``) under uvicorn in a daemon thread on a free 127.0.0.1
     port, once every default model is loaded and warmed up; yields its base URL and stops it on exit."""
-    import socket
-
-    import uvicorn
+    from service.local import serve_in_thread
 
     startup = app.state.service.startup
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name it, and without it every
-    # response on a kept-alive connection stalls 40 ms (Nagle's algorithm meets the client's delayed ACK).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
-
-    def serve() -> None:
-        with contextlib.suppress(SystemExit):  # uvicorn exits when the app's startup fails
-            server.run(sockets=[sock])
-
-    thread = threading.Thread(target=serve, name="clipwise-bench-server", daemon=True)
-    thread.start()
     try:
-        while thread.is_alive() and not (server.started and startup.status != "loading"):
-            time.sleep(READY_POLL_S)
-        if not thread.is_alive():
-            raise BenchError("the in-process server did not start (its log above says why)")
-        if startup.status == "failed":
-            raise BenchError(f"the in-process server is not ready: {startup.detail}")
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+        with serve_in_thread(app) as url:
+            while startup.status == "loading":
+                time.sleep(READY_POLL_S)
+            if startup.status == "failed":
+                raise BenchError(f"the in-process server is not ready: {startup.detail}")
+            yield url
+    except RuntimeError as error:
+        raise BenchError(f"the in-process server did not start: {error}") from None
 
 
 def wait_until_ready(url: str, timeout_s: float) -> None:

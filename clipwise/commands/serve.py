@@ -23,7 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, field in Settings.model_fields.items():
         default = "" if field.default is None else f"; default: {field.default}"
         help_text = f"{field.description} [CLIPWISE_{name.upper()}{default}]"
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=help_text)
+        flag = f"--{name.replace('_', '-')}"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, metavar="VALUE", help=help_text)
     parser.set_defaults(run=run)
 
 

@@ -2,9 +2,13 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import health, models, predict
+from service.api.routes import demo, health, management, metrics, models, predict, v2
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+api_router.include_router(metrics.router)
 api_router.include_router(models.router)
 api_router.include_router(predict.router)
+api_router.include_router(management.router)
+api_router.include_router(v2.router)
+api_router.include_router(demo.router)

@@ -1,1 +1,2 @@
-"""Route modules: ``health`` (liveness, readiness), ``models`` (what is served), ``predict``."""
+"""Route modules: ``health`` (liveness, readiness), ``metrics`` (Prometheus), ``models`` (what is served),
+``predict``, ``management`` (load, unload, versions; bearer token) and ``v2`` (the Open Inference Protocol)."""

@@ -6,40 +6,40 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from models.checkpoint import LoadedVersion
 from service.deps import StoreDep
 from service.errors import documented_errors
+from service.model_store import ServedModel
 from service.schemas import ModelDetail, ModelList, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 ModelName = Annotated[str, Path(description="model name, as listed by GET /v1/models")]
 
 
-def model_summary(served: LoadedVersion) -> ModelSummary:
+def model_summary(served: ServedModel) -> ModelSummary:
     manifest = served.manifest
     return ModelSummary(
         name=served.name,
         version=served.version,
-        family=type(served.model).family,
+        family=served.family,
         architecture=manifest.architecture,
         full_gflops=manifest.full_gflops,
         trained=manifest.trained,
     )
 
 
-def model_detail(served: LoadedVersion, versions: list[int]) -> ModelDetail:
+def model_detail(served: ServedModel, versions: list[int]) -> ModelDetail:
     manifest = served.manifest
-    spec = manifest.preprocessing
     return ModelDetail(
         **model_summary(served).model_dump(),
         versions=versions,
         labels=manifest.labels,
-        preprocessing=spec,
-        input_shape=[3, spec.frames, spec.crop_size, spec.crop_size],
+        preprocessing=manifest.preprocessing,
+        input_shape=list(served.clip_shape),
         params_m=manifest.params_m,
         kwargs=manifest.kwargs,
         metrics=manifest.metrics,
         backend=manifest.backend,
+        backends=sorted(served.backends.available),
         created_at=manifest.created_at,
         weights_sha256=manifest.weights_sha256,
     )

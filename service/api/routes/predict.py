@@ -12,10 +12,13 @@ from fastapi import APIRouter, Query, Request
 from service.api.routes.models import ModelName
 from service.deps import StateDep
 from service.errors import ApiError, documented_errors
-from service.inference import BACKEND, classify, decode_limits
+from service.inference import decode_limits, flops_report, top_classes, video_report
 from service.log import REQUEST_ID
+from service.metrics import STAGES
+from service.runner import deadline_in
 from service.schemas import PredictQuery, PredictResponse, TimingReport
 from service.upload import FIELD, read_upload
+from video import load_clips
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
 logger = logging.getLogger(__name__)
@@ -52,53 +55,62 @@ UPLOAD_BODY: dict[str, Any] = {
 async def predict(
     name: ModelName, query: Annotated[PredictQuery, Query()], request: Request, state: StateDep
 ) -> PredictResponse:
-    """Decode the upload, sample the model's views, run the model and return the top-k classes with the
-    FLOPs executed, the policy (adaptive models) and the time of each stage."""
+    """Decode the upload, sample the model's views, run the model (batched with concurrent requests) and
+    return the top-k classes with the FLOPs executed, the policy (adaptive models) and the time of each stage."""
     arrived = time.perf_counter()
     settings = state.settings
     served = state.store.get(name, query.version)
-    classes = len(served.manifest.labels)
-    if query.top_k > classes:
-        raise ApiError(422, "validation_error", f"query.top_k: {name} has {classes} classes; top_k must be <= that")
-    upload = await read_upload(request, settings.max_upload_bytes)
-    work = partial(
-        classify,
-        served,
-        upload.data,
-        clips=query.clips,
-        crops=query.crops,
-        top_k=query.top_k,
-        limits=decode_limits(settings),
-    )
-    result, queue_ms = await state.runner.run(work, settings.request_timeout_s)
+    with state.metrics.counting(served, query.backend or served.manifest.backend):
+        backend = served.backend(query.backend)
+        classes = len(served.manifest.labels)
+        if query.top_k > classes:
+            raise ApiError(422, "validation_error", f"query.top_k: {name} has {classes} classes; top_k must be <= that")
+        upload = await read_upload(request, settings.max_upload_bytes)
+        deadline = deadline_in(settings.request_timeout_s)
+        decode = partial(
+            load_clips, upload.data, served.spec, clips=query.clips, crops=query.crops, limits=decode_limits(settings)
+        )
+        with state.batcher.expecting(served, backend):
+            views, slot_ms = await state.runner.run(decode, deadline)
+            batch = await state.batcher.execute(served, backend, views.clips, deadline)
     timing = TimingReport(
         read=upload.read_ms,
-        queue=queue_ms,
-        decode=result.decode_ms,
-        preprocess=result.preprocess_ms,
-        inference=result.inference_ms,
+        queue=slot_ms + batch.queue_ms,
+        decode=views.decode_ms,
+        preprocess=views.preprocess_ms,
+        inference=batch.inference_ms,
         total=(time.perf_counter() - arrived) * 1000,
     )
-    best = result.predictions[0]
-    logger.info(
-        "predict %s v%d views=%d top1=%s (%.3f) gflops=%.3f/%.3f total=%.1f ms",
-        name,
-        served.version,
-        query.clips * query.crops,
-        best.label,
-        best.score,
-        result.flops.executed_gflops,
-        result.flops.full_gflops,
-        timing.total,
-    )
-    return PredictResponse(
+    state.metrics.observe_stages(name, {stage: getattr(timing, stage) / 1000 for stage in STAGES})
+    state.metrics.observe_execution(name, batch.execution, batch.batch_size)
+    response = PredictResponse(
         model=name,
         version=served.version,
-        predictions=result.predictions,
-        flops=result.flops,
-        policy=result.policy,
-        video=result.video,
+        predictions=top_classes(batch.execution.logits, served.manifest.labels, query.top_k),
+        flops=flops_report(batch.execution),
+        policy=batch.execution.policy,
+        video=video_report(views),
         timing_ms=timing,
-        backend=BACKEND,
+        backend=backend.name,
+        batch_size=batch.batch_size,
         request_id=REQUEST_ID.get(),
+    )
+    log_prediction(response, views.clips.shape[0])
+    return response
+
+
+def log_prediction(response: PredictResponse, views: int) -> None:
+    best = response.predictions[0]
+    logger.info(
+        "predict %s v%d on %s views=%d top1=%s (%.3f) gflops=%.3f/%.3f batch=%d total=%.1f ms",
+        response.model,
+        response.version,
+        response.backend,
+        views,
+        best.label,
+        best.score,
+        response.flops.executed_gflops,
+        response.flops.full_gflops,
+        response.batch_size,
+        response.timing_ms.total,
     )

@@ -1,0 +1,170 @@
+"""The Open Inference Protocol v2 (KServe / Triton HTTP) for clients that send tensors (``service.protocol_v2``).
+
+Every model route also exists under ``/v2/models/{name}/versions/{version}``, where the version must be the
+one served. Errors are the protocol's ``{"error": "..."}``; ``backend`` is a query parameter as on ``/v1``.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from clipwise import __version__
+from service.api.routes.models import ModelName
+from service.backends import BackendName
+from service.deps import StateDep
+from service.errors import ApiError
+from service.model_store import ServedModel
+from service.protocol_v2 import (
+    HEADER_LENGTH,
+    DecodedRequest,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    V2Error,
+    decode_request,
+    encode_response,
+    inlined_schema,
+    model_metadata,
+    response_parameters,
+)
+from service.runner import deadline_in
+from service.state import ServiceState
+from service.upload import read_body
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+VERSIONED = "/models/{name}/versions/{version}"
+Version = Annotated[int, Path(ge=1, description="model version; it must be the served one")]
+BackendQuery = Annotated[BackendName | None, Query(description="runtime (default: the manifest's)")]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2Error, "description": description}
+    for status, description in {
+        400: "a request the model cannot take (input name, datatype, shape, values)",
+        404: "unknown model, or a version not served",
+        413: "request body over the upload limit",
+        415: "compressed request body",
+        422: "invalid parameter, or a backend the version cannot run on",
+        503: "not ready, or no inference slot freed before the request deadline",
+        504: "the request deadline passed during inference",
+    }.items()
+}
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inlined_schema(InferRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"binary tensor extension: the JSON request ({HEADER_LENGTH} bytes), then the data",
+            },
+        },
+    }
+}
+
+INFER_ANSWER: dict[str, Any] = {
+    "model": InferResponse,
+    "description": "outputs, FLOPs and policy; with binary outputs, the JSON then the data",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="clipwise", version=__version__, extensions=["binary_tensor_data"])
+
+
+@router.get("/health/live", summary="The process is alive")
+async def server_live() -> ServerLive:
+    return ServerLive(live=True)
+
+
+@router.get("/health/ready", summary="Every default model is loaded and warmed up", responses=ERRORS)
+async def server_ready(state: StateDep) -> ServerReady:
+    if state.startup.status != "ready":
+        raise ApiError(503, "not_ready", state.startup.detail, headers={"Retry-After": "1"})
+    return ServerReady(ready=True)
+
+
+@router.get("/models/{name}", summary="Model metadata: its input and outputs", responses=ERRORS)
+async def metadata(name: ModelName, state: StateDep) -> ModelMetadata:
+    return model_metadata(state.store.get(name), state.store.versions_on_disk(name))
+
+
+@router.get(VERSIONED, summary="Model metadata at a version", responses=ERRORS)
+async def metadata_at_version(name: ModelName, version: Version, state: StateDep) -> ModelMetadata:
+    return model_metadata(state.store.get(name, version), state.store.versions_on_disk(name))
+
+
+@router.get("/models/{name}/ready", summary="The model is served", responses=ERRORS)
+async def model_ready(name: ModelName, state: StateDep) -> ModelReady:
+    state.store.get(name)
+    return ModelReady(name=name, ready=True)
+
+
+@router.get(VERSIONED + "/ready", summary="The model is served at a version", responses=ERRORS)
+async def model_ready_at_version(name: ModelName, version: Version, state: StateDep) -> ModelReady:
+    state.store.get(name, version)
+    return ModelReady(name=name, ready=True)
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Run the model on clips",
+    openapi_extra=INFER_BODY,
+    responses={200: INFER_ANSWER, **ERRORS},
+    response_class=Response,
+)
+async def infer(name: ModelName, request: Request, state: StateDep, backend: BackendQuery = None) -> Response:
+    """FP32 clips [N, 3, T, crop, crop] in; logits, probabilities and executed GFLOPs per clip out, batched with
+    concurrent requests. The response ``parameters`` hold the backend, the FLOPs and the policy."""
+    return await run_inference(state, request, state.store.get(name), backend)
+
+
+@router.post(
+    VERSIONED + "/infer",
+    summary="Run the model at a version on clips",
+    openapi_extra=INFER_BODY,
+    responses={200: INFER_ANSWER, **ERRORS},
+    response_class=Response,
+)
+async def infer_at_version(
+    name: ModelName, version: Version, request: Request, state: StateDep, backend: BackendQuery = None
+) -> Response:
+    """As ``POST /v2/models/{name}/infer``, on the served version, which must be ``version``."""
+    return await run_inference(state, request, state.store.get(name, version), backend)
+
+
+async def run_inference(
+    state: ServiceState, request: Request, served: ServedModel, backend: BackendName | None
+) -> Response:
+    """Parse the request's clips, run them (batched) and encode the outputs, counting the request."""
+    settings = state.settings
+    with state.metrics.counting(served, backend or served.manifest.backend):
+        runner = served.backend(backend)
+        if request.headers.get("content-encoding", "identity") != "identity":
+            raise ApiError(415, "unsupported_encoding", "send the request body uncompressed")
+        body = await read_body(request, settings.max_upload_bytes)
+        deadline = deadline_in(settings.request_timeout_s)
+        parse = partial(_timed_decode, body, request.headers.get(HEADER_LENGTH), served.clip_shape)
+        with state.batcher.expecting(served, runner):
+            (decoded, decode_s), slot_ms = await state.runner.run(parse, deadline)
+            batch = await state.batcher.execute(served, runner, decoded.clips, deadline)
+    stages = {"decode": decode_s, "queue": (slot_ms + batch.queue_ms) / 1000, "inference": batch.inference_ms / 1000}
+    state.metrics.observe_stages(served.name, stages)
+    state.metrics.observe_execution(served.name, batch.execution, batch.batch_size)
+    parameters = response_parameters(batch.execution, runner.name, batch.batch_size)
+    content, headers = encode_response(decoded, served.name, served.version, batch.execution, parameters)
+    return Response(content, headers=headers)
+
+
+def _timed_decode(body: bytes, header_length: str | None, clip_shape: tuple[int, ...]) -> tuple[DecodedRequest, float]:
+    started = time.perf_counter()
+    decoded = decode_request(body, header_length, clip_shape)
+    return decoded, time.perf_counter() - started

@@ -1,0 +1,313 @@
+"""The Open Inference Protocol v2 (KServe / Triton HTTP): request and response bodies, tensors in and out.
+
+An inference request carries one FP32 input, ``clips``, of shape [N, 3, T, crop, crop] (the model's clip
+shape, normalised as its preprocessing says), as JSON ``data`` (flat row-major or nested) or in the binary
+tensor extension: the JSON header's length in the ``Inference-Header-Content-Length`` header, the raw
+little-endian bytes after it, ``parameters.binary_data_size`` on the input. The outputs are ``logits`` and
+``probabilities`` (FP32 [N, classes]) and ``executed_gflops`` (FP64 [N], per clip); each is returned as
+JSON or, when asked (``parameters.binary_data`` on a requested output, or ``binary_data_output`` on the
+request), as binary after the JSON. The response ``parameters`` carry the backend, the FLOPs summed over the
+clips, the saving and, for adaptive models, the per-clip policy as a JSON string (protocol parameters are
+scalars).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, ValidationError
+
+from models.base import Execution
+from service.errors import ApiError
+from service.inference import flops_report
+from service.model_store import ServedModel
+
+INPUT_NAME = "clips"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_SIZE = "binary_data_size"
+Parameter = bool | int | float | str
+
+
+class TensorMetadata(BaseModel):
+    """Name, datatype and shape of a model input or output (-1: any size)."""
+
+    name: str = Field(description="tensor name")
+    datatype: str = Field(description="protocol datatype (FP32, FP64, ...)")
+    shape: list[int] = Field(description="dimensions; -1 is variable")
+
+
+class ServerMetadata(BaseModel):
+    """``GET /v2``."""
+
+    name: str = Field(description="server name")
+    version: str = Field(description="server version")
+    extensions: list[str] = Field(description="protocol extensions supported")
+
+
+class ModelMetadata(BaseModel):
+    """``GET /v2/models/{name}``."""
+
+    name: str = Field(description="model name")
+    versions: list[str] = Field(description="versions in the repository")
+    platform: str = Field(description="the runtime the served version uses by default")
+    inputs: list[TensorMetadata] = Field(description="the model's inputs")
+    outputs: list[TensorMetadata] = Field(description="the model's outputs")
+
+
+class InferInput(BaseModel):
+    """One input tensor of an inference request."""
+
+    name: str = Field(description=f"input name: '{INPUT_NAME}'")
+    shape: list[int] = Field(description="[N, 3, T, crop, crop]")
+    datatype: str = Field(description="FP32")
+    parameters: dict[str, Parameter] = Field(default_factory=dict, description=f"'{BINARY_SIZE}' for binary data")
+    data: list[Any] | None = Field(None, description="the values, row-major (flat or nested); absent for binary data")
+
+
+class RequestedOutput(BaseModel):
+    """An output the client wants back."""
+
+    name: str = Field(description="logits, probabilities or executed_gflops")
+    parameters: dict[str, Parameter] = Field(default_factory=dict, description="'binary_data': true for binary")
+
+
+class InferRequest(BaseModel):
+    """``POST /v2/models/{name}/infer``."""
+
+    id: str | None = Field(None, description="echoed in the response")
+    parameters: dict[str, Parameter] = Field(default_factory=dict, description="'binary_data_output': true")
+    inputs: list[InferInput] = Field(min_length=1, max_length=1, description=f"exactly one input, '{INPUT_NAME}'")
+    outputs: list[RequestedOutput] | None = Field(None, description="outputs to return (default: all)")
+
+
+class InferOutput(BaseModel):
+    """One output tensor of an inference response."""
+
+    name: str = Field(description="output name")
+    shape: list[int] = Field(description="dimensions")
+    datatype: str = Field(description="protocol datatype")
+    parameters: dict[str, Parameter] = Field(default_factory=dict, description=f"'{BINARY_SIZE}' for binary data")
+    data: list[float] | None = Field(None, description="the values, flat row-major; absent for binary data")
+
+
+class InferResponse(BaseModel):
+    """The answer to an inference request."""
+
+    model_name: str = Field(description="model name")
+    model_version: str = Field(description="the version that ran")
+    id: str | None = Field(None, description="the request's id")
+    parameters: dict[str, Parameter] = Field(
+        description="backend, executed_gflops, full_gflops, saving (over all clips), batch_size, policy (JSON)"
+    )
+    outputs: list[InferOutput] = Field(description="the requested outputs")
+
+
+class ServerLive(BaseModel):
+    """``GET /v2/health/live``."""
+
+    live: bool = Field(description="always true while the process answers")
+
+
+class ServerReady(BaseModel):
+    """``GET /v2/health/ready`` (not ready: 503 with an error body)."""
+
+    ready: bool = Field(description="every default model is loaded and warmed up")
+
+
+class ModelReady(BaseModel):
+    """``GET /v2/models/{name}/ready`` (a model not served: 404)."""
+
+    name: str = Field(description="model name")
+    ready: bool = Field(description="the model (at the version asked, if any) is served")
+
+
+class V2Error(BaseModel):
+    """Body of every error under ``/v2``."""
+
+    error: str = Field(description="what went wrong")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    datatype: str
+    dtype: str  # little-endian numpy dtype of the binary form
+    per_class: bool  # shape [N, classes], else [N]
+
+
+OUTPUTS = (
+    OutputSpec("logits", "FP32", "<f4", per_class=True),
+    OutputSpec("probabilities", "FP32", "<f4", per_class=True),
+    OutputSpec("executed_gflops", "FP64", "<f8", per_class=False),
+)
+OUTPUT_SPECS = {spec.name: spec for spec in OUTPUTS}
+
+
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its nested models written out in place, for an OpenAPI request body given
+    by hand (a ``$defs`` there would not be found by references)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def model_metadata(served: ServedModel, versions: list[int]) -> ModelMetadata:
+    """The served version's tensors; the platform is its default backend."""
+    classes = len(served.manifest.labels)
+    return ModelMetadata(
+        name=served.name,
+        versions=[str(version) for version in versions],
+        platform=served.manifest.backend,
+        inputs=[TensorMetadata(name=INPUT_NAME, datatype="FP32", shape=[-1, *served.clip_shape])],
+        outputs=[
+            TensorMetadata(name=spec.name, datatype=spec.datatype, shape=[-1, classes] if spec.per_class else [-1])
+            for spec in OUTPUTS
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """What an inference request asks for: its id, the clips, and the outputs with their encoding."""
+
+    id: str | None
+    clips: torch.Tensor
+    outputs: list[tuple[OutputSpec, bool]]  # (output, as binary)
+
+
+def decode_request(body: bytes, header_length: str | None, clip_shape: tuple[int, ...]) -> DecodedRequest:
+    """Parse and check an inference request body; 400 for anything the model cannot take."""
+    request, binary = _parse(body, header_length)
+    return DecodedRequest(request.id, _input_clips(request, binary, clip_shape), _requested_outputs(request))
+
+
+def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
+    """The JSON part of a request body and the binary data after it (empty without the extension)."""
+    json_size = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise bad_request(f"{HEADER_LENGTH} must be a byte count within the body; got {header_length!r}")
+        json_size = int(header_length)
+    try:
+        return InferRequest.model_validate_json(body[:json_size]), body[json_size:]
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}" for item in error.errors())
+        raise bad_request(f"invalid inference request: {problems}") from None
+
+
+def _input_clips(request: InferRequest, binary: bytes, clip_shape: tuple[int, ...]) -> torch.Tensor:
+    """The ``clips`` input as an (N, *clip_shape) float tensor."""
+    (tensor,) = request.inputs
+    if tensor.name != INPUT_NAME:
+        raise bad_request(f"unexpected input {tensor.name!r}: the model takes one input, {INPUT_NAME!r}")
+    if tensor.datatype != "FP32":
+        raise bad_request(f"input {INPUT_NAME!r} must be FP32, not {tensor.datatype}")
+    if len(tensor.shape) != len(clip_shape) + 1 or tuple(tensor.shape[1:]) != clip_shape or tensor.shape[0] < 1:
+        expected = f"[N, {', '.join(map(str, clip_shape))}]"
+        raise bad_request(f"input {INPUT_NAME!r} has shape {tensor.shape}; the model takes {expected}")
+    values = _binary_values(tensor, binary) if BINARY_SIZE in tensor.parameters else _json_values(tensor, binary)
+    count = math.prod(tensor.shape)
+    if values.size != count:
+        raise bad_request(f"input {INPUT_NAME!r} holds {values.size} values; shape {tensor.shape} needs {count}")
+    if not np.isfinite(values).all():
+        raise bad_request(f"input {INPUT_NAME!r} holds NaN or infinite values")
+    return torch.from_numpy(values.reshape(tensor.shape))
+
+
+def _binary_values(tensor: InferInput, binary: bytes) -> np.ndarray:
+    size = tensor.parameters[BINARY_SIZE]
+    if tensor.data is not None or size != len(binary):
+        raise bad_request(f"input {INPUT_NAME!r}: {BINARY_SIZE} must equal the binary data's length, {len(binary)}")
+    if len(binary) % 4:
+        raise bad_request(f"input {INPUT_NAME!r}: {len(binary)} bytes is not a whole number of FP32 values")
+    return np.frombuffer(binary, dtype="<f4").astype(np.float32)
+
+
+def _json_values(tensor: InferInput, binary: bytes) -> np.ndarray:
+    if tensor.data is None or binary:
+        raise bad_request(f"input {INPUT_NAME!r}: send its values as 'data', or as binary data with {BINARY_SIZE}")
+    not_numbers = bad_request(f"input {INPUT_NAME!r}: 'data' must hold numbers, as a flat or evenly nested list")
+    try:
+        values = np.asarray(tensor.data)
+    except ValueError:  # ragged nesting
+        raise not_numbers from None
+    if values.dtype.kind not in "iuf":
+        raise not_numbers
+    return values.astype(np.float32).reshape(-1)
+
+
+def _requested_outputs(request: InferRequest) -> list[tuple[OutputSpec, bool]]:
+    wanted = request.outputs or [RequestedOutput(name=spec.name) for spec in OUTPUTS]
+    binary_by_default = request.parameters.get("binary_data_output") is True
+    outputs = []
+    for output in wanted:
+        spec = OUTPUT_SPECS.get(output.name)
+        if spec is None:
+            raise bad_request(f"unknown output {output.name!r}; outputs: {[spec.name for spec in OUTPUTS]}")
+        if "classification" in output.parameters:
+            raise bad_request("the classification extension is not supported; request 'probabilities'")
+        outputs.append((spec, output.parameters.get("binary_data", binary_by_default) is True))
+    return outputs
+
+
+def encode_response(
+    request: DecodedRequest, model_name: str, version: int, execution: Execution, parameters: dict[str, Parameter]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body (JSON, then any binary outputs) and its headers."""
+    logits = execution.logits.float()
+    arrays = {
+        "logits": logits.numpy(),
+        "probabilities": logits.softmax(dim=-1).numpy(),
+        "executed_gflops": np.asarray(execution.executed_gflops, dtype=np.float64),
+    }
+    response = InferResponse(
+        model_name=model_name, model_version=str(version), id=request.id, parameters=parameters, outputs=[]
+    )
+    chunks: list[bytes] = []
+    for spec, binary in request.outputs:
+        array = arrays[spec.name]
+        tensor = InferOutput(name=spec.name, shape=list(array.shape), datatype=spec.datatype)
+        if binary:
+            chunks.append(array.astype(spec.dtype).tobytes())
+            tensor.parameters[BINARY_SIZE] = len(chunks[-1])
+        else:
+            tensor.data = array.reshape(-1).tolist()
+        response.outputs.append(tensor)
+    header = response.model_dump_json(exclude_none=True).encode()
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+
+
+def response_parameters(execution: Execution, backend: str, batch_size: int) -> dict[str, Parameter]:
+    """FLOPs over all clips, the backend, the batch size and the per-clip policy (JSON) of an inference."""
+    flops = flops_report(execution)
+    parameters: dict[str, Parameter] = {
+        "backend": backend,
+        "executed_gflops": flops.executed_gflops,
+        "full_gflops": flops.full_gflops,
+        "saving": flops.saving,
+        "batch_size": batch_size,
+    }
+    if execution.policy is not None:
+        parameters["policy"] = json.dumps([policy.model_dump(mode="json") for policy in execution.policy])
+    return parameters

@@ -1,0 +1,55 @@
+"""A real server for the HTTP tests (an app under uvicorn on a free loopback port), the error-body check, and
+single-threaded torch for modules that run many small models (several processes share this machine's few
+cores, and intra-op threads fighting over them make tiny models a hundred times slower)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import torch
+from fastapi import FastAPI
+
+from service.local import serve_in_thread
+from service.schemas import ErrorResponse
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI, *, ready: bool = True) -> Iterator[httpx.Client]:
+    """``app`` under uvicorn in a thread on a free loopback port; a client for it (after /readyz is 200)."""
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        if ready:
+            wait_for(lambda: client.get("/readyz").status_code == 200, "readiness")
+        yield client
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> ErrorResponse:
+    """The response is the documented error body with ``code`` and the request's id."""
+    assert response.status_code == status, response.text
+    body = ErrorResponse.model_validate_json(response.content)
+    assert set(response.json()) == {"error"} and set(response.json()["error"]) == {"code", "message", "request_id"}
+    assert body.error.code == code, body
+    assert body.error.message
+    assert body.error.request_id == response.headers["x-request-id"]
+    return body
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
