@@ -64,6 +64,7 @@ from torch import nn
 from torch.distributions import RelaxedBernoulli
 
 from models.base import ClipModelConfig, VideoClassifier
+from models.layers import FrameConv3d
 from models.policy import FusionPolicy
 from models.registry import register_preset
 
@@ -159,7 +160,7 @@ class FusionTemplateConfig(DenseNet3DConfig):
 
 def _bn_relu_conv(in_channels: int, out_channels: int, kernel: tuple[int, int, int]) -> nn.Sequential:
     padding = tuple(k // 2 for k in kernel)
-    conv = nn.Conv3d(in_channels, out_channels, kernel, padding=padding, bias=False)
+    conv = FrameConv3d(in_channels, out_channels, kernel, padding=padding, bias=False)
     return nn.Sequential(OrderedDict(norm=nn.BatchNorm3d(in_channels), relu=nn.ReLU(inplace=True), conv=conv))
 
 

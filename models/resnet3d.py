@@ -11,6 +11,9 @@ Architecture (PySlowFast ``stem_helper`` / ``resnet_helper``, ResNet-50 depths 3
   blocks: I3D res2 [3], res3 [3, 1], res4 [3, 1], res5 [1, 3]; Slow-only [1], [1], [3], [3];
 * ``head``: global average pool, dropout 0.5, linear (logits; PySlowFast's test-time softmax is left out).
 
+Every conv is a ``models.layers.FrameConv3d``: on CPU, kernels one frame deep (and the centre slices below) run
+as 2D convs over the frames, which keeps batch-1 clips on PyTorch's fast kernels.
+
 Nothing pools or strides in time: T frames go in and T frames come out of every stage. PySlowFast's ``i3d``
 arch adds a 2×1×1 max pool after res2; its ``i3d_nopool`` / ``slow_i3d`` variant, built here, is the one
 whose cost matches the Ada3D paper (58.6 GFLOPs at 8×256², 200 classes), and it runs on any number of frames,
@@ -30,7 +33,7 @@ Ada3D API (``models.ada3d`` builds on it):
   as its centre temporal slice, a real 1×k×k conv (``centre_slice_conv3d``), counted as such. Clips may have
   any number of frames.
 * ``centre_slice_copy(module)`` and ``model.static_copy(stages_3d)``: copies in which those kernels are
-  materialised as 1×k×k ``nn.Conv3d`` layers, the static network a policy executes (reference counts, export).
+  materialised as 1×k×k ``FrameConv3d`` layers, the static network a policy executes (reference counts, export).
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.base import ClipModelConfig, Preprocessing, VideoClassifier
 from models.flops import conv_macs, record_macs
+from models.layers import FrameConv3d, frame_conv3d
 from models.registry import register_preset
 
 Kernel3d = tuple[int, int, int]
@@ -58,10 +61,10 @@ SLOWONLY_TEMPORAL_KERNELS = ((1,), (1,), (3,), (3,))
 
 def conv3d(
     in_channels: int, out_channels: int, kernel: Kernel3d, stride: Kernel3d = (1, 1, 1), groups: int = 1
-) -> nn.Conv3d:
+) -> FrameConv3d:
     """Bias-free conv with "same" padding (k // 2 in each dimension), the only kind these networks use."""
     padding = tuple(k // 2 for k in kernel)
-    return nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=padding, groups=groups, bias=False)
+    return FrameConv3d(in_channels, out_channels, kernel, stride=stride, padding=padding, groups=groups, bias=False)
 
 
 def is_temporal(module: nn.Module) -> bool:
@@ -81,18 +84,19 @@ def _centre_slice(conv: nn.Conv3d) -> tuple[torch.Tensor, Kernel3d]:
 def centre_slice_conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """Run ``conv`` with only the centre temporal slice of its kernel, as a 1×k×k conv, and record its MACs.
 
-    Equals ``conv`` with its other temporal taps zeroed, at the cost of the 1×k×k conv alone.
+    Equals ``conv`` with its other temporal taps zeroed, at the cost of the 1×k×k conv alone, which runs as a 2D
+    conv over the frames (``models.layers.frame_conv3d``).
     """
     weight, padding = _centre_slice(conv)
-    out = F.conv3d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+    out = frame_conv3d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
     record_macs(conv_macs(out.shape, conv.in_channels // conv.groups, tuple(weight.shape[2:])))
     return out
 
 
-def _sliced_conv(conv: nn.Conv3d) -> nn.Conv3d:
+def _sliced_conv(conv: nn.Conv3d) -> FrameConv3d:
     """A new 1×k×k conv holding the centre temporal slice of ``conv``."""
     weight, padding = _centre_slice(conv)
-    sliced = nn.Conv3d(
+    sliced = FrameConv3d(
         conv.in_channels,
         conv.out_channels,
         tuple(weight.shape[2:]),

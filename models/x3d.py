@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from models.base import ClipModelConfig, Preprocessing, VideoClassifier
+from models.layers import FrameConv3d
 from models.registry import register_preset
 
 Activation = Literal["relu", "swish"]
@@ -134,10 +135,10 @@ def activation(name: Activation) -> nn.Module:
 
 def conv3d(
     in_channels: int, out_channels: int, kernel: tuple[int, int, int], stride: int = 1, groups: int = 1
-) -> nn.Conv3d:
+) -> FrameConv3d:
     """A bias-free 'same'-padded conv with a spatial stride."""
     padding = tuple(k // 2 for k in kernel)
-    return nn.Conv3d(in_channels, out_channels, kernel, (1, stride, stride), padding, groups=groups, bias=False)
+    return FrameConv3d(in_channels, out_channels, kernel, (1, stride, stride), padding, groups=groups, bias=False)
 
 
 class SqueezeExcite(nn.Module):
@@ -147,9 +148,9 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         hidden = se_width(channels, ratio)
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.reduce = nn.Conv3d(channels, hidden, 1)
+        self.reduce = FrameConv3d(channels, hidden, 1)
         self.relu = nn.ReLU(inplace=True)
-        self.expand = nn.Conv3d(hidden, channels, 1)
+        self.expand = FrameConv3d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(self.expand(self.relu(self.reduce(self.pool(x)))))

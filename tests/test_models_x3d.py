@@ -126,7 +126,7 @@ def test_stage_spec_rejects_even_kernels():
 
 
 def test_e3d_preset_needs_an_arch_and_builds_one(tmp_path):
-    with pytest.raises(ValueError, match="arch"):
+    with pytest.raises(TypeError, match="arch="):
         create_model("e3d")
     path = tmp_path / "arch.json"
     path.write_text(json.dumps({"architecture": architecture_of(E3D_S)}))
