@@ -53,6 +53,7 @@ class Ada3DConfig(ClipModelConfig):
     backbone: str = "i3d_r50"  # a models.resnet3d preset; num_classes, frames and size are passed to it
     selection_width: float = 1.0  # MobileNetV2 width multiplier
     selection_size: int = 112  # frames are resized to this square before the selection net
+    sample_stride: int = 8  # the backbone's dense sampling stride
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,13 @@ class SavingPlan:
 
 def build_backbone(config: Ada3DConfig) -> ResNet3D:
     """The registered I3D / Slow-only preset a config names, with the config's classes, frames and size."""
-    backbone = create_model(config.backbone, num_classes=config.num_classes, frames=config.frames, size=config.size)
+    backbone = create_model(
+        config.backbone,
+        num_classes=config.num_classes,
+        frames=config.frames,
+        size=config.size,
+        sample_stride=config.sample_stride,
+    )
     if not isinstance(backbone, ResNet3D):
         raise TypeError(f"Ada3D needs a models.resnet3d backbone, {config.backbone!r} is {type(backbone).__name__}")
     return backbone
@@ -199,7 +206,6 @@ class Ada3D(VideoClassifier):
 
     family = "ada3d"
     sampling = "dense"
-    dense_stride = ResNet3D.dense_stride
 
     def __init__(self, config: Ada3DConfig) -> None:
         super().__init__(config)

@@ -29,6 +29,7 @@ class ClipModelConfig:
     num_classes: int = 400
     frames: int = 8
     size: int = 224
+    sample_stride: int = 1  # dense sampling: frames between two samples (segment sampling ignores it)
 
 
 @dataclass
@@ -62,7 +63,6 @@ class VideoClassifier(nn.Module):
 
     family: ClassVar[str] = ""
     sampling: ClassVar[str] = "segments"
-    dense_stride: ClassVar[int] = 1
 
     def __init__(self, config: ClipModelConfig) -> None:
         super().__init__()
@@ -104,7 +104,7 @@ class VideoClassifier(nn.Module):
         return Preprocessing(
             sampling=self.sampling,
             frames=self.config.frames,
-            stride=self.dense_stride,
+            stride=self.config.sample_stride,
             short_side=round(size * 256 / 224),
             crop_size=size,
         )

@@ -213,7 +213,6 @@ class DenseNet3D(VideoClassifier):
 
     family = "fusion"
     sampling = "dense"
-    dense_stride = 1
 
     def __init__(self, config: DenseNet3DConfig, units: Sequence[Unit], dropout: float) -> None:
         super().__init__(config)

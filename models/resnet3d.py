@@ -271,6 +271,7 @@ class ResNet3DConfig(ClipModelConfig):
     temporal_kernels: tuple[tuple[int, ...], ...] = I3D_TEMPORAL_KERNELS
     expansion: int = 4
     dropout: float = 0.5
+    sample_stride: int = 8  # PySlowFast's 8x8 sampling
 
 
 class ResNet3D(VideoClassifier):
@@ -278,7 +279,6 @@ class ResNet3D(VideoClassifier):
 
     family = "resnet3d"
     sampling = "dense"
-    dense_stride = 8
 
     def __init__(self, config: ResNet3DConfig) -> None:
         super().__init__(config)

@@ -47,7 +47,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.base import ClipModelConfig, Preprocessing, VideoClassifier
+from models.base import ClipModelConfig, VideoClassifier
 from models.layers import FrameConv3d
 from models.registry import register_preset
 
@@ -272,8 +272,6 @@ class X3D(VideoClassifier):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(clips)))
 
-    def preprocessing(self) -> Preprocessing:
-        return replace(super().preprocessing(), stride=self.config.sample_stride)
 
 
 def _stages(*rows: tuple[int, int, int, int, int, int]) -> tuple[StageSpec, ...]:
