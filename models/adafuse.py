@@ -43,7 +43,7 @@ not skipped at t), on top of the layers the policy does not touch and the policy
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
@@ -225,9 +225,10 @@ class AdaFuseBlock(ResidualBlock):
         masks = self._decide(shifted, frames, directive)
         codes = None if directive.keep_all else masks.argmax(-1)
         first, second = self._folded(self.conv1, self.bn1), self._folded(self.conv2, self.bn2)
+        pair = _pair_executor.get()
         if not self.bottleneck:
-            return gated_conv_pair(shifted, codes, first, second, residual=shortcut, relu=True)
-        out = gated_conv_pair(shifted, codes, first, second, relu=True)
+            return pair(shifted, codes, first, second, residual=shortcut, relu=True)
+        out = pair(shifted, codes, first, second, relu=True)
         return self._folded(self.conv3, self.bn3).dense(out, residual=shortcut, relu=True)
 
     def branch(self, x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -735,6 +736,20 @@ def _saving_pattern(channels: int, frames: int, share: float, seed: int) -> torc
     codes[:, chosen[:skipped]] = SKIP
     codes[1::2, chosen[skipped : skipped + alternating]] = REUSE
     return codes
+
+
+_pair_executor: ContextVar[Callable[..., torch.Tensor]] = ContextVar("adafuse_pair", default=gated_conv_pair)
+
+
+@contextlib.contextmanager
+def executing_gated_pairs(executor: Callable[..., torch.Tensor]) -> Iterator[None]:
+    """Run every gated pair of inference with ``executor`` instead of ``gated_conv_pair`` (same signature):
+    an ONNX custom op to trace, or a GPU kernel. Per context, so concurrent requests are unaffected."""
+    token = _pair_executor.set(executor)
+    try:
+        yield
+    finally:
+        _pair_executor.reset(token)
 
 
 def _register_presets() -> None:
