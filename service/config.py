@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     max_concurrent_inferences: int = Field(
         2, ge=1, description="jobs (decoding one upload, or running one batch) at the same time; the others wait"
     )
+    max_pending_requests: int = Field(
+        16,
+        ge=1,
+        description="inference requests held at once (receiving, waiting, decoding, running); "
+        "more are refused at once with 503 and Retry-After",
+    )
+    upload_timeout_s: float = Field(
+        60.0, gt=0, description="time a client has to send its whole upload (or v2 request body), seconds"
+    )
     request_timeout_s: float = Field(
         60.0,
         gt=0,

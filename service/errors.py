@@ -47,12 +47,12 @@ ERROR_DESCRIPTIONS = {
     401: "missing or wrong bearer token",
     403: "model management is disabled: no admin token is set",
     404: "unknown model or version",
-    408: "decoding the video overran the decode time limit",
+    408: "the upload did not arrive within the upload time limit, or decoding overran the decode time limit",
     413: "upload, duration or frame size over its limit",
     415: "not a video (no video stream), or the body is not multipart/form-data",
     422: "invalid parameters, or a backend the version cannot run on",
     502: "the version in the repository cannot be served (manifest, weights or warm-up); the one serving is kept",
-    503: "not ready, or no inference slot freed before the request deadline (see Retry-After)",
+    503: "not ready, too many requests held, or no inference slot freed before the request deadline (Retry-After)",
     504: "the request deadline passed while the video was being processed",
 }
 
@@ -71,9 +71,10 @@ class ApiError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None, *, path: str = ""
 ) -> JSONResponse:
-    """The JSON error body for the current request (its id from the request context), logged; ``path`` picks
-    the shape (the protocol's own under ``/v2/``)."""
-    logger.info("%d %s: %s", status, code, message)
+    """The JSON error body for the current request (its id from the request context); ``path`` picks the shape
+    (the protocol's own under ``/v2/``). The log line has the status and code, not the message, which may
+    quote the request's body (a v2 input name, say): bodies stay out of the logs."""
+    logger.info("%d %s", status, code)
     if path == V2_ROOT or path.startswith(V2_ROOT + "/"):
         content: dict[str, Any] = {"error": message}
     else:

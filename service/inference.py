@@ -52,4 +52,5 @@ def video_report(views: LoadedClips) -> VideoReport:
         frames_decoded=views.frames_decoded,
         frame_indices=views.frame_indices,
         truncated=views.truncated,
+        rotation=info.rotation,
     )

@@ -1,6 +1,7 @@
 """Prometheus metrics of one app, served at ``/metrics``; each app has its own registry.
 
 * ``clipwise_requests_total{model, version, backend, status}``: inference requests (v1 and v2) by outcome;
+* ``clipwise_requests_in_progress``: inference requests held now (``service.runner.Admission``);
 * ``clipwise_stage_seconds{model, stage}``: histogram of each stage (decode, preprocess, queue, inference);
 * ``clipwise_executed_gflops_total{model}`` and ``clipwise_full_gflops_total{model}``: GMACs executed, and
   what the same clips cost with nothing skipped;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -27,6 +28,7 @@ from models.base import Execution
 from models.policy import Ada3DPolicy, AdaFusePolicy, Policy
 from service.errors import status_of
 from service.model_store import ModelStore, ServedModel
+from service.runner import Admission
 
 STAGES = ("decode", "preprocess", "queue", "inference")
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -64,9 +66,11 @@ class ServedModelsCollector(Collector):
 class ServiceMetrics:
     """The app's metrics and its registry."""
 
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: ModelStore, admission: Admission) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        in_progress = Gauge("clipwise_requests_in_progress", "inference requests held now", registry=registry)
+        in_progress.set_function(lambda: admission.active)
         self.requests = Counter(
             "clipwise_requests",
             "inference requests by outcome",

@@ -1,9 +1,13 @@
-"""Request context: an id for every request, an access log line, and the last-resort 500.
+"""Request context: an id for every request, an access log line, closing connections whose body was not
+read, and the last-resort 500.
 
 The id is the client's ``X-Request-ID`` when it is sane (1-64 characters of ``[A-Za-z0-9._:-]``), a new
 UUID otherwise; it is echoed in the ``X-Request-ID`` response header, in error bodies and in every log
-line of the request. An exception no handler claimed is a server bug: its traceback is logged with the
-request id and the client gets a generic 500 error body.
+line of the request. A response that starts before the request's body has ended (a refusal of an upload
+too large, too slow or over the admission limit) carries ``Connection: close``: the server closes the
+connection after it instead of reading the rest of the body to keep the connection alive. An exception no
+handler claimed is a server bug: its traceback is logged with the request id and the client gets a generic
+500 error body.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ def request_id_for(scope: Scope) -> str:
     return incoming if incoming and SANE_ID.fullmatch(incoming) else uuid.uuid4().hex
 
 
+def has_body(scope: Scope) -> bool:
+    headers = Headers(scope=scope)
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+
+
 class RequestContextMiddleware:
     """Pure ASGI middleware (no BaseHTTPMiddleware: it would run the app in another task and context)."""
 
@@ -47,16 +56,27 @@ class RequestContextMiddleware:
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status: int | None = None
+        body_ended = not has_body(scope)
+
+        async def receive_noting_the_end() -> Message:
+            nonlocal body_ended
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_ended = True
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)[HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[HEADER] = request_id
+                if not body_ended:
+                    headers["Connection"] = "close"
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_the_end, send_with_id)
         except Exception:
             logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if status is not None:

@@ -3,11 +3,12 @@
 A request takes its ``ServedModel`` from the store once, at its start, and finishes on it: replacing the
 version of a name swaps one dictionary entry under a lock, and requests in flight keep a reference to the
 version they started on, which stays alive until they finish. A version is read from the repository and
-checked before the swap — manifest schema, sha256 of the weights, the architecture rebuilt with every weight
-matched, every backend opened and one warm-up inference on each giving logits of the manifest's shape — so a
-version that fails any check never replaces the one serving. Loads of one name are serialised; ``load``
-takes seconds and belongs in a worker thread (``service.lifecycle``), the other methods only take the
-dictionary lock for a moment.
+checked before the swap — every file inside the repository (no symlink out of it), manifest schema, sha256 of
+the weights, weights parsed by safetensors only, the architecture rebuilt with every weight matched, every
+backend opened and one warm-up inference on each giving logits of the manifest's shape — so a version that
+fails any check never replaces the one serving. Loads of one name are serialised; ``load`` takes seconds and
+belongs in a worker thread (``service.lifecycle``), the other methods only take the dictionary lock for a
+moment.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from export.runtime import MODEL_FILE, Runner
 from models.checkpoint import (
+    WEIGHTS_FILE,
     CheckpointError,
     LoadedVersion,
     Manifest,
@@ -212,15 +215,31 @@ class ModelStore:
 
 def open_version(repository: Path, name: str, version: int) -> ServedModel:
     """A version read from ``repository``, checked, its backends opened and warmed up: ready to serve.
-    Raises ``InvalidVersion`` if any check fails."""
+    Raises ``InvalidVersion`` if any check fails: ``load_version``'s, files inside the repository
+    (``check_inside``), weights that parse as safetensors, the backends' and the warm-up's."""
+    where = f"{name} version {version} cannot be served"
     try:
+        check_inside(repository, repository / name / str(version))
         loaded = load_version(repository, name, version)
         served = ServedModel(loaded, open_backends(loaded))
     except CheckpointError as error:
-        raise InvalidVersion(f"{name} version {version} cannot be served: {error}") from None
+        raise InvalidVersion(f"{where}: {error}") from None
+    except SafetensorError as error:
+        raise InvalidVersion(f"{where}: {WEIGHTS_FILE} is not a valid safetensors file: {error}") from None
     for backend in served.backends.available.values():
         warm_up(served, backend)
     return served
+
+
+def check_inside(repository: Path, version_dir: Path) -> None:
+    """Raise ``CheckpointError`` when the version directory or a file in it resolves outside ``repository`` (a
+    symlink out of it): the server reads weights and graphs from the repository only. Symlinks within it, such
+    as versions sharing a weights file, are followed."""
+    root = repository.resolve()
+    for path in (version_dir, *version_dir.iterdir()):
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            raise CheckpointError(f"{path} leads to {resolved}, outside the repository {root}")
 
 
 def warm_up(served: ServedModel, backend: Runner) -> None:

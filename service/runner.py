@@ -1,4 +1,9 @@
-"""Blocking work (decoding an upload, running a batch) off the event loop, a bounded number at a time.
+"""Overload control: a bounded number of requests held, and their blocking work (decoding an upload, running
+a batch) off the event loop, a bounded number at a time.
+
+``Admission`` holds at most ``max_pending_requests`` inference requests, from their arrival to their answer:
+one more is refused at once with 503 and Retry-After, before its body is read. So the memory held in uploads
+stays bounded, and a client learns at once to come back instead of waiting in a queue that only grows.
 
 A job must finish by its deadline (event-loop time, ``deadline_in``): waiting for one of ``slots`` worker
 threads, then running. If no slot frees in time it is refused with 503 and Retry-After. Once running, work
@@ -10,9 +15,10 @@ caller's context (its request id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -20,6 +26,29 @@ from service.errors import ApiError
 
 T = TypeVar("T")
 RETRY_AFTER_S = 1
+
+
+def overloaded(message: str) -> ApiError:
+    return ApiError(503, "overloaded", message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class Admission:
+    """At most ``limit`` requests held at once (used from the event loop only, so a plain counter)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one place for the block; 503 with Retry-After when every place is held."""
+        if self.active >= self.limit:
+            raise overloaded(f"the server holds its limit of {self.limit} requests; retry shortly")
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
 
 
 def deadline_in(seconds: float) -> float:
@@ -43,12 +72,7 @@ class InferenceRunner:
             async with asyncio.timeout_at(deadline):
                 await self._slots.acquire()
         except TimeoutError:
-            raise ApiError(
-                503,
-                "overloaded",
-                "every inference slot stayed busy until the request's deadline",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
+            raise overloaded("every inference slot stayed busy until the request's deadline") from None
         queue_ms = (time.perf_counter() - queued) * 1000
         context = contextvars.copy_context()
         future = loop.run_in_executor(self._executor, context.run, work)

@@ -68,6 +68,10 @@ class VideoReport(BaseModel):
     frames_decoded: int = Field(ge=0, description="frames the decoder produced to serve this request")
     frame_indices: list[list[int]] = Field(description="per temporal clip, the indices of the frames sampled")
     truncated: bool = Field(description="true when the stream broke mid-way and the frames before it were used")
+    rotation: int = Field(
+        description="degrees counterclockwise the frames were turned to show upright (the stream's display "
+        "matrix: 0, 90, 180 or 270); width and height are as stored"
+    )
 
 
 class TimingReport(BaseModel):

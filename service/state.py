@@ -1,5 +1,5 @@
-"""What one running app holds: its settings, the model store, the worker pool, the batcher, its metrics and
-its startup status."""
+"""What one running app holds: its settings, the model store, the admission count, the worker pool, the
+batcher, its metrics and its startup status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from service.batching import Batcher
 from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.model_store import ModelStore
-from service.runner import InferenceRunner
+from service.runner import Admission, InferenceRunner
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Startup:
 class ServiceState:
     settings: Settings
     store: ModelStore
+    admission: Admission
     runner: InferenceRunner
     batcher: Batcher
     metrics: ServiceMetrics
@@ -42,11 +43,13 @@ class ServiceState:
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceState:
         store = ModelStore(settings.model_repository)
+        admission = Admission(settings.max_pending_requests)
         runner = InferenceRunner(settings.max_concurrent_inferences)
         return cls(
             settings=settings,
             store=store,
+            admission=admission,
             runner=runner,
             batcher=Batcher(runner, settings),
-            metrics=ServiceMetrics(store),
+            metrics=ServiceMetrics(store, admission),
         )

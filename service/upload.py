@@ -4,11 +4,14 @@ raw body (the v2 protocol's inference requests).
 FastAPI's ``UploadFile`` would spool the whole body to a temporary file before the endpoint runs. Here
 the body is read as it arrives (multipart: python-multipart's streaming parser): a declared Content-Length
 over the limit is refused before reading anything, and a body that grows past it is refused as soon as it
-does, so no more than the limit is ever held.
+does, so no more than the limit is ever held. The whole body must arrive within a time limit (408
+otherwise), so a client that stalls or trickles cannot hold its place for ever. Answered before its body
+ended, the connection is closed (``service.middleware``): the rest is never read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -104,34 +107,44 @@ def _boundary(request: Request) -> bytes:
     return options[b"boundary"]
 
 
-async def _limited_stream(request: Request, limit: int, allowance: int = 0) -> AsyncIterator[bytes]:
-    """The body's chunks; 413 (for ``limit``) once it declares or reaches more than ``limit + allowance``."""
+async def _limited_stream(request: Request, limit: int, timeout_s: float, allowance: int = 0) -> AsyncIterator[bytes]:
+    """The body's chunks; 413 (for ``limit``) once it declares or reaches more than ``limit + allowance``, 408
+    when it has not ended ``timeout_s`` after the first chunk was asked for."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + allowance:
         raise too_large(limit)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    chunks = aiter(request.stream())
     received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit + allowance:
-                raise too_large(limit)
-            yield chunk
-    except ClientDisconnect:
-        raise ApiError(400, "incomplete_upload", "the client disconnected before the body was complete") from None
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await anext(chunks, None)
+        except TimeoutError:
+            raise ApiError(408, "upload_timeout", f"the body did not arrive within {timeout_s:g} s") from None
+        except ClientDisconnect:
+            raise ApiError(400, "incomplete_upload", "the client disconnected before the body was complete") from None
+        if chunk is None:
+            return
+        received += len(chunk)
+        if received > limit + allowance:
+            raise too_large(limit)
+        yield chunk
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, at most ``limit`` bytes (413 beyond)."""
-    return b"".join([chunk async for chunk in _limited_stream(request, limit)])
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes (413 beyond) within ``timeout_s`` (408 beyond)."""
+    return b"".join([chunk async for chunk in _limited_stream(request, limit, timeout_s)])
 
 
-async def read_upload(request: Request, limit: int) -> Upload:
-    """The bytes of the multipart part ``file``, at most ``limit`` of them (413 beyond)."""
+async def read_upload(request: Request, limit: int, timeout_s: float) -> Upload:
+    """The bytes of the multipart part ``file``, at most ``limit`` of them (413 beyond), the body within
+    ``timeout_s`` (408 beyond)."""
     started = time.perf_counter()
     part = _FilePart(limit)
     parser = MultipartParser(_boundary(request), part.callbacks())
     try:
-        async for chunk in _limited_stream(request, limit, FRAMING_ALLOWANCE):
+        async for chunk in _limited_stream(request, limit, timeout_s, FRAMING_ALLOWANCE):
             parser.write(chunk)
         parser.finalize()
     except FormParserError as error:

@@ -1,7 +1,8 @@
 """Fixtures shared by the test modules: real video files made with PyAV.
 
 Every video shows index-coded frames (``video.synthetic``): ``read_frame_index`` on a decoded frame gives
-the index of the frame it is. Defaults: 64 frames of 160×120 at 25 fps, a keyframe every 16 frames.
+the index of the frame it is. Defaults: 64 frames of 160×120 at 25 fps, a keyframe every 16 frames. The odd
+and broken uploads of ``video.edge_cases`` are made once per session.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from video.edge_cases import EDGE_CASES
 from video.synthetic import encode_video, index_coded_frames, write_video
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS, GOP = 64, 120, 160, 25, 16
@@ -48,7 +50,7 @@ def vp9_video(video_dir: Path, coded_frames: np.ndarray) -> Path:
 def video_bytes_factory() -> Callable[..., bytes]:
     """``make(num_frames=64, height=120, width=160, container_format="mp4", **write_video_options) -> bytes``:
     an index-coded video in memory, 25 fps with a keyframe every 16 frames unless the options say otherwise
-    (``codec``, ``gop``, ``fps``, ``start_pts``...)."""
+    (``codec``, ``gop``, ``fps``, ``timestamps``...)."""
 
     def make(
         num_frames: int = NUM_FRAMES,
@@ -62,3 +64,9 @@ def video_bytes_factory() -> Callable[..., bytes]:
         return encode_video(frames, container_format=container_format, **options)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def edge_case_bytes() -> dict[str, bytes]:
+    """The bytes of every ``video.edge_cases.EDGE_CASES`` upload, by name."""
+    return {name: case.make() for name, case in EDGE_CASES.items()}

@@ -4,8 +4,11 @@ A request goes through four steps, all inside one container that is closed on ev
 
 1. **Open** the bytes in memory (``io.BytesIO``: no file path, nothing shared between requests), with
    FFmpeg restricted to ``ACCEPTED_FORMATS`` (playlist or script demuxers such as HLS or concat would open
-   other files or URLs named inside the upload). Size, duration and pixel limits are checked from the
-   headers before anything is decoded.
+   other files or URLs named inside the upload), and pick the video stream FFmpeg calls best (what ffmpeg
+   and ffprobe pick: a moving stream over a still picture such as cover art, then the first). Size,
+   duration and pixel limits are checked from the headers before anything is decoded; the decoder itself
+   refuses frames over the pixel limit, so a stream that grows mid-way is cut there, and every frame is
+   converted to the header's size.
 2. **Index**: the video packets are demuxed without decoding (about 1% of the cost of decoding them) to
    learn each frame's presentation timestamp and which frames are keyframes. Frame i is the frame with
    the i-th smallest pts, so a stream that starts at a pts other than 0, B-frame reordering and a header
@@ -25,11 +28,21 @@ A request goes through four steps, all inside one container that is closed on ev
    codec reorders frames but the packets' pts never go back, frames are counted in decoder output order
    from the start instead, without seeking.
 
+Rotation: frames are turned upright as their display matrix says (phones store portrait video as
+landscape frames plus a rotation; players, and ``ffmpeg``, turn them). The rotation of the first decoded
+frame holds for the whole request, rounded to a quarter turn; mirroring is ignored. The reported size is
+the stored one, the rotation is reported beside it.
+
+Timing: the frame rate reported is the average over the frames found (from their timestamps, so a
+variable frame rate gives its true average, not the container's nominal rate) and the duration is the
+frame count over it.
+
 Failures: an error while opening is ``undecodable`` when the bytes start like a container format we
-accept and ``not_video`` otherwise. Should the fast path (seeks, skipped frames) miss a wanted frame, it
-is decoded the plain way, forward from the start. Should that fail too (a decoding error, or a frame the
-decoder does not return), the stream ends there: the frames before it are kept when there are at least
-``min_frames`` of them, the sampler plans again over them and the result is marked ``truncated``. In a
+accept and ``not_video`` otherwise (naming the format of a still image: a PNG or JPEG is refused, while a
+GIF is a video, of one frame if need be). Should the fast path (seeks, skipped frames) miss a wanted
+frame, it is decoded the plain way, forward from the start. Should that fail too (a decoding error, or a
+frame the decoder does not return), the stream ends there: the frames before it are kept when there are at
+least ``min_frames`` of them, the sampler plans again over them and the result is marked ``truncated``. In a
 stream cut short (a file truncated with its index at the front) the cut is in decode order, which with
 B-frames leaves holes in presentation order: the last GOP is cut at its first hole. A Matroska file that
 simply ends early, without an error, reads as a shorter video: its header has no frame count to compare
@@ -45,6 +58,7 @@ import io
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from itertools import count, pairwise
 from typing import Literal, get_args
 
@@ -67,6 +81,7 @@ _AV_ERRORS = (av.error.FFmpegError, OSError)
 # FFmpeg's own decoders of codecs with B-frames, which apply skip_frame to the very packet it is set for
 # (libdav1d, for one, applies it frames later and would drop wanted frames)
 _SKIPS_PER_PACKET = ("h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4")
+_IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 _ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide")  # first box of an MP4 / QuickTime file
 _MAGIC_PREFIXES = (
     b"\x1a\x45\xdf\xa3",  # Matroska / WebM (EBML)
@@ -107,6 +122,7 @@ class VideoInfo:
     height: int
     codec: str
     num_frames: int
+    rotation: int = 0  # degrees the frames were turned counterclockwise to show upright; unknown (0) in probe
 
 
 @dataclasses.dataclass
@@ -158,9 +174,10 @@ class FrameIndex:
     ``complete`` is False when the demuxer stopped at an error.
     """
 
-    def __init__(self, packets: list[PacketInfo], *, reorders: bool, complete: bool) -> None:
-        """``packets`` in decode order; ``reorders``: the codec outputs frames in another order."""
-        self.complete = complete
+    def __init__(self, packets: list[PacketInfo], time_base: Fraction, *, reorders: bool, complete: bool) -> None:
+        """``packets`` in decode order, timestamps in ``time_base``; ``reorders``: the codec outputs frames in
+        another order."""
+        self.complete, self.time_base = complete, time_base
         if not complete:
             packets = _cut_at_hole(packets)
         self.pts = sorted({packet.pts for packet in packets})
@@ -178,6 +195,10 @@ class FrameIndex:
     @property
     def count(self) -> int:
         return len(self.pts)
+
+    def span_s(self, num_frames: int) -> Fraction:
+        """Seconds from the first frame to frame ``num_frames - 1``."""
+        return (self.pts[num_frames - 1] - self.pts[0]) * self.time_base
 
     def frame_at(self, pts: int | None) -> int | None:
         """The index of the frame with this pts; None when no frame has it."""
@@ -251,7 +272,7 @@ def read_frames(
         index = _read_index(container, stream, limits, deadline)
         if index.count == 0:
             raise VideoError("no_frames", "the video stream holds no decodable frame")
-        reader = _FrameReader(container, stream, index, deadline)
+        reader = _FrameReader(container, stream, index, deadline, (header.width, header.height))
         num_frames, fast = index.count, seek and index.timestamps_reliable
         frame_indices = _checked(plan(num_frames), num_frames)
         while missing := reader.missing(frame_indices):
@@ -269,7 +290,7 @@ def read_frames(
             frame_indices = _checked(plan(num_frames), num_frames)
         truncated = not index.complete or num_frames < index.count
     return DecodedFrames(
-        info=_stream_info(header, num_frames),
+        info=_stream_info(header, index, num_frames, reader.rotation),
         frame_indices=frame_indices,
         frames={i: reader.frames[i] for i in _flatten(frame_indices)},
         frames_decoded=reader.decoded,
@@ -289,16 +310,23 @@ class _Deadline:
 
 
 class _FrameReader:
-    """Decodes chosen frames of one open stream into RGB arrays with one reused converter."""
+    """Decodes chosen frames of one open stream into upright RGB arrays of one size, with one reused converter."""
 
     def __init__(
-        self, container: av.container.InputContainer, stream: av.VideoStream, index: FrameIndex, deadline: _Deadline
+        self,
+        container: av.container.InputContainer,
+        stream: av.VideoStream,
+        index: FrameIndex,
+        deadline: _Deadline,
+        size: tuple[int, int],
     ) -> None:
-        self.container, self.stream, self.index, self.deadline = container, stream, index, deadline
+        """``size``: (width, height) every frame is converted to."""
+        self.container, self.stream, self.index, self.deadline, self.size = container, stream, index, deadline, size
         self.skips_unreferenced = index.timestamps_reliable and stream.codec_context.name in _SKIPS_PER_PACKET
         self.converter = VideoReformatter()
         self.frames: dict[int, np.ndarray] = {}
         self.decoded = 0  # every frame the decoder returned
+        self.rotation: int | None = None  # degrees (0, 90, 180 or 270), from the first frame converted
 
     def read(self, targets: list[int], *, fast: bool) -> int | None:
         """Decode the frames ``targets`` (sorted indices) into ``frames``, seeking and skipping frames nothing
@@ -376,8 +404,11 @@ class _FrameReader:
         raise VideoError("undecodable", "seeking in the video stream does not reach its frames")
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        context = self.stream.codec_context  # every frame at the stream's size, should the size change
-        return self.converter.reformat(frame, width=context.width, height=context.height, format="rgb24").to_ndarray()
+        if self.rotation is None:
+            self.rotation = round(frame.rotation / 90) % 4 * 90
+        width, height = self.size
+        rgb = self.converter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
+        return np.rot90(rgb, self.rotation // 90) if self.rotation else rgb
 
 
 def _cut_at_hole(packets: list[PacketInfo]) -> list[PacketInfo]:
@@ -428,14 +459,15 @@ def _read_index(
             complete = payloads >= stream.frames  # fewer packets than the header counts: cut short
     except _AV_ERRORS:
         pass
-    return FrameIndex(packets, reorders=stream.codec_context.has_b_frames, complete=complete)
+    return FrameIndex(packets, stream.time_base, reorders=stream.codec_context.has_b_frames, complete=complete)
 
 
 @contextlib.contextmanager
 def _open_video(
     data: bytes, limits: DecodeLimits
 ) -> Iterator[tuple[av.container.InputContainer, av.VideoStream, VideoInfo]]:
-    """The open container, its first video stream (multi-threaded decoding) and what its headers say."""
+    """The open container, its best video stream (multi-threaded decoding, frames over the pixel limit refused)
+    and what its headers say."""
     if not data:
         raise VideoError("empty", "the upload is empty")
     if len(data) > limits.max_upload_bytes:
@@ -445,12 +477,13 @@ def _open_video(
     except _AV_ERRORS as error:
         if _looks_like_container(data):
             raise VideoError("undecodable", f"the video container cannot be read ({error})") from error
-        raise VideoError("not_video", "the upload is not a video in a container format Clipwise reads") from error
+        raise VideoError("not_video", _not_video_message(data)) from error
     with container:
-        if not container.streams.video:
+        stream = container.streams.best("video")
+        if stream is None:
             raise VideoError("not_video", "the upload has no video stream")
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
         info = _header_info(container, stream)
         _check_header(info, limits)
         yield container, stream, info
@@ -482,10 +515,22 @@ def _too_long_message(limits: DecodeLimits) -> str:
     return f"the video is longer than the {limits.max_duration_s:g} s limit"
 
 
-def _stream_info(header: VideoInfo, num_frames: int) -> VideoInfo:
-    """The header's description corrected by the frames found: their count, and the duration they play."""
-    duration = num_frames / header.fps if header.fps else header.duration_s
-    return dataclasses.replace(header, duration_s=duration, num_frames=num_frames)
+def _stream_info(header: VideoInfo, index: FrameIndex, num_frames: int, rotation: int | None) -> VideoInfo:
+    """The header's description corrected by the first ``num_frames`` frames found: their count, their average
+    rate (the header's for a single frame), the duration they play and their rotation."""
+    span = index.span_s(num_frames)
+    fps = (num_frames - 1) / span if span > 0 else Fraction(header.fps)
+    duration = num_frames / fps if fps else header.duration_s
+    return dataclasses.replace(
+        header, duration_s=float(duration), fps=float(fps), num_frames=num_frames, rotation=rotation or 0
+    )
+
+
+def _not_video_message(data: bytes) -> str:
+    image = next((name for signature, name in _IMAGE_SIGNATURES.items() if data.startswith(signature)), None)
+    if image is not None:
+        return f"the upload is a still image ({image}), not a video"
+    return "the upload is not a video in a container format Clipwise reads"
 
 
 def _looks_like_container(data: bytes) -> bool:

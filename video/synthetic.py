@@ -5,13 +5,13 @@ large black/white cells at the top (each cell at least 8×8 pixels, so the code 
 compression), over a textured background that drifts one pixel a frame so the encoder has real motion to
 code. ``read_frame_index`` reads the code back from a decoded RGB frame: tests can check exactly which
 frames a decoder returned. ``write_video`` encodes any (T, H, W, 3) uint8 frames with a fixed keyframe
-interval; the synthetic datasets of later issues reuse it.
+interval, any timestamps and a display rotation; the synthetic datasets and ``video.edge_cases`` reuse it.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
+import tempfile
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -89,14 +89,17 @@ def write_video(
     container_format: str | None = None,
     codec_options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
-    start_pts: int = 0,
+    timestamps: Iterable[int] | None = None,
+    rotation: int = 0,
 ) -> None:
     """Encode (H, W, 3) uint8 RGB frames (an array (T, H, W, 3) or any iterable of frames).
 
     ``gop`` fixes the keyframe interval exactly (no scene-cut keyframes); None keeps the encoder's default.
     ``container_format`` defaults to the one the path's suffix names; it is required for a buffer.
-    ``start_pts`` offsets every timestamp (in frames), for streams that do not start at 0.
-    ``container_options`` go to the muxer, e.g. ``{"movflags": "faststart"}`` for an MP4 index at the front.
+    ``timestamps``: each frame's pts in units of 1 / ``fps`` (default 0, 1, 2...): an offset start, or a
+    variable frame rate. ``rotation``: the display matrix's counterclockwise rotation, degrees (players turn
+    the frames by it). ``container_options`` go to the muxer, e.g. ``{"movflags": "faststart"}`` for an MP4
+    index at the front (which needs a path, not a buffer).
     """
     if container_format is None:
         if not isinstance(destination, str | Path):
@@ -113,16 +116,20 @@ def write_video(
         stream.pix_fmt = pix_fmt
         stream.codec_context.time_base = 1 / Fraction(fps)
         stream.options = {**_keyframe_options(encoder, gop), **(codec_options or {})}
-        for pts, array in enumerate(itertools.chain([first], frame_iter), start=start_pts):
-            _encode(container, stream, array, pts)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        pts = itertools.count() if timestamps is None else timestamps
+        for timestamp, array in zip(pts, itertools.chain([first], frame_iter), strict=False):  # pts may be endless
+            _encode(container, stream, array, timestamp)
         container.mux(stream.encode(None))
 
 
 def encode_video(frames: Iterable[np.ndarray], *, container_format: str = "mp4", **kwargs) -> bytes:
-    """``write_video`` into memory; returns the file's bytes."""
-    buffer = io.BytesIO()
-    write_video(buffer, frames, container_format=container_format, **kwargs)
-    return buffer.getvalue()
+    """``write_video`` through a temporary file (muxers such as MP4's faststart rewrite it); returns its bytes."""
+    with tempfile.TemporaryDirectory(prefix="clipwise-video-") as directory:
+        path = Path(directory) / "video"
+        write_video(path, frames, container_format=container_format, **kwargs)
+        return path.read_bytes()
 
 
 def _encode(container: av.container.OutputContainer, stream: av.VideoStream, array: np.ndarray, pts: int) -> None:

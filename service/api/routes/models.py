@@ -12,7 +12,8 @@ from service.model_store import ServedModel
 from service.schemas import ModelDetail, ModelList, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-ModelName = Annotated[str, Path(description="model name, as listed by GET /v1/models")]
+# a repository's model names have at most 64 characters (models.checkpoint.NAME_PATTERN): longer is a 422
+ModelName = Annotated[str, Path(max_length=64, description="model name, as listed by GET /v1/models")]
 
 
 def model_summary(served: ServedModel) -> ModelSummary:

@@ -60,12 +60,12 @@ async def predict(
     arrived = time.perf_counter()
     settings = state.settings
     served = state.store.get(name, query.version)
-    with state.metrics.counting(served, query.backend or served.manifest.backend):
+    with state.metrics.counting(served, query.backend or served.manifest.backend), state.admission.admit():
         backend = served.backend(query.backend)
         classes = len(served.manifest.labels)
         if query.top_k > classes:
             raise ApiError(422, "validation_error", f"query.top_k: {name} has {classes} classes; top_k must be <= that")
-        upload = await read_upload(request, settings.max_upload_bytes)
+        upload = await read_upload(request, settings.max_upload_bytes, settings.upload_timeout_s)
         deadline = deadline_in(settings.request_timeout_s)
         decode = partial(
             load_clips, upload.data, served.spec, clips=query.clips, crops=query.crops, limits=decode_limits(settings)

@@ -146,11 +146,11 @@ async def run_inference(
 ) -> Response:
     """Parse the request's clips, run them (batched) and encode the outputs, counting the request."""
     settings = state.settings
-    with state.metrics.counting(served, backend or served.manifest.backend):
+    with state.metrics.counting(served, backend or served.manifest.backend), state.admission.admit():
         runner = served.backend(backend)
         if request.headers.get("content-encoding", "identity") != "identity":
             raise ApiError(415, "unsupported_encoding", "send the request body uncompressed")
-        body = await read_body(request, settings.max_upload_bytes)
+        body = await read_body(request, settings.max_upload_bytes, settings.upload_timeout_s)
         deadline = deadline_in(settings.request_timeout_s)
         parse = partial(_timed_decode, body, request.headers.get(HEADER_LENGTH), served.clip_shape)
         with state.batcher.expecting(served, runner):

@@ -1,0 +1,292 @@
+"""Load test on loopback: concurrent clients sending good and bad videos to a real ``clipwise serve`` process,
+with model reloads and a corrupt version appearing under load.
+
+Starts the server as a subprocess on a temporary repository (two versions of ``tsn_r18_tiny``), then runs
+``--clients`` threads for ``--duration-s`` seconds, each posting uploads in turn from a mix of good videos
+(H.264 MP4, VP9 WebM, Matroska, AVI) and every odd or broken one of ``video.edge_cases``, under the decode
+limits those were made for. Meanwhile, every ``--reload-every-s`` seconds, the served model is reloaded
+through the management route (versions 1 and 2 in turn), and a third version with truncated weights
+(its sha256 matching them) is offered, which the server must refuse while the old version keeps serving.
+The server's resident memory is read from ``/proc/<pid>/status`` every 0.5 s.
+
+Reports the requests by status, the server errors (5xx: the target is 0), the answers other than expected
+(200 for a good video, the documented 4xx for a bad one: the target is 0), the reloads, and the resident
+memory growth after warm-up: the peak after the first ``--warmup-s`` seconds over the peak during them
+(target < 10%). Exits 1 when a target is missed. ``--json PATH`` writes the report as JSON.
+
+Run: ``.venv/bin/python benchmarks/load.py`` (8 clients, 2 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import torch
+
+from models import create_model
+from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, save_version, sha256_file
+from service.errors import VIDEO_ERRORS
+from video.edge_cases import EDGE_CASES, LIMITS, coded_video
+
+MODEL = "tsn_r18_tiny"
+LABELS = [f"class_{i}" for i in range(10)]
+TOKEN = "load-benchmark-admin-token-0123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MEMORY_TARGET = 0.10
+RSS_PERIOD_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+    expected: int  # the status the server must answer
+
+
+@dataclasses.dataclass
+class Report:
+    requests: int
+    statuses: dict[str, int]
+    server_errors: int
+    unexpected: dict[str, int]  # "upload name: status" -> count, for answers other than expected
+    reloads: int
+    reloads_failed: int
+    corrupt_refused: int
+    corrupt_accepted: int
+    rss_warmup_peak_mib: float
+    rss_peak_mib: float
+    rss_end_mib: float
+    rss_growth: float
+    requests_per_s: float
+
+    def passed(self) -> bool:
+        clean = self.server_errors == 0 and not self.unexpected and self.reloads_failed == 0
+        return clean and self.corrupt_accepted == 0 and self.rss_growth < MEMORY_TARGET
+
+
+def uploads() -> list[Upload]:
+    """The mix: four good videos and every edge case, each with the status it must get."""
+    good = {
+        "h264_mp4": coded_video(64, 120, 160, gop=16),
+        "vp9_webm": coded_video(48, container_format="webm", codec="vp9"),
+        "h264_mkv": coded_video(96, container_format="matroska"),
+        "mpeg4_avi": coded_video(40, container_format="avi", codec="mpeg4"),
+    }
+    mix = [Upload(name, data, 200) for name, data in good.items()]
+    for name, case in EDGE_CASES.items():
+        expected = VIDEO_ERRORS[case.refusal][0] if case.refusal else 200
+        mix.append(Upload(name, case.make(), expected))
+    return mix
+
+
+def make_repository(root: Path) -> Path:
+    repository = root / "repository"
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        save_version(create_model(MODEL, num_classes=len(LABELS)), LABELS, repository, MODEL, trained=False)
+    return repository
+
+
+def add_corrupt_version(repository: Path) -> int:
+    """Version 3: version 2 with its weights cut in half and the manifest's sha256 updated to match them."""
+    corrupt = repository / MODEL / "3"
+    staging = repository / MODEL / ".staging-corrupt"
+    staging.mkdir()
+    weights = (repository / MODEL / "2" / WEIGHTS_FILE).read_bytes()
+    (staging / WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])
+    manifest = json.loads((repository / MODEL / "2" / MANIFEST_FILE).read_text())
+    manifest["weights_sha256"] = sha256_file(staging / WEIGHTS_FILE)
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest))
+    staging.rename(corrupt)
+    return 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(repository: Path, log: Path, torch_threads: int) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``clipwise serve`` on a free loopback port, with the edge cases' decode limits; (process, base URL)
+    once it is ready."""
+    port = free_port()
+    flags = {
+        "model-repository": repository,
+        "port": port,
+        "admin-token": TOKEN,
+        "max-pixels": LIMITS.max_pixels,
+        "max-duration-s": LIMITS.max_duration_s,
+        "decode-timeout-s": LIMITS.decode_timeout_s,
+        "torch-threads": torch_threads,
+        "log-level": "warning",
+    }
+    command = [sys.executable, "-m", "clipwise.cli", "serve", *(f"--{flag}={value}" for flag, value in flags.items())]
+    with log.open("w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(process, url, log)
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"the server was not ready within {timeout_s:g} s:\n{log.read_text()[-3000:]}")
+
+
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class Load:
+    """The clients, the reloader and the memory sampler of one run."""
+
+    def __init__(self, url: str, pid: int, repository: Path, args: argparse.Namespace) -> None:
+        self.url, self.pid, self.repository, self.args = url, pid, repository, args
+        self.statuses: Counter[int] = Counter()
+        self.unexpected: Counter[str] = Counter()
+        self.reloads = Counter[str]()
+        self.rss: list[tuple[float, float]] = []  # (seconds since start, MiB)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def run(self, mix: list[Upload]) -> Report:
+        started = time.monotonic()
+        threads = [threading.Thread(target=self.client, args=(mix, offset)) for offset in range(self.args.clients)]
+        threads += [threading.Thread(target=self.reloader), threading.Thread(target=self.sample_memory)]
+        for thread in threads:
+            thread.start()
+        self.stop.wait(self.args.duration_s)
+        self.stop.set()
+        for thread in threads:
+            thread.join()
+        return self.report(time.monotonic() - started)
+
+    def client(self, mix: list[Upload], offset: int) -> None:
+        order = itertools.islice(itertools.cycle(mix), offset * 3, None)  # clients out of step
+        with httpx.Client(base_url=self.url, timeout=120) as client:
+            for upload in order:
+                if self.stop.is_set():
+                    return
+                response = client.post(
+                    f"/v1/models/{MODEL}/predict", files={"file": (upload.name, upload.data)}, params={"clips": 2}
+                )
+                with self.lock:
+                    self.statuses[response.status_code] += 1
+                    if response.status_code != upload.expected:
+                        self.unexpected[f"{upload.name}: {response.status_code}"] += 1
+
+    def reloader(self) -> None:
+        """Every ``reload_every_s``: load the other good version, then offer the corrupt one (first time: write it)."""
+        with httpx.Client(base_url=self.url, timeout=120, headers=AUTH) as client:
+            for version in itertools.cycle((1, 2)):
+                if self.stop.wait(self.args.reload_every_s):
+                    return
+                loaded = client.post(f"/v1/models/{MODEL}/load", params={"version": version})
+                self.reloads["ok" if loaded.status_code == 200 else "failed"] += 1
+                if not (self.repository / MODEL / "3").exists():
+                    add_corrupt_version(self.repository)
+                offered = client.post(f"/v1/models/{MODEL}/load", params={"version": 3})
+                still = client.get(f"/v1/models/{MODEL}").json()["version"]
+                refused = offered.status_code == 502 and still == version
+                self.reloads["corrupt_refused" if refused else "corrupt_accepted"] += 1
+
+    def sample_memory(self) -> None:
+        started = time.monotonic()
+        while not self.stop.wait(RSS_PERIOD_S):
+            self.rss.append((time.monotonic() - started, resident_mib(self.pid)))
+
+    def report(self, elapsed_s: float) -> Report:
+        warmup = [mib for at, mib in self.rss if at <= self.args.warmup_s]
+        after = [mib for at, mib in self.rss if at > self.args.warmup_s]
+        requests = sum(self.statuses.values())
+        return Report(
+            requests=requests,
+            statuses={str(status): count for status, count in sorted(self.statuses.items())},
+            server_errors=sum(count for status, count in self.statuses.items() if status >= 500),
+            unexpected=dict(self.unexpected),
+            reloads=self.reloads["ok"] + self.reloads["failed"],
+            reloads_failed=self.reloads["failed"],
+            corrupt_refused=self.reloads["corrupt_refused"],
+            corrupt_accepted=self.reloads["corrupt_accepted"],
+            rss_warmup_peak_mib=max(warmup),
+            rss_peak_mib=max(after),
+            rss_end_mib=after[-1],
+            rss_growth=max(after) / max(warmup) - 1,
+            requests_per_s=requests / elapsed_s,
+        )
+
+
+def print_report(report: Report, args: argparse.Namespace) -> None:
+    print(
+        f"{args.clients} clients for {args.duration_s:g} s (warm-up {args.warmup_s:g} s), "
+        f"a reload every {args.reload_every_s:g} s"
+    )
+    print(f"requests: {report.requests} ({report.requests_per_s:.1f}/s), by status: {report.statuses}")
+    print(f"server errors (5xx): {report.server_errors}   answers other than expected: {report.unexpected or 0}")
+    print(
+        f"reloads: {report.reloads} ({report.reloads_failed} failed); corrupt version refused "
+        f"{report.corrupt_refused} times, accepted {report.corrupt_accepted} times"
+    )
+    print(
+        f"resident memory: warm-up peak {report.rss_warmup_peak_mib:.1f} MiB, peak after {report.rss_peak_mib:.1f} "
+        f"MiB, end {report.rss_end_mib:.1f} MiB: growth {report.rss_growth:+.1%} (target < {MEMORY_TARGET:.0%})"
+    )
+    print("PASS" if report.passed() else "FAIL")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--duration-s", type=float, default=120.0)
+    parser.add_argument("--warmup-s", type=float, default=20.0, help="memory growth is measured after this")
+    parser.add_argument("--reload-every-s", type=float, default=10.0)
+    parser.add_argument("--torch-threads", type=int, default=1, help="the server's torch intra-op threads")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    mix = uploads()
+    with tempfile.TemporaryDirectory(prefix="clipwise-load-") as directory:
+        repository = make_repository(Path(directory))
+        log = Path(directory) / "server.log"
+        with server_process(repository, log, args.torch_threads) as (process, url):
+            report = Load(url, process.pid, repository, args).run(mix)
+        server_log = log.read_text()
+    print_report(report, args)
+    if args.json:
+        args.json.write_text(json.dumps(dataclasses.asdict(report), indent=2))
+    if not report.passed():
+        print(f"server log (last lines):\n{server_log[-3000:]}", file=sys.stderr)
+    return 0 if report.passed() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
