@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from models.base import Preprocessing, VideoClassifier
@@ -129,6 +130,17 @@ def list_model_names(repository: Path) -> list[str]:
     )
 
 
+def check_inside(repository: Path, version_dir: Path) -> None:
+    """Raise ``CheckpointError`` when the version directory or a file in it resolves outside ``repository`` (a
+    symlink out of it): weights and graphs are read from the repository only. Symlinks within it, such as
+    versions sharing a weights file, are followed."""
+    root = repository.resolve()
+    for path in (version_dir, *version_dir.iterdir()):
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            raise CheckpointError(f"{path} leads to {resolved}, outside the repository {root}")
+
+
 def read_manifest(version_dir: Path) -> Manifest:
     """Parse and validate a version's manifest."""
     path = version_dir / MANIFEST_FILE
@@ -150,6 +162,7 @@ def load_version(repository: Path, name: str, version: int | None = None) -> Loa
     if version not in versions:
         raise CheckpointError(f"model {name!r} has no version {version}; versions: {versions}")
     version_dir = model_dir / str(version)
+    check_inside(repository, version_dir)
     manifest = read_manifest(version_dir)
     weights = version_dir / WEIGHTS_FILE
     if not weights.is_file():
@@ -160,6 +173,8 @@ def load_version(repository: Path, name: str, version: int | None = None) -> Loa
         get_preset(manifest.architecture)
         model = create_model(manifest.architecture, **manifest.kwargs)
         missing, unexpected = load_model(model, str(weights), strict=False)
+    except SafetensorError as error:
+        raise CheckpointError(f"{weights}: not a valid safetensors file: {error}") from None
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as error:
         raise CheckpointError(f"{version_dir}: cannot build the model: {error}") from None
     if missing or unexpected:

@@ -19,11 +19,9 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from export.runtime import MODEL_FILE, Runner
 from models.checkpoint import (
-    WEIGHTS_FILE,
     CheckpointError,
     LoadedVersion,
     Manifest,
@@ -215,31 +213,17 @@ class ModelStore:
 
 def open_version(repository: Path, name: str, version: int) -> ServedModel:
     """A version read from ``repository``, checked, its backends opened and warmed up: ready to serve.
-    Raises ``InvalidVersion`` if any check fails: ``load_version``'s, files inside the repository
-    (``check_inside``), weights that parse as safetensors, the backends' and the warm-up's."""
+    Raises ``InvalidVersion`` if any check fails: ``load_version``'s (manifest, files inside the repository,
+    weights hash and format), the backends' and the warm-up's."""
     where = f"{name} version {version} cannot be served"
     try:
-        check_inside(repository, repository / name / str(version))
         loaded = load_version(repository, name, version)
         served = ServedModel(loaded, open_backends(loaded))
     except CheckpointError as error:
         raise InvalidVersion(f"{where}: {error}") from None
-    except SafetensorError as error:
-        raise InvalidVersion(f"{where}: {WEIGHTS_FILE} is not a valid safetensors file: {error}") from None
     for backend in served.backends.available.values():
         warm_up(served, backend)
     return served
-
-
-def check_inside(repository: Path, version_dir: Path) -> None:
-    """Raise ``CheckpointError`` when the version directory or a file in it resolves outside ``repository`` (a
-    symlink out of it): the server reads weights and graphs from the repository only. Symlinks within it, such
-    as versions sharing a weights file, are followed."""
-    root = repository.resolve()
-    for path in (version_dir, *version_dir.iterdir()):
-        resolved = path.resolve()
-        if not resolved.is_relative_to(root):
-            raise CheckpointError(f"{path} leads to {resolved}, outside the repository {root}")
 
 
 def warm_up(served: ServedModel, backend: Runner) -> None:
