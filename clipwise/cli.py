@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from clipwise import __version__
 
-COMMANDS = ("serve", "flops", "search", "data", "train", "eval", "bench", "deploy")
+COMMANDS = ("serve", "flops", "search", "data", "train", "eval", "bench", "deploy", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

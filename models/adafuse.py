@@ -703,6 +703,20 @@ class AdaFuse(TSN):
         with self.follow_policy(decisions):
             yield achieved / full
 
+    def execution_of(
+        self, codes: Sequence[torch.Tensor], frames: int, size: int
+    ) -> tuple[list[float], list[AdaFusePolicy]]:
+        """Executed GFLOPs per clip (Eq. 5, as the gated blocks execute it) and the policies of given decisions:
+        per gated block, (N, T, C) keep / reuse / skip codes, as an exported graph outputs them."""
+        costs = self._block_costs(frames, size)
+        blocks = [
+            BlockDecisions(_one_hot(block_codes.long()), cost.conv1_macs, cost.conv2_macs)
+            for block_codes, cost in zip(codes, costs, strict=True)
+        ]
+        saved = torch.stack([block.saved_macs() for block in blocks]).sum(0)
+        gflops = (self.full_gflops(frames, size) - saved / 1e9).tolist()
+        return gflops, PolicyRecord(frames, size, blocks).policies()
+
     def _block_costs(self, frames: int, size: int) -> list[BlockDecisions]:
         """Every gated block's per-frame conv costs (with keep-everything masks), from a meta pass."""
         with _recording(frames, size) as record:

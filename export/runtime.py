@@ -1,0 +1,139 @@
+"""Backends that run a model version: ``torch`` (the model's own ``execute``) and ``onnxruntime``.
+
+Both are a ``Runner``: ``execute(clips)`` returns a ``models.base.Execution`` (logits, executed GFLOPs per
+clip, full-compute GFLOPs, per-clip policy), so a caller treats them alike. ``OnnxRunner`` runs the
+version's ``model.onnx`` (``clipwise export onnx``) in an ONNX Runtime session and computes the figures
+and the policy from the decisions the graph outputs (``export.decoding``), with the model's own code.
+
+ONNX Runtime is imported only when an ``OnnxRunner`` is made, so the torch backend needs none of the export
+extra. Providers: CUDA when the installed onnxruntime has it (onnxruntime-gpu), then CPU; the CPU provider
+uses as many threads as torch does, so the two backends compare on equal terms, and its idle threads do not
+spin (spinning threads took the cores from torch running beside them: eager latency rose 10-500× in the
+benchmark's interleaved runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from pydantic import TypeAdapter
+
+from export.decoding import decoder_for
+from models.adafuse import AdaFuse
+from models.base import Execution, VideoClassifier
+from models.checkpoint import LoadedVersion, Manifest
+from models.policy import Policy
+
+BACKENDS = ("torch", "onnxruntime")
+MODEL_FILE = "model.onnx"
+CLIPS = "clips"
+# Keys of the metadata an exported model carries (``export.onnx``).
+META_ARCHITECTURE = "clipwise.architecture"
+META_WEIGHTS = "clipwise.weights_sha256"
+META_STATIC_POLICY = "clipwise.static_policy"
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run this model here: no exported graph, or no runtime installed."""
+
+
+class Runner(Protocol):
+    """Runs one model version: ``name`` is the backend's, ``execute`` one inference pass with its cost."""
+
+    name: str
+
+    def execute(self, clips: torch.Tensor) -> Execution: ...
+
+
+class TorchRunner:
+    """The model's own eager ``execute``; on CUDA, AdaFuse's gated pairs run as Triton kernels when Triton is
+    installed (``export.triton_gating``)."""
+
+    name = "torch"
+
+    def __init__(self, model: VideoClassifier) -> None:
+        self.model = model
+
+    def execute(self, clips: torch.Tensor) -> Execution:
+        with gpu_gating(self.model, clips):
+            return self.model.execute(clips)
+
+
+def gpu_gating(model: VideoClassifier, clips: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The Triton kernels for an AdaFuse model's gated pairs on CUDA clips, where Triton is installed."""
+    if not (isinstance(model, AdaFuse) and clips.is_cuda and importlib.util.find_spec("triton")):
+        return contextlib.nullcontext()
+    from export.triton_gating import gated_conv_pair
+    from models.adafuse import executing_gated_pairs
+
+    return executing_gated_pairs(gated_conv_pair)
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it, then CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    return [provider for provider in ("CUDAExecutionProvider", "CPUExecutionProvider") if provider in available]
+
+
+class OnnxRunner:
+    """A version's exported graph in an ONNX Runtime session, reporting like ``VideoClassifier.execute``.
+
+    ``path`` must hold the export of the weights ``manifest`` describes (checked against the graph's
+    metadata); the manifest gives the architecture the decisions are decoded with and the full-compute cost.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self, path: Path, manifest: Manifest, *, providers: Sequence[str] | None = None, threads: int | None = None
+    ) -> None:
+        if not path.is_file():
+            raise BackendUnavailable(f"no {path}: run `clipwise export onnx --model-dir {path.parent}`")
+        try:
+            import onnxruntime
+        except ImportError:
+            raise BackendUnavailable("onnxruntime is not installed (pip install 'clipwise[export]')") from None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: the service runs torch, decoding and other sessions beside it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = list(providers or default_providers())
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if metadata.get(META_WEIGHTS) != manifest.weights_sha256:
+            raise BackendUnavailable(f"{path} was exported from other weights than its manifest's: export it again")
+        static_policy = metadata.get(META_STATIC_POLICY)
+        self.decoder = decoder_for(
+            manifest.architecture,
+            manifest.kwargs,
+            manifest.full_gflops,
+            TypeAdapter(Policy).validate_json(static_policy) if static_policy else None,
+        )
+        self.full_gflops = manifest.full_gflops
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def execute(self, clips: torch.Tensor) -> Execution:
+        outputs = self.session.run(None, {CLIPS: clips.detach().cpu().float().contiguous().numpy()})
+        gflops, policy = self.decoder(outputs)
+        return Execution(torch.from_numpy(outputs[0]), gflops, self.full_gflops, policy)
+
+
+def open_runner(loaded: LoadedVersion, backend: str, **session_options) -> Runner:
+    """The runner of a loaded version on ``backend`` (one of ``BACKENDS``); raises ``BackendUnavailable``."""
+    if backend == "torch":
+        return TorchRunner(loaded.model)
+    if backend == "onnxruntime":
+        return OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest, **session_options)
+    raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

@@ -1,0 +1,443 @@
+"""Export: ONNX graphs of every family against PyTorch on real clips, the gating operators, the ONNX Runtime
+backend, frozen fusion strategies and the TensorRT entry point."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from torch import nn
+
+from clipwise.commands import export as export_command
+from export.graphs import ADA3D_FRAMES, ADA3D_STAGES, LOGITS
+from export.onnx import export_version, save_onnx, to_onnx
+from export.ops import DOMAIN, attach_functions, gated_conv_pair
+from export.runtime import MODEL_FILE, BackendUnavailable, OnnxRunner, TorchRunner, open_runner
+from export.tensorrt import expand_gating
+from models import Execution, VideoClassifier, create_model
+from models.adafuse import REUSE, SKIP, AdaFuse, FoldedConv
+from models.adafuse import gated_conv_pair as eager_gated_conv_pair
+from models.checkpoint import LoadedVersion, load_version, save_version
+from models.flops import track_macs
+from models.fusion import FusionDenseNet, FusionTemplate, format_strategy, parse_strategy
+from models.resnet3d import is_temporal
+from video import ClipSpec, load_clips
+
+RELATIVE = 1e-3
+STATIC_PRESETS = [
+    "tsn_r18_tiny",
+    "tsm_r18_tiny",
+    "ctnet_r50_tiny",
+    "i3d_r50_tiny",
+    "slowonly_r50_tiny",
+    "x3d_s_tiny",
+    "e3d_s_tiny",
+    "fusion_densenet121_tiny",
+]
+
+
+def cli(*argv: str) -> int:
+    """Run ``clipwise export ...`` through the command module's own parser."""
+    parser = argparse.ArgumentParser(prog="clipwise")
+    export_command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["export", *argv])
+    return args.run(args)
+
+
+def calibrate_batch_norms(model: nn.Module, clips: torch.Tensor) -> None:
+    """Set every batch norm's running statistics to those of ``clips`` (as training leaves them), then eval."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: one pass sets the batch statistics
+    model.train()
+    with torch.no_grad():
+        model(clips)
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+
+
+def save(model: VideoClassifier, repository: Path) -> LoadedVersion:
+    labels = [f"class_{index}" for index in range(model.config.num_classes)]
+    version_dir = save_version(model, labels, repository, model.preset, trained=False)
+    return load_version(repository, model.preset, int(version_dir.name))
+
+
+def real_clips(loaded: LoadedVersion, video: Path, clips: int = 2) -> torch.Tensor:
+    spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
+    return load_clips(video.read_bytes(), spec, clips=clips).clips
+
+
+def assert_same_execution(got: Execution, expected: Execution) -> None:
+    scale = expected.logits.abs().max()
+    assert (got.logits - expected.logits).abs().max() <= RELATIVE * scale
+    assert got.executed_gflops == pytest.approx(expected.executed_gflops, rel=1e-9)
+    assert got.full_gflops == pytest.approx(expected.full_gflops, rel=1e-9)
+    assert got.policy == expected.policy
+
+
+def onnx_model(loaded: LoadedVersion) -> onnx.ModelProto:
+    return onnx.load(loaded.path / MODEL_FILE)
+
+
+def nodes_of(model: onnx.ModelProto, op_type: str, domain: str = "") -> list[onnx.NodeProto]:
+    return [node for node in model.graph.node if node.op_type == op_type and node.domain == domain]
+
+
+def subgraph(node: onnx.NodeProto, attribute: str) -> onnx.GraphProto:
+    return next(entry.g for entry in node.attribute if entry.name == attribute)
+
+
+# --- static families --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", STATIC_PRESETS)
+def test_static_family_exports_with_dynamic_batch_and_matches_pytorch_on_real_clips(name, tmp_path, h264_video):
+    torch.manual_seed(0)
+    loaded = save(create_model(name), tmp_path)
+    export_version(loaded.path, check=False)  # compared below, on real clips
+    model = onnx_model(loaded)
+    assert max(entry.version for entry in model.opset_import if entry.domain == "") >= 17
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    clips = real_clips(loaded, h264_video)
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    expected = TorchRunner(loaded.model).execute(clips)
+    assert_same_execution(got, expected)
+    assert got.executed_gflops == [loaded.manifest.full_gflops] * len(clips)
+    assert (got.policy is not None) == name.startswith("fusion")  # a frozen strategy reports itself
+
+
+def test_export_command_writes_model_onnx_into_the_version_directory(tmp_path, capsys):
+    torch.manual_seed(0)
+    loaded = save(create_model("x3d_s_tiny"), tmp_path)
+    assert cli("onnx", "--model-dir", str(loaded.path.parent)) == 0  # REPO/NAME: its newest version
+    assert (loaded.path / MODEL_FILE).is_file()
+    assert "checked against PyTorch" in capsys.readouterr().out
+
+
+def test_export_command_explains_a_path_that_is_no_version(tmp_path):
+    with pytest.raises(SystemExit, match="clipwise export onnx: .*no versions|neither"):
+        cli("onnx", "--model-dir", str(tmp_path / "missing"))
+
+
+# --- the ONNX Runtime backend -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tsn_version(tmp_path_factory) -> LoadedVersion:
+    torch.manual_seed(0)
+    loaded = save(create_model("tsn_r18_tiny"), tmp_path_factory.mktemp("repository"))
+    export_version(loaded.path)
+    return loaded
+
+
+def test_open_runner_gives_each_backend_behind_one_interface(tsn_version):
+    torch_runner, onnx_runner = open_runner(tsn_version, "torch"), open_runner(tsn_version, "onnxruntime")
+    assert (torch_runner.name, onnx_runner.name) == ("torch", "onnxruntime")
+    assert onnx_runner.providers[-1] == "CPUExecutionProvider"
+    clips = torch.randn(3, 3, 8, 64, 64)
+    assert_same_execution(onnx_runner.execute(clips), torch_runner.execute(clips))
+    with pytest.raises(ValueError, match="unknown backend"):
+        open_runner(tsn_version, "tvm")
+
+
+def test_onnx_runner_refuses_a_graph_exported_from_other_weights(tsn_version, tmp_path):
+    torch.manual_seed(1)
+    other = save(create_model("tsn_r18_tiny"), tmp_path)
+    with pytest.raises(BackendUnavailable, match="clipwise export onnx"):
+        OnnxRunner(other.path / MODEL_FILE, other.manifest)
+    shutil.copy(tsn_version.path / MODEL_FILE, other.path / MODEL_FILE)
+    with pytest.raises(BackendUnavailable, match="other weights"):
+        OnnxRunner(other.path / MODEL_FILE, other.manifest)
+
+
+# --- the gating operators ---------------------------------------------------------------------------------
+
+
+def gated_pair_graph(first: FoldedConv, second: FoldedConv, x: torch.Tensor, codes: torch.Tensor) -> bytes:
+    """A graph of one ``clipwise::GatedConvPair`` node with inputs ``x`` and ``codes``."""
+
+    class Pair(nn.Module):
+        def forward(self, frames, decisions):
+            return gated_conv_pair(frames, decisions, first, second)
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message="The feature will be removed")
+        torch.onnx.export(
+            Pair(),
+            (x, codes),
+            buffer,
+            dynamo=False,
+            opset_version=18,
+            input_names=["x", "codes"],
+            dynamic_axes={"x": {0: "frames"}, "codes": {0: "clips"}},
+        )
+    return attach_functions(onnx.load_from_string(buffer.getvalue())).SerializeToString()
+
+
+def random_folded(in_channels: int, out_channels: int, kernel: int, stride: int, seed: int) -> FoldedConv:
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_channels, in_channels, kernel, kernel, generator=generator) / math.sqrt(in_channels)
+    bias = torch.randn(out_channels, generator=generator)
+    return FoldedConv(weight, bias, (stride, stride), (kernel // 2, kernel // 2), (1, 1))
+
+
+def test_gated_conv_pair_operator_computes_what_the_eager_gating_computes():
+    first, second = random_folded(8, 6, 1, 1, seed=0), random_folded(6, 10, 3, 2, seed=1)
+    clips, frames = 2, 4
+    x = torch.randn(clips * frames, 8, 9, 9, generator=torch.Generator().manual_seed(2))
+    codes = torch.randint(0, 3, (clips, frames, 6), generator=torch.Generator().manual_seed(3))
+    codes[0, 2] = 2  # a frame that skips every channel: conv2 gives its bias
+    codes[1, 1] = 1  # a frame that reuses every channel
+    codes[1, 2] = 0  # one that keeps every channel
+    codes[:, 0][codes[:, 0] == REUSE] = SKIP  # nothing to reuse before a clip's first frame
+    graph = gated_pair_graph(first, second, x, codes)
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.numpy(), "codes": codes.numpy()})[0]
+    with torch.no_grad():
+        expected = eager_gated_conv_pair(x, codes, first, second)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+    expanded = expand_gating(onnx.load_from_string(graph))  # the form TensorRT parses: standard ops only
+    assert all(node.domain != DOMAIN for node in expanded.graph.node) and not expanded.functions
+    session = onnxruntime.InferenceSession(expanded.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy(), "codes": codes.numpy()})[0], got, rtol=1e-6)
+
+
+def test_gated_conv_pair_function_gathers_weights_instead_of_masking():
+    function = next(f for f in onnx.load_from_string(gated_pair_graph(*_pair_for_structure())).functions)
+    assert function.domain == DOMAIN and function.name == "GatedConvPair"
+    (scan,) = [node for node in function.node if node.op_type == "Scan"]  # one step per frame
+    body = subgraph(scan, "body")
+    assert "NonZero" in [node.op_type for node in body.node]
+    branches = [node for node in body.node if node.op_type == "If"]
+    assert len(branches) == 2  # conv1, then conv2, each run only when the frame has channels for it
+    for branch in branches:
+        computing = subgraph(branch, "then_branch")
+        (conv,) = [node for node in computing.node if node.op_type == "Conv"]
+        weight_producer = next(node for node in computing.node if conv.input[1] in node.output)
+        assert weight_producer.op_type == "Gather"  # the conv's weight is gathered by the policy's indices
+        assert "Conv" not in [node.op_type for node in subgraph(branch, "else_branch").node]
+    assert "Mul" not in [node.op_type for node in function.node]
+
+
+def _pair_for_structure() -> tuple[FoldedConv, FoldedConv, torch.Tensor, torch.Tensor]:
+    first, second = random_folded(4, 4, 1, 1, seed=0), random_folded(4, 4, 3, 1, seed=1)
+    return first, second, torch.randn(2, 4, 5, 5), torch.zeros(1, 2, 4, dtype=torch.long)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("triton") is None, reason="needs CUDA and Triton"
+)
+@pytest.mark.parametrize(("kernel1", "stride1", "kernel2", "stride2"), [(1, 1, 3, 2), (3, 2, 3, 1)])
+def test_triton_gated_pair_matches_the_eager_reference_on_cuda(kernel1, stride1, kernel2, stride2):
+    from export.triton_gating import gated_conv_pair as triton_gated_conv_pair
+
+    first, second = random_folded(24, 40, kernel1, stride1, seed=0), random_folded(40, 48, kernel2, stride2, seed=1)
+    clips, frames = 2, 4
+    x = torch.randn(clips * frames, 24, 17, 17, generator=torch.Generator().manual_seed(2))
+    codes = torch.randint(0, 3, (clips, frames, 40), generator=torch.Generator().manual_seed(3))
+    codes[:, 0][codes[:, 0] == REUSE] = SKIP
+    codes[0, 1] = SKIP
+    with torch.no_grad(), track_macs(clips) as eager_macs:
+        probe = eager_gated_conv_pair(x, codes, first, second)
+        residual = torch.randn(probe.shape, generator=torch.Generator().manual_seed(4))
+        expected = eager_gated_conv_pair(x, codes, first, second, residual=residual, relu=True)
+    on_gpu = [FoldedConv(f.weight.cuda(), f.bias.cuda(), f.stride, f.padding, f.dilation) for f in (first, second)]
+    with torch.no_grad(), track_macs(clips) as kernel_macs:
+        triton_gated_conv_pair(x.cuda(), codes.cuda(), *on_gpu)
+        got = triton_gated_conv_pair(x.cuda(), codes.cuda(), *on_gpu, residual=residual.cuda(), relu=True)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+    assert kernel_macs.gflops == pytest.approx(eager_macs.gflops)
+
+
+# --- AdaFuse ----------------------------------------------------------------------------------------------
+
+
+def decisive_adafuse(name: str, calibration: torch.Tensor) -> AdaFuse:
+    """An AdaFuse whose policy nets decide by clear margins, with all three decisions in use."""
+    torch.manual_seed(0)
+    model = create_model(name)
+    for block in model.gated_blocks():
+        nn.init.normal_(block.policy.fc_out.weight, std=0.3)
+        nn.init.uniform_(block.policy.fc_out.bias, -1, 1)
+    calibrate_batch_norms(model, calibration)
+    return model
+
+
+@pytest.fixture(scope="module", params=["adafuse_tsn_r18_tiny", "adafuse_tsm_r50_tiny"])
+def adafuse_version(request, tmp_path_factory, h264_video) -> tuple[LoadedVersion, torch.Tensor]:
+    repository = tmp_path_factory.mktemp("repository")
+    probe = save(create_model(request.param), repository)
+    clips = real_clips(probe, h264_video)
+    loaded = save(decisive_adafuse(request.param, clips), repository)
+    export_version(loaded.path, check=False)  # the tests compare it on real clips
+    return loaded, clips
+
+
+def test_adafuse_graph_runs_each_gated_pair_as_one_clipwise_operator(adafuse_version):
+    loaded, _ = adafuse_version
+    model = onnx_model(loaded)
+    blocks = len(loaded.model.gated_blocks())
+    assert len(nodes_of(model, "GatedConvPair", DOMAIN)) == blocks
+    assert {function.name for function in model.functions} == {"GatedConvPair"}
+    convs = sum(isinstance(module, nn.Conv2d) for module in loaded.model.modules())
+    assert len(nodes_of(model, "Conv")) == convs - 2 * blocks  # conv1 and conv2 run only inside the operator
+    assert [output.name for output in model.graph.output] == [LOGITS, *(f"codes.{i}" for i in range(blocks))]
+
+
+def test_adafuse_graph_matches_pytorch_decisions_logits_and_flops_on_real_clips(adafuse_version):
+    loaded, clips = adafuse_version
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    expected = loaded.model.execute(clips)
+    assert_same_execution(got, expected)
+    usage = got.policy[0].overall
+    assert min(usage.keep, usage.reuse, usage.skip) > 0.05  # every kind of decision was exercised
+    assert max(got.executed_gflops) < got.full_gflops
+
+
+def test_adafuse_graph_exported_under_a_forced_saving_executes_it(adafuse_version, tmp_path):
+    loaded, clips = adafuse_version
+    model = loaded.model
+    with model.force_saving(0.4) as saved:
+        proto = to_onnx(model, weights_sha256=loaded.manifest.weights_sha256)
+        expected = model.execute(clips)
+    got = OnnxRunner(save_onnx(proto, tmp_path / MODEL_FILE), loaded.manifest).execute(clips)
+    assert_same_execution(got, expected)
+    assert got.executed_gflops[0] / got.full_gflops == pytest.approx(1 - saved, abs=1e-6)
+
+
+# --- Ada3D ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ada3d_version(tmp_path_factory, h264_video) -> tuple[LoadedVersion, torch.Tensor]:
+    """A decisive Ada3D and a batch of two real clips that it treats differently (the clip and its negative)."""
+    repository = tmp_path_factory.mktemp("repository")
+    torch.manual_seed(0)
+    model = create_model("ada3d_i3d_r50_tiny")
+    clip = real_clips(save(model, repository), h264_video, clips=1)
+    clips = torch.cat([clip, -clip])
+    calibrate_batch_norms(model, clips)
+    for head in (model.selection.frame_head, model.selection.stage_head):
+        nn.init.normal_(head.weight, std=0.5)
+        nn.init.zeros_(head.bias)
+    loaded = save(model, repository)
+    export_version(loaded.path, check=False)  # the tests compare it on real clips
+    return loaded, clips
+
+
+def test_ada3d_graph_selects_with_clipwise_operators_in_a_loop_over_clips(ada3d_version):
+    loaded, _ = ada3d_version
+    model = onnx_model(loaded)
+    assert [node.op_type for node in model.graph.node if node.op_type == "Loop"] == ["Loop"]
+    body = subgraph(nodes_of(model, "Loop")[0], "body")
+    backbone = loaded.model.backbone
+    switchable = sum(
+        is_temporal(module) for index in backbone.switchable_stages for module in backbone.trunk[index].modules()
+    )
+    ops = [(node.domain, node.op_type) for node in body.node]
+    assert ops.count((DOMAIN, "SelectFrames")) == 1
+    assert ops.count((DOMAIN, "SwitchableConv3d")) == switchable
+    assert [output.name for output in model.graph.output] == [LOGITS, ADA3D_FRAMES, ADA3D_STAGES]
+
+
+def test_ada3d_graph_matches_pytorch_plans_logits_and_flops_on_real_clips(ada3d_version):
+    loaded, clips = ada3d_version
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    expected = loaded.model.execute(clips)
+    assert_same_execution(got, expected)
+    first, second = got.policy
+    assert first != second  # two plans in one batch: the Loop gives each clip its own shapes
+    assert any(len(policy.frames_kept) < clips.shape[2] for policy in got.policy)
+    assert not all(all(policy.stages_3d) for policy in got.policy)
+
+
+# --- frozen fusion strategies -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fusion_data(tmp_path_factory) -> Path:
+    """A validation list of the synthetic benchmark as ``clipwise data`` writes it, cut to four videos."""
+    from training.synthetic import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, clips_per_class=1, seed=0, val_fraction=1.0, cfg=SynthConfig(frames=16, size=80))
+    short_list = out / "val_short.txt"
+    short_list.write_text("".join((out / "val.txt").read_text().splitlines(keepends=True)[::3]))
+    return short_list
+
+
+@pytest.fixture(scope="module")
+def template_version(tmp_path_factory) -> LoadedVersion:
+    from training.synthetic import CLASSES
+
+    torch.manual_seed(0)
+    template = create_model("fusion_template_densenet121_tiny", num_classes=len(CLASSES))
+    calibrate_batch_norms(template, torch.randn(2, 3, 16, 64, 64))
+    with torch.no_grad():  # learned rates: layers prefer different units, with some uncertainty
+        template.drop_logits.copy_(torch.randn(template.drop_logits.shape, generator=torch.Generator().manual_seed(1)))
+    repository = tmp_path_factory.mktemp("repository")
+    version_dir = save_version(template, list(CLASSES), repository, "fusion_template", trained=False)
+    return load_version(repository, "fusion_template", int(version_dir.name))
+
+
+def test_export_fusion_ranks_strategies_and_freezes_the_best_as_a_servable_version(
+    template_version, fusion_data, tmp_path
+):
+    out = tmp_path / "fusion_frozen"
+    args = ["--model-dir", str(template_version.path), "--data", str(fusion_data), "--out", str(out)]
+    assert cli("fusion", *args, "--samples", "3", "--workers", "0") == 0
+    frozen = load_version(tmp_path, "fusion_frozen")
+    report = json.loads((frozen.path / "fusion_ranking.json").read_text())
+    ranking = report["ranking"]
+    assert {"S", "ST", "S+ST"} <= {entry["strategy"] for entry in ranking}
+    assert sum(entry["origin"] == "sampled" for entry in ranking) >= 1
+    keys = [(-e["metrics"]["top1"], -e["metrics"]["top5"], e["metrics"]["mean_executed_gflops"]) for e in ranking]
+    assert keys == sorted(keys)
+    assert isinstance(frozen.model, FusionDenseNet)
+    assert frozen.model.config.strategy == ranking[0]["strategy"] == report["frozen"]["strategy"]
+    assert frozen.manifest.metrics == pytest.approx(ranking[0]["metrics"])
+    template: FusionTemplate = template_version.model
+    marginals = torch.tensor([list(layer["path_marginals"].values()) for layer in report["layers"]])
+    assert torch.allclose(marginals, template.marginals().detach())
+    assert (frozen.path / "fusion_marginals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_fusion_freezes_a_named_strategy_that_runs_as_the_template_did(template_version, fusion_data, tmp_path):
+    layers = len(template_version.model.layers)
+    named = format_strategy(["S"] * (layers // 2) + ["S+ST"] * (layers - layers // 2))
+    out = tmp_path / "named"
+    args = ["--model-dir", str(template_version.path), "--data", str(fusion_data), "--out", str(out)]
+    assert cli("fusion", *args, "--samples", "0", "--strategy", named, "--workers", "0") == 0
+    frozen = load_version(tmp_path, "named")
+    assert parse_strategy(frozen.model.config.strategy, layers) == parse_strategy(named, layers)
+    clips = torch.randn(1, 3, 16, 64, 64)
+    template = template_version.model
+    with torch.no_grad(), template.use_strategy(named):
+        expected = template.execute(clips)
+    got = frozen.model.execute(clips)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    assert got.executed_gflops == pytest.approx(expected.executed_gflops)
+
+
+# --- TensorRT -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_export_says_clearly_that_tensorrt_is_missing(tsn_version):
+    with pytest.raises(SystemExit, match="TensorRT is not installed: `pip install tensorrt`"):
+        cli("tensorrt", "--model-dir", str(tsn_version.path))
