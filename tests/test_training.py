@@ -216,6 +216,20 @@ def test_adafuse_flops_term_lowers_the_executed_cost(flops_weight):
     assert (after < 0.5 * before) == (flops_weight > 0)
 
 
+def test_adafuse_policy_nets_train_at_their_learning_rate_scale():
+    changes = {}
+    for scale in (1.0, 10.0):
+        torch.manual_seed(0)
+        model = create_model("adafuse_tsn_r18_tiny", num_classes=3, frames=4, size=32)
+        config = TrainConfig(lr=0.01, policy_lr_scale=scale, clip_grad_norm=0)
+        before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+        run_steps(phase_named(model, config, "train"), fixed_batch(3), 1, config)
+        changes[scale] = {name: parameter.detach() - before[name] for name, parameter in model.named_parameters()}
+    assert any(change.abs().max() > 0 for name, change in changes[1.0].items() if ".policy." in name)
+    for name, change in changes[10.0].items():
+        torch.testing.assert_close(change, changes[1.0][name] * (10.0 if ".policy." in name else 1.0))
+
+
 def test_ada3d_policy_stage_learns_to_spend_less_with_the_backbone_frozen():
     """With one class every prediction is right, so Eq. 4 rewards using fewer frames and 3D stages."""
     torch.manual_seed(0)

@@ -90,7 +90,8 @@ class StepOutput(NamedTuple):
 
 @dataclass
 class Phase:
-    """A stretch of training with one objective, one set of trained parameters and one learning rate."""
+    """A stretch of training with one objective, one set of trained parameters and one learning rate (some
+    parameters may train at a multiple of it)."""
 
     name: str
     epochs: int
@@ -99,6 +100,8 @@ class Phase:
     trained: Sequence[nn.Parameter] | None = None  # what the phase updates (None: every parameter)
     no_decay: Sequence[nn.Parameter] = ()  # trained parameters exempt from weight decay, besides 1-D ones
     frozen: Sequence[nn.Module] = ()  # modules kept in eval mode (frozen batch-norm statistics)
+    scaled: Sequence[nn.Parameter] = ()  # trained parameters whose learning rate is ``lr_scale`` × ``lr``
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -211,9 +214,13 @@ def load_data(config: TrainConfig, files: DatasetFiles, labels: list[str], spec:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> VideoClassifier:
-    """The preset with the dataset's classes, the size overrides and, with ``init``, starting weights."""
+    """The preset with the dataset's classes, the size and other config overrides (``model_args``: any field of
+    the preset's config, e.g. ``{"temporal_shift": true}``) and, with ``init``, starting weights."""
     sizes = {key: value for key, value in (("frames", config.frames), ("size", config.size)) if value}
-    model = create_model(config.model, num_classes=num_classes, **sizes)
+    try:
+        model = create_model(config.model, num_classes=num_classes, **config.model_args, **sizes)
+    except (KeyError, TypeError) as error:  # an unknown preset or config field
+        raise ConfigError(error.args[0]) from None
     if config.init:
         loaded, left_out = load_matching(model, config.init / WEIGHTS_FILE)
         logger.info("initialised %d tensors from %s; left as built: %s", loaded, config.init, left_out or "none")
@@ -256,16 +263,25 @@ def git_commit() -> str | None:
 
 
 def make_optimizer(phase: Phase, config: TrainConfig) -> torch.optim.SGD:
-    """SGD over the phase's parameters, which alone keep ``requires_grad``; no decay on 1-D tensors."""
+    """SGD over the phase's parameters, which alone keep ``requires_grad``; no decay on 1-D tensors. A group's
+    ``lr_scale`` multiplies the scheduled rate (``train_epoch``)."""
     trained = {id(p) for p in (phase.objective.parameters() if phase.trained is None else phase.trained)}
     exempt = {id(p) for p in phase.no_decay}
-    decay, no_decay = [], []
+    scaled = {id(p) for p in phase.scaled}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     for parameter in phase.objective.parameters():
         parameter.requires_grad_(id(parameter) in trained)
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 or id(parameter) in exempt else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=phase.lr, momentum=config.momentum)
+            decays = parameter.ndim > 1 and id(parameter) not in exempt
+            groups.setdefault((decays, phase.lr_scale if id(parameter) in scaled else 1.0), []).append(parameter)
+    return torch.optim.SGD(
+        [
+            {"params": params, "weight_decay": config.weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), params in groups.items()
+        ],
+        lr=phase.lr,
+        momentum=config.momentum,
+    )
 
 
 @dataclass(frozen=True)
@@ -448,9 +464,11 @@ def train_epoch(
     totals = EpochTotals()
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     progress = tqdm(loader, desc=description, unit="batch", disable=not processes.is_main, leave=False)
+    lr = base_lr
     for step, batch in enumerate(progress, start=first_step):
+        lr = base_lr * schedule.factor(step)
         for group in optimizer.param_groups:
-            group["lr"] = base_lr * schedule.factor(step)
+            group["lr"] = lr * group["lr_scale"]
         labels = batch.labels.to(processes.device, non_blocking=True)
         output = step_model(batch.clips.to(processes.device, non_blocking=True), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -462,7 +480,7 @@ def train_epoch(
         loss = output.loss.item()
         progress.set_postfix(loss=f"{loss:.3f}")
         log.step("step/train_loss", loss, step)
-    return {**totals.means(processes), "lr": optimizer.param_groups[0]["lr"]}
+    return {**totals.means(processes), "lr": lr}
 
 
 def fit(config: TrainConfig) -> Path | None:
@@ -507,7 +525,7 @@ class Trainer:
         self.log.start(config)
         evaluation, first_epoch = None, 0
         for phase in self.phases:
-            if first_epoch + phase.epochs > done:
+            if phase.epochs and first_epoch + phase.epochs > done:
                 optimizer_state = saved_optimizers.get(phase.name) if done > first_epoch else None
                 evaluation = self.run_phase(phase, first_epoch, done, optimizer_state)
             first_epoch += phase.epochs

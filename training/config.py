@@ -35,11 +35,13 @@ class TrainConfig:
     clip_grad_norm: float = 20.0  # 0: off
     frames: int | None = None  # override the preset's clip length
     size: int | None = None  # override the preset's crop size
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # other preset config fields to replace
     workers: int = 2  # DataLoader worker processes per training process
     seed: int = 0
     flip: bool = False  # horizontal flip; refused for direction-sensitive labels
     resume: bool = False  # continue the run in run_dir from its latest epoch
     flops_weight: float = 0.1  # AdaFuse: λ of Eq. 6, per GFLOP
+    policy_lr_scale: float = 1.0  # AdaFuse: the policy nets' learning rate, as a multiple of lr
     gamma: float = 1.0  # Ada3D: penalty of a wrong prediction in the reward (Eq. 4)
     policy_epochs: int = 10  # Ada3D stage 1: selection net alone, backbone frozen
     joint_epochs: int = 10  # Ada3D stage 2: joint fine-tuning (Eq. 8)

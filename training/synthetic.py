@@ -1,13 +1,19 @@
 """The synthetic motion benchmark: real mp4 files whose labels live either in temporal order or in a still.
 
 Eight *temporal* classes show one asymmetric object (an L shape) that moves left / right / up / down,
-rotates clockwise / anticlockwise, grows or shrinks. Any single frame of them looks alike: the label lives
-only in the order of the frames. Three *static* classes show a motionless circle, square or triangle: one
-frame is enough. Everything else is random per clip — object colour and size, start position, speed,
-a cluttered background (a smooth random colour field crossed by lines), per-frame sensor noise and
-camera jitter — so that no pixel gives the answer away. Frame-averaging models (TSN) should solve the
-static classes and stay near chance between the opposite pairs of temporal classes; temporal models
-should solve both.
+rotates clockwise / anticlockwise, grows or shrinks. Three *static* classes show a motionless circle, square
+or triangle: one frame is enough. Everything else is random per clip — object colour and size, start
+position, speed, a cluttered background (a smooth random colour field crossed by lines), per-frame sensor
+noise and camera jitter — so that no pixel gives the answer away.
+
+The direction of a temporal class lives only in the order of the frames. A single frame can hint at the
+*axis*: an L far off centre is more likely a mover, an unusually large or small one is growing or shrinking.
+So frame-averaging models (TSN) should solve the static classes and at best tell the four opposite pairs
+apart (half of the temporal clips right); temporal models should solve both.
+
+The default difficulty (noise, clutter, object size) is the synthetic benchmark's
+(``benchmarks/synthetic.py``): TSM-R18-tiny reaches about 90% top-1 in ten epochs of 200 clips per class.
+With noise 12, six clutter lines and objects of 0.12–0.18 frame widths it reached 88% only after twelve.
 
 Output, in the layout of mmaction2's video lists::
 
@@ -50,9 +56,10 @@ class SynthConfig:
     frames: int = 16
     size: int = 112
     fps: int = 8
-    noise: float = 12.0  # standard deviation of per-frame pixel noise, in 0..255 units
+    noise: float = 8.0  # standard deviation of per-frame pixel noise, in 0..255 units
     jitter: int = 2  # camera shake, in pixels
-    clutter_lines: int = 6  # straight lines across the background
+    clutter_lines: int = 4  # straight lines across the background
+    object_scale: tuple[float, float] = (0.16, 0.24)  # range of the object's half size, in frame widths
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +136,7 @@ def _object_masks(label: str, rng: np.random.Generator, cfg: SynthConfig, xs, ys
     """One boolean mask per frame for the clip's object, in padded-canvas coordinates."""
     margin = cfg.jitter
     centre = margin + cfg.size / 2
-    scale = rng.uniform(0.12, 0.18) * cfg.size
+    scale = rng.uniform(*cfg.object_scale) * cfg.size
     angle = rng.uniform(0, 2 * math.pi)
     cx, cy = centre + rng.uniform(-0.12, 0.12, size=2) * cfg.size
     progress = np.linspace(-0.5, 0.5, cfg.frames)
@@ -173,8 +180,9 @@ def clip_rng(seed: int, split: str, label: str, index: int) -> np.random.Generat
     return np.random.default_rng([seed, SPLITS[split], CLASSES.index(label), index])
 
 
-def generate(out: Path, clips_per_class: int, seed: int, val_fraction: float = 0.25,
-             cfg: SynthConfig = SynthConfig()) -> dict[str, int]:
+def generate(
+    out: Path, clips_per_class: int, seed: int, val_fraction: float = 0.25, cfg: SynthConfig = SynthConfig()
+) -> dict[str, int]:
     """Write the benchmark under ``out``; returns the number of clips per split."""
     from tqdm import tqdm
 

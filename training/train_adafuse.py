@@ -10,6 +10,13 @@ full-compute GFLOPs to keep that balance on a smaller model).
 The paper's schedule: SGD, lr 0.002 ×0.1 at epochs 20 and 40 of 50 (``--schedule step``), batch 64, from
 ImageNet weights; ``--init`` starts from a trained TSN / TSM version of the same backbone instead (their
 weights load as they are; only the policy nets start new).
+
+``policy_lr_scale`` trains the policy nets at a multiple of the learning rate (the paper and the authors'
+code use one rate). Inference here takes the argmax decision, where the authors' code keeps sampling; a policy
+trained for few epochs stays near uniform (its FCs start at N(0, 0.001)) and its argmax is then an arbitrary
+policy the network never trained under. Measured on the synthetic benchmark, AdaFuse-TSN-R18-tiny from a
+trained TSN, 8 epochs at lr 0.01: the policy nets of layers 2-4 still gave keep / reuse / skip 0.33 / 0.33 /
+0.34, and val top-1 was 20.5% with argmax decisions against 57% with sampled ones.
 """
 
 from __future__ import annotations
@@ -40,4 +47,7 @@ class CrossEntropyAndFlops(nn.Module):
 
 
 def phases(model: AdaFuse, config: TrainConfig, train_clips: int) -> list[Phase]:
-    return [Phase("train", config.epochs, CrossEntropyAndFlops(model, config.flops_weight), config.lr)]
+    policy_nets = {id(p): p for block in model.gated_blocks() for p in block.policy.parameters()}  # FCs shared
+    objective = CrossEntropyAndFlops(model, config.flops_weight)
+    scaled = list(policy_nets.values())
+    return [Phase("train", config.epochs, objective, config.lr, scaled=scaled, lr_scale=config.policy_lr_scale)]
