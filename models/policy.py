@@ -45,3 +45,16 @@ class FusionPolicy(BaseModel):
 
 
 Policy = Annotated[AdaFusePolicy | Ada3DPolicy | FusionPolicy, Field(discriminator="family")]
+
+
+def policy_fractions(policy: AdaFusePolicy | Ada3DPolicy | FusionPolicy) -> dict[str, float]:
+    """The fractions that sum up one clip's policy, by name, to average or histogram over clips.
+
+    AdaFuse: keep / reuse / skip over all gated channels; Ada3D: frame_fraction and stage_fraction;
+    fusion: the share of template layers running each unit (S, ST, S+ST).
+    """
+    if isinstance(policy, AdaFusePolicy):
+        return policy.overall.model_dump()
+    if isinstance(policy, Ada3DPolicy):
+        return {"frame_fraction": policy.frame_fraction, "stage_fraction": policy.stage_fraction}
+    return {unit: policy.strategy.count(unit) / len(policy.strategy) for unit in ("S", "ST", "S+ST")}

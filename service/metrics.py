@@ -5,8 +5,8 @@
 * ``clipwise_stage_seconds{model, stage}``: histogram of each stage (decode, preprocess, queue, inference);
 * ``clipwise_executed_gflops_total{model}`` and ``clipwise_full_gflops_total{model}``: GMACs executed, and
   what the same clips cost with nothing skipped;
-* ``clipwise_policy_fraction{model, measure}``: histogram per clip of AdaFuse's keep / reuse / skip and
-  Ada3D's frames_kept / stages_3d fractions;
+* ``clipwise_policy_fraction{model, measure}``: histogram per clip of ``models.policy.policy_fractions``:
+  AdaFuse's keep / reuse / skip, Ada3D's frame_fraction / stage_fraction, the fusion units' S / ST / S+ST;
 * ``clipwise_batch_requests{model}``: histogram, per request, of the requests in its forward pass;
 * ``clipwise_model_loads_total{model, outcome}``: loads (startup, API, watcher), loaded or refused;
 * ``clipwise_model_loaded{model, version, backend}``: 1 per served model, its version and default backend.
@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from models.base import Execution
-from models.policy import Ada3DPolicy, AdaFusePolicy, Policy
+from models.policy import policy_fractions
 from service.errors import status_of
 from service.model_store import ModelStore, ServedModel
 from service.runner import Admission
@@ -34,16 +34,6 @@ STAGES = ("decode", "preprocess", "queue", "inference")
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FRACTION_BUCKETS = tuple(step / 10 for step in range(11))
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-def policy_fractions(policy: Policy) -> dict[str, float]:
-    """The fractions a clip's policy used, by measure name (none for families without one here)."""
-    if isinstance(policy, AdaFusePolicy):
-        usage = policy.overall
-        return {"keep": usage.keep, "reuse": usage.reuse, "skip": usage.skip}
-    if isinstance(policy, Ada3DPolicy):
-        return {"frames_kept": policy.frame_fraction, "stages_3d": policy.stage_fraction}
-    return {}
 
 
 class ServedModelsCollector(Collector):
@@ -88,7 +78,8 @@ class ServiceMetrics:
         self.full_gflops = Counter("clipwise_full_gflops", "GMACs with nothing skipped", ["model"], registry=registry)
         self.policy_fraction = Histogram(
             "clipwise_policy_fraction",
-            "per clip: fraction of channels kept / reused / skipped (AdaFuse), of frames kept and 3D stages on (Ada3D)",
+            "per clip: fraction of channels kept / reused / skipped (AdaFuse), of frames kept and 3D stages on "
+            "(Ada3D), of layers per unit (fusion)",
             ["model", "measure"],
             buckets=FRACTION_BUCKETS,
             registry=registry,

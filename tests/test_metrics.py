@@ -100,8 +100,8 @@ def test_metrics_count_what_the_responses_report(repository: Path, h264_video: P
         assert observed == pytest.approx(sum(expected))
         assert value(metrics, "clipwise_policy_fraction_count", model=ADAFUSE, measure=measure) == len(expected)
     ada3d_policies = [policy for body in bodies[ADA3D] for policy in body["policy"]]
-    for measure, field in (("frames_kept", "frame_fraction"), ("stages_3d", "stage_fraction")):
-        expected = [policy[field] for policy in ada3d_policies]
+    for measure in ("frame_fraction", "stage_fraction"):
+        expected = [policy[measure] for policy in ada3d_policies]
         observed = value(metrics, "clipwise_policy_fraction_sum", model=ADA3D, measure=measure)
         assert observed == pytest.approx(sum(expected))
         below_half = value(metrics, "clipwise_policy_fraction_bucket", model=ADA3D, measure=measure, le="0.5")

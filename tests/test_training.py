@@ -279,7 +279,7 @@ def test_fusion_warms_up_without_drop_path_then_learns_the_rates():
     "name, policy_keys",
     [
         ("adafuse_tsn_r18_tiny", {"keep", "reuse", "skip"}),
-        ("ada3d_i3d_r50_tiny", {"frames_kept", "stages_3d_on", "frame_fraction", "stage_fraction"}),
+        ("ada3d_i3d_r50_tiny", {"frame_fraction", "stage_fraction"}),
     ],
 )
 def test_eval_reports_accuracy_flops_and_policy_per_class(synth, tmp_path, name, policy_keys):

@@ -4,11 +4,8 @@ Every clip goes through ``model.execute``, the pass the service runs, so the GFL
 really executed for that clip (its policy's), and top-1 / top-5 are those of the served predictions. Each
 process evaluates its share of the list; the sums are gathered so every process returns the same report.
 
-Policy statistics are means over clips of numbers read from each clip's policy record:
-
-* AdaFuse: fractions of gated channels kept, reused and skipped;
-* Ada3D: frames kept and 3D stages on (counts), and the same as fractions;
-* fusion: fraction of the dense layers running each unit (S, ST, S+ST).
+Policy statistics are means over clips of ``models.policy.policy_fractions`` of each clip's policy record:
+AdaFuse's channels kept, reused and skipped, Ada3D's frames kept and 3D stages on, the fusion units' shares.
 """
 
 from __future__ import annotations
@@ -26,25 +23,9 @@ from tqdm import tqdm
 
 from models.base import VideoClassifier
 from models.checkpoint import MANIFEST_FILE, load_version
-from models.policy import Ada3DPolicy, AdaFusePolicy, FusionPolicy, Policy
+from models.policy import policy_fractions
 from training.data import AnnotationError, DatasetFiles, VideoDataset, eval_loader, read_annotations, read_labels
 from video import ClipSpec
-
-
-def policy_numbers(policy: Policy) -> dict[str, float]:
-    """The numbers of one clip's policy record that are averaged per class."""
-    if isinstance(policy, AdaFusePolicy):
-        return {"keep": policy.overall.keep, "reuse": policy.overall.reuse, "skip": policy.overall.skip}
-    if isinstance(policy, Ada3DPolicy):
-        return {
-            "frames_kept": float(len(policy.frames_kept)),
-            "stages_3d_on": float(sum(policy.stages_3d)),
-            "frame_fraction": policy.frame_fraction,
-            "stage_fraction": policy.stage_fraction,
-        }
-    if isinstance(policy, FusionPolicy):
-        return {unit: policy.strategy.count(unit) / len(policy.strategy) for unit in ("S", "ST", "S+ST")}
-    raise TypeError(f"no statistics for policy {type(policy).__name__}")
 
 
 @dataclass
@@ -154,7 +135,7 @@ def evaluate(
             totals.top5 += int(top5[clip])
             totals.gflops += execution.executed_gflops[clip]
             if execution.policy is not None:
-                for key, value in policy_numbers(execution.policy[clip]).items():
+                for key, value in policy_fractions(execution.policy[clip]).items():
                     totals.policy[key] += value
     evaluation = Evaluation(list(labels), model.full_gflops(), per_class, skipped)
     return _gather(evaluation) if torch_dist.is_initialized() else evaluation

@@ -401,7 +401,7 @@ def summarize(
     """The figures of one level from its answers (client latency, parsed response)."""
     import numpy as np
 
-    from training.evaluate import policy_numbers
+    from models.policy import policy_fractions
 
     report = LevelReport(
         model=model,
@@ -423,7 +423,7 @@ def summarize(
     report.executed_gflops = mean(response.flops.executed_gflops for response in responses)
     report.full_gflops = mean(response.flops.full_gflops for response in responses)
     report.batch_size = mean(response.batch_size for response in responses)
-    views = [policy_numbers(policy) for response in responses for policy in response.policy or []]
+    views = [policy_fractions(policy) for response in responses for policy in response.policy or []]
     report.policy = {key: mean(numbers[key] for numbers in views) for key in views[0]} if views else {}
     timings = [response.timing_ms.model_dump() for response in responses]
     report.stages_ms = {stage: mean(timing[stage] for timing in timings) for stage in timings[0]}
