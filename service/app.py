@@ -24,6 +24,7 @@ from service.lifecycle import load_model, watch_repository
 from service.middleware import RequestContextMiddleware
 from service.model_store import InvalidVersion, ModelNotFound
 from service.state import ServiceState
+from service.upload import FRAMING_ALLOWANCE
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A Clipwise app for ``settings`` (default: from the environment)."""
     app = FastAPI(title="Clipwise", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.state.service = ServiceState.from_settings(settings or Settings())
-    app.add_middleware(RequestContextMiddleware)
+    settings = settings or Settings()
+    app.state.service = ServiceState.from_settings(settings)
+    app.add_middleware(RequestContextMiddleware, drain_bytes=settings.max_upload_bytes + FRAMING_ALLOWANCE)
     install_error_handlers(app)
     app.include_router(api_router)
     return app

@@ -6,7 +6,7 @@ the body is read as it arrives (multipart: python-multipart's streaming parser):
 over the limit is refused before reading anything, and a body that grows past it is refused as soon as it
 does, so no more than the limit is ever held. The whole body must arrive within a time limit (408
 otherwise), so a client that stalls or trickles cannot hold its place for ever. Answered before its body
-ended, the connection is closed (``service.middleware``): the rest is never read.
+ended by a 413 or 408, the connection is closed (``service.middleware``): the rest is never read.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import socket
 import time
@@ -174,6 +175,22 @@ def closed_by_server(sock: socket.socket) -> bool:
     except ConnectionResetError:
         pass
     return True
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [(PREDICT + "?backend=no-such-runtime", 422), ("/v1/models/no_such_model/predict", 404)],
+)
+def test_an_early_answer_reaches_a_client_still_sending(client: httpx.Client, path: str, status: int) -> None:
+    """Refused before its body is read, the request still gets its JSON answer: the server reads and drops
+    the rest of the body first (a reset would lose the answer), and the connection stays open."""
+    body = PART_HEAD + os.urandom(UPLOAD_LIMIT - 4096) + f"\r\n--{BOUNDARY}--\r\n".encode()
+    with raw_connection(client) as sock:
+        sock.sendall(request_head(path, {"Content-Type": MULTIPART, "Content-Length": str(len(body))}) + body)
+        answered, headers, _ = read_response(sock)
+        assert (answered, headers.get("connection")) == (status, None)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: clipwise\r\n\r\n")  # the same connection serves on
+        assert read_response(sock)[0] == 200
 
 
 def test_a_declared_length_over_the_limit_is_413_before_the_body_is_sent(client: httpx.Client) -> None:
