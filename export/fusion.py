@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy
 import torch
+from torch.utils.data import DataLoader
 
 from export.versions import load_version_dir
 from models.checkpoint import LoadedVersion, save_version
 from models.fusion import UNITS, FusionTemplate, format_strategy, freeze, parse_strategy
-from training.data import AnnotationError, DatasetFiles, VideoDataset, eval_loader, read_annotations, read_labels
-from training.evaluate import evaluate
-from video import ClipSpec
+from training.data import DatasetFiles
+from training.evaluate import evaluate, version_loader
 
 FIXED_STRATEGIES = ("S", "ST", "S+ST")
 RANKING_FILE = "fusion_ranking.json"
@@ -74,26 +74,15 @@ def candidate_strategies(
     return list(candidates.values())
 
 
-def validation_loader(loaded: LoadedVersion, data: Path, batch_size: int, workers: int) -> Any:
-    """Batches of the validation list ``data`` (a list file beside ``classes.txt``, or a dataset directory),
-    labels mapped to the model's by name, clips made as the service makes them."""
+def validation_loader(loaded: LoadedVersion, data: Path, batch_size: int, workers: int) -> DataLoader:
+    """Batches of the validation list ``data`` (a list file beside ``classes.txt``, or a dataset directory)."""
     files = DatasetFiles.find(data) if data.is_dir() else None
-    val_list = files.val if files else data
-    data_labels = read_labels(files.classes if files else data.parent / "classes.txt")
-    model_labels = loaded.manifest.labels
-    unknown = sorted(set(data_labels) - set(model_labels))
-    if unknown:
-        raise AnnotationError(f"{val_list}: labels the model does not know: {', '.join(unknown[:6])}")
-    records = [
-        replace(record, label=model_labels.index(data_labels[record.label]))
-        for record in read_annotations(val_list, data_labels)
-    ]
-    dataset = VideoDataset(records, ClipSpec(**loaded.manifest.preprocessing.model_dump()))
-    return eval_loader(dataset, batch_size=batch_size, workers=workers)
+    val_list, classes = (files.val, files.classes) if files else (data, data.parent / "classes.txt")
+    return version_loader(loaded, val_list, classes, batch_size, workers)
 
 
 def rank_strategies(
-    template: FusionTemplate, candidates: Sequence[StrategyResult], loader: Any, labels: Sequence[str]
+    template: FusionTemplate, candidates: Sequence[StrategyResult], loader: DataLoader, labels: Sequence[str]
 ) -> list[StrategyResult]:
     """Evaluate every candidate through the template (only its paths run) and sort them, best first."""
     for candidate in candidates:

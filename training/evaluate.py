@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.base import VideoClassifier
-from models.checkpoint import MANIFEST_FILE, load_version
+from models.checkpoint import MANIFEST_FILE, LoadedVersion, load_version
 from models.policy import policy_fractions
 from training.data import AnnotationError, DatasetFiles, VideoDataset, eval_loader, read_annotations, read_labels
 from video import ClipSpec
@@ -152,6 +152,29 @@ def _gather(evaluation: Evaluation) -> Evaluation:
     return merged
 
 
+def version_loader(
+    loaded: LoadedVersion,
+    list_file: Path,
+    classes_file: Path,
+    batch_size: int,
+    workers: int,
+    data_root: Path | None = None,
+) -> DataLoader:
+    """Batches of an annotation list for a loaded version: the dataset's labels (``classes_file``) matched to
+    the model's by name, so their order may differ; clips made as the service makes them."""
+    data_labels, model_labels = read_labels(classes_file), loaded.manifest.labels
+    unknown = sorted(set(data_labels) - set(model_labels))
+    if unknown:
+        raise AnnotationError(f"{classes_file}: labels the model does not know: {', '.join(unknown[:6])}")
+    model_index = [model_labels.index(label) for label in data_labels]
+    records = [
+        replace(record, label=model_index[record.label])
+        for record in read_annotations(list_file, data_labels, data_root)
+    ]
+    dataset = VideoDataset(records, ClipSpec(**loaded.manifest.preprocessing.model_dump()))
+    return eval_loader(dataset, batch_size=batch_size, workers=workers)
+
+
 def evaluate_version(
     model_dir: Path,
     data: Path,
@@ -170,21 +193,13 @@ def evaluate_version(
     name_dir = model_dir.parent if version is not None else model_dir
     loaded = load_version(name_dir.parent, name_dir.name, version)
     files = DatasetFiles.find(data)
-    data_labels, model_labels = read_labels(files.classes), loaded.manifest.labels
-    unknown = sorted(set(data_labels) - set(model_labels))
-    if unknown:
-        raise AnnotationError(f"{files.classes}: labels the model does not know: {', '.join(unknown[:6])}")
-    model_index = [model_labels.index(label) for label in data_labels]
-    records = [
-        replace(record, label=model_index[record.label])
-        for record in read_annotations(files.split(split), data_labels, data_root)
-    ]
-    dataset = VideoDataset(records, ClipSpec(**loaded.manifest.preprocessing.model_dump()))
-    loader = eval_loader(dataset, batch_size=batch_size, workers=workers)
-    evaluation = evaluate(loaded.model, loader, model_labels, progress=f"eval {loaded.name} v{loaded.version}")
+    loader = version_loader(loaded, files.split(split), files.classes, batch_size, workers, data_root)
+    evaluation = evaluate(
+        loaded.model, loader, loaded.manifest.labels, progress=f"eval {loaded.name} v{loaded.version}"
+    )
     model = {"name": loaded.name, "version": loaded.version, "architecture": loaded.manifest.architecture}
     return {
         "model": {**model, "path": str(loaded.path)},
-        "data": {"list": str(files.split(split)), "clips": len(records)},
+        "data": {"list": str(files.split(split)), "clips": len(loader.dataset)},
         **evaluation.report(),
     }
