@@ -143,7 +143,7 @@ class CTNet(VideoClassifier):
             spatial_op=self._ct_module,
         )
         self.head = ClassifierHead(config.widths[-1] * config.expansion, config.num_classes, config.dropout)
-        init_weights(self, zero_init_final_bn=False)
+        init_weights(self)
 
     def _ct_module(self, block_index: int, width: int) -> CTModule | None:
         return CTModule(width, self.config.excitation_reduction) if block_index % 2 == 1 else None

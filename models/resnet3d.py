@@ -39,7 +39,7 @@ Ada3D API (``models.ada3d`` builds on it):
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -243,8 +243,9 @@ class ClassifierHead(nn.Module):
         return self.fc(self.dropout(self.pool(x).flatten(1)))
 
 
-def init_weights(model: nn.Module, zero_init_final_bn: bool) -> None:
-    """PySlowFast init: MSRA fan-out convs, BN γ = 1 (optionally 0 on each block's last BN), head N(0, 0.01)."""
+def init_weights(model: nn.Module, final_bns: Iterable[nn.BatchNorm3d] = ()) -> None:
+    """PySlowFast init: MSRA fan-out convs, BN γ = 1, zero biases, head N(0, 0.01); then γ = 0 on
+    ``final_bns`` (``zero_init_final_bn``: each residual branch's last BN, so blocks start as identities)."""
     for module in model.modules():
         if isinstance(module, nn.Conv3d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -253,11 +254,10 @@ def init_weights(model: nn.Module, zero_init_final_bn: bool) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.01)
+        if isinstance(module, nn.Conv3d | nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-    if zero_init_final_bn:
-        for module in model.modules():
-            if isinstance(module, Bottleneck):
-                nn.init.zeros_(module.bn3.weight)
+    for bn in final_bns:
+        nn.init.zeros_(bn.weight)
 
 
 @dataclass
@@ -287,7 +287,7 @@ class ResNet3D(VideoClassifier):
             config.stem_width, config.widths, config.depths, config.temporal_kernels, config.expansion
         )
         self.head = ClassifierHead(config.widths[-1] * config.expansion, config.num_classes, config.dropout)
-        init_weights(self, zero_init_final_bn=True)
+        init_weights(self, (block.bn3 for block in self.modules() if isinstance(block, Bottleneck)))
         self.switchable_stages = tuple(
             index for index, stage in enumerate(self.trunk) if any(map(is_temporal, stage.modules()))
         )

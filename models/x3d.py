@@ -50,6 +50,7 @@ from torch import nn
 from models.base import ClipModelConfig, VideoClassifier
 from models.layers import FrameConv3d
 from models.registry import register_preset
+from models.resnet3d import init_weights
 
 Activation = Literal["relu", "swish"]
 ARCH_FIELDS = ("stem_channels", "stages", "head_channels")  # what an arch file (a search result) sets
@@ -251,27 +252,15 @@ class X3D(VideoClassifier):
             in_channels = spec.out_channels
         self.stages = nn.Sequential(*stages)
         self.head = Head(in_channels, config)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """PySlowFast's ``init_weights(fc_init_std=0.01, zero_init_final_bn=True)``."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm3d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.01)
-            if isinstance(module, nn.Conv3d | nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        for block in self.stages.modules():
-            if isinstance(block, InvertedBottleneck) and block.shortcut is not None:
-                nn.init.zeros_(block.project[1].weight)
+        branch_ends = (
+            block.project[1]
+            for block in self.stages.modules()
+            if isinstance(block, InvertedBottleneck) and block.shortcut is not None
+        )
+        init_weights(self, branch_ends)  # PySlowFast's init_weights(fc_init_std=0.01, zero_init_final_bn=True)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(clips)))
-
 
 
 def _stages(*rows: tuple[int, int, int, int, int, int]) -> tuple[StageSpec, ...]:
