@@ -309,13 +309,24 @@ def conv_output_size(conv: nn.Conv2d | FoldedConv, size: Sequence[int]) -> tuple
 
 @dataclass(frozen=True)
 class FoldedConv:
-    """A convolution with its inference-mode batch norm folded in: ``bn(conv(x)) == conv2d(x, weight, bias)``."""
+    """A convolution with its inference-mode batch norm folded in: ``bn(conv(x)) == conv2d(x, weight, bias)``.
+
+    ``weight`` is contiguous, ``weight_channels_last`` the same values channels_last like the activations (the
+    same tensor for a 1×1 kernel): dense calls and output-channel gathers read that one, so no call converts a
+    whole weight; input-channel gathers read ``weight``, where they copy runs of kh·kw values.
+    """
 
     weight: torch.Tensor
     bias: torch.Tensor
     stride: tuple[int, ...]
     padding: tuple[int, ...]
     dilation: tuple[int, ...]
+    weight_channels_last: torch.Tensor | None = None  # made from ``weight`` when not given
+
+    def __post_init__(self) -> None:
+        if self.weight_channels_last is None:
+            channels_last = self.weight.contiguous(memory_format=torch.channels_last)
+            object.__setattr__(self, "weight_channels_last", channels_last)
 
     @staticmethod
     def of(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FoldedConv:
@@ -323,7 +334,7 @@ class FoldedConv:
         bias = bn.bias - bn.running_mean * scale
         if conv.bias is not None:
             bias = bias + conv.bias * scale
-        weight = conv.weight * scale[:, None, None, None]
+        weight = (conv.weight * scale[:, None, None, None]).contiguous()
         return FoldedConv(weight, bias, conv.stride, conv.padding, conv.dilation)  # type: ignore[arg-type]
 
     @property
@@ -344,11 +355,12 @@ class FoldedConv:
         On the CPU without autograd it is one oneDNN primitive with the bias, the sum and the ReLU fused in
         (the kernel torch.compile emits for the same pattern); elsewhere the steps run one by one.
         """
-        weight, bias = self.weight, self.bias
+        weight, bias = self.weight_channels_last, self.bias
+        assert weight is not None
+        if inputs is not None:
+            weight = _gathered(self.weight, 1, inputs)
         if outputs is not None:
             weight, bias = _gathered(weight, 0, outputs), _gathered(bias, 0, outputs)
-        if inputs is not None:
-            weight = _gathered(weight, 1, inputs)
         if _fusable(x):
             fused = torch.ops.mkldnn._convolution_pointwise
             geometry = (list(self.padding), list(self.stride), list(self.dilation), 1)
@@ -471,10 +483,14 @@ def _frame_index(frames: tuple[int, ...], device: torch.device) -> slice | torch
 
 
 def _gathered(tensor: torch.Tensor, dim: int, channels: torch.Tensor) -> torch.Tensor:
-    """The slices of ``tensor`` along ``dim`` that ``channels`` lists; the tensor itself if that is all of it."""
+    """The slices of ``tensor`` along ``dim`` that ``channels`` lists; the tensor itself if that is all of it.
+    Output channels of a channels_last weight stay channels_last (whole (kh, kw, I) rows are copied)."""
     if len(channels) == tensor.shape[dim] and bool((channels == torch.arange(len(channels))).all()):
         return tensor
-    return tensor.index_select(dim, channels.to(tensor.device))
+    channels = channels.to(tensor.device)
+    if dim == 0 and tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.permute(0, 2, 3, 1).index_select(0, channels).permute(0, 3, 1, 2)
+    return tensor.index_select(dim, channels)
 
 
 def _channels_last_empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -677,13 +693,13 @@ class AdaFuse(TSN):
         return _directing(forced=dict(zip(blocks, decisions, strict=True)))
 
     @contextlib.contextmanager
-    def force_saving(self, fraction: float) -> Iterator[float]:
+    def force_saving(self, fraction: float, *, reuse: bool = True) -> Iterator[float]:
         """Follow a fixed policy that saves about ``fraction`` of the full-compute MACs at the configured
         frames and size; yields the fraction it saves by Eq. 5.
 
-        In every gated block the same share of channels is skipped at every frame, and up to that share
-        more is kept at even and reused at odd frames (conv1 then runs them every other frame). The channels
-        are a fixed random choice per block, the same for every clip.
+        In every gated block the same share of channels is skipped at every frame and, with ``reuse``, up to
+        that share more is kept at even and reused at odd frames (conv1 then runs them every other frame).
+        The channels are a fixed random choice per block, the same for every clip.
         """
         if not 0 <= fraction < 1:
             raise ValueError(f"fraction must be in [0, 1), got {fraction}")
@@ -692,10 +708,12 @@ class AdaFuse(TSN):
         full = self.full_gflops(frames, size) * 1e9
 
         def saved(share: float) -> float:
-            return sum(_pattern_saving(block, frames, share) for block in costs)
+            return sum(_pattern_saving(block, frames, share, reuse) for block in costs)
 
         share = min((step / 1000 for step in range(1001)), key=lambda s: abs(saved(s) / full - fraction))
-        decisions = [_saving_pattern(block.masks.shape[2], frames, share, seed) for seed, block in enumerate(costs)]
+        decisions = [
+            _saving_pattern(block.masks.shape[2], frames, share, reuse, seed) for seed, block in enumerate(costs)
+        ]
         achieved = sum(
             BlockDecisions(_one_hot(codes[None]), block.conv1_macs, block.conv2_macs).saved_macs().item()
             for codes, block in zip(decisions, costs, strict=True)
@@ -728,23 +746,24 @@ def _one_hot(codes: torch.Tensor) -> torch.Tensor:
     return F.one_hot(codes, DECISIONS).double()
 
 
-def _pattern_counts(channels: int, share: float) -> tuple[int, int]:
+def _pattern_counts(channels: int, share: float, reuse: bool) -> tuple[int, int]:
     """Channels skipped, and channels alternating keep / reuse, of a forced-saving pattern."""
     skipped = round(share * channels)
-    return skipped, min(round(min(share, 1 - share) * channels), channels - skipped)
+    alternating = min(round(min(share, 1 - share) * channels), channels - skipped) if reuse else 0
+    return skipped, alternating
 
 
-def _pattern_saving(block: BlockDecisions, frames: int, share: float) -> float:
+def _pattern_saving(block: BlockDecisions, frames: int, share: float, reuse: bool) -> float:
     """MACs per clip that the forced-saving pattern saves in one block (Eq. 5, counted directly)."""
     channels = block.masks.shape[2]
-    skipped, alternating = _pattern_counts(channels, share)
+    skipped, alternating = _pattern_counts(channels, share, reuse)
     per_channel_conv1, per_channel_conv2 = block.conv1_macs / channels, block.conv2_macs / channels
     return frames * skipped * (per_channel_conv1 + per_channel_conv2) + frames // 2 * alternating * per_channel_conv1
 
 
-def _saving_pattern(channels: int, frames: int, share: float, seed: int) -> torch.Tensor:
+def _saving_pattern(channels: int, frames: int, share: float, reuse: bool, seed: int) -> torch.Tensor:
     """(T, C) codes: a share of the channels skipped, up to as many kept at even and reused at odd frames."""
-    skipped, alternating = _pattern_counts(channels, share)
+    skipped, alternating = _pattern_counts(channels, share, reuse)
     chosen = torch.randperm(channels, generator=torch.Generator().manual_seed(seed))
     codes = torch.full((frames, channels), KEEP, dtype=torch.long)
     codes[:, chosen[:skipped]] = SKIP

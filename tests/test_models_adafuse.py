@@ -224,18 +224,20 @@ def test_training_draws_hard_decisions_and_both_loss_terms_reach_the_policy_nets
     assert 0 < model.policy_gflops().min().item() <= model.full_gflops(4, 64)
 
 
+@pytest.mark.parametrize("reuse", [True, False])
 @pytest.mark.parametrize("fraction", [0.2, 0.4, 0.6])
-def test_force_saving_reaches_the_fraction_on_the_paper_model(fraction):
+def test_force_saving_reaches_the_fraction_on_the_paper_model(fraction, reuse):
     with torch.device("meta"):
         model = create_model("adafuse_tsn_r50")
-    with model.force_saving(fraction) as saved:
+    with model.force_saving(fraction, reuse=reuse) as saved:
         assert saved == pytest.approx(fraction, abs=0.005)
 
 
+@pytest.mark.parametrize("reuse", [True, False])
 @pytest.mark.parametrize("fraction", [0.2, 0.4])
-def test_force_saving_is_one_fixed_policy_executing_what_it_claims(fraction):
+def test_force_saving_is_one_fixed_policy_executing_what_it_claims(fraction, reuse):
     model = create_model("adafuse_tsn_r50_tiny").eval()
-    with torch.inference_mode(), model.force_saving(fraction) as saved:
+    with torch.inference_mode(), model.force_saving(fraction, reuse=reuse) as saved:
         execution = model.execute(random_clips(2, 8, 64))
         second = model.execute(random_clips(2, 8, 64, seed=1))
     assert saved == pytest.approx(fraction, abs=0.02)
@@ -243,7 +245,7 @@ def test_force_saving_is_one_fixed_policy_executing_what_it_claims(fraction):
     assert execution.executed_gflops == pytest.approx([full * (1 - saved)] * 2, rel=1e-9)
     assert execution.policy[0] == execution.policy[1] == second.policy[0]
     usage = execution.policy[0].overall
-    assert usage.skip > 0 and usage.reuse > 0
+    assert usage.skip > 0 and (usage.reuse > 0) == reuse
 
 
 def test_full_compute_keeps_everything_and_costs_the_full_figure():
