@@ -39,7 +39,8 @@ from onnxscript import opset18 as op
 from onnxscript.values import Opset
 from torch import nn
 
-from models.adafuse import DECISIONS, KEEP, REUSE, FoldedConv, fuse_masked
+from models.adafuse import DECISIONS, KEEP, REUSE, fuse_masked
+from models.folding import FoldedConv
 
 DOMAIN = "clipwise"
 DOMAIN_VERSION = 1

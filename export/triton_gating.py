@@ -27,9 +27,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from models.adafuse import KEEP, REUSE, SKIP, FoldedConv, conv_output_size
+from models.adafuse import KEEP, REUSE, SKIP
 from models.adafuse import gated_conv_pair as dense_gated_conv_pair
 from models.flops import conv_macs, record_macs
+from models.folding import FoldedConv, conv_output_size
 
 BLOCK_OUT, BLOCK_PIXELS, BLOCK_IN = 32, 64, 32
 

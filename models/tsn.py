@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from models.base import ClipModelConfig, VideoClassifier
+from models.folding import FoldCache
 from models.registry import register_preset
 
 STANDARD_LAYERS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
@@ -168,7 +169,14 @@ class ResNet2D(nn.Module):
             self.add_module(f"layer{index + 1}", nn.Sequential(*stage))
         self.out_channels = in_channels
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self._folded = FoldCache()
         self._init_weights()
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 → BN → ReLU → max pool; at inference, with the BN folded into the conv and the ReLU fused."""
+        if self.training or torch.is_grad_enabled():
+            return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.maxpool(self._folded(self.conv1, self.bn1).dense(x, relu=True))
 
     def stages(self) -> list[nn.Sequential]:
         return [module for name, module in self.named_children() if name.startswith("layer")]
@@ -182,8 +190,7 @@ class ResNet2D(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, frames_batch: torch.Tensor, frames: int) -> torch.Tensor:
-        x = frames_batch.contiguous(memory_format=torch.channels_last)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.stem(frames_batch.contiguous(memory_format=torch.channels_last))
         for stage in self.stages():
             for block in stage:
                 x = block(x, frames)

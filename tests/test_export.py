@@ -26,10 +26,11 @@ from export.ops import DOMAIN, attach_functions, gated_conv_pair
 from export.runtime import MODEL_FILE, BackendUnavailable, OnnxRunner, TorchRunner, open_runner
 from export.tensorrt import expand_gating
 from models import Execution, VideoClassifier, create_model
-from models.adafuse import REUSE, SKIP, AdaFuse, FoldedConv
+from models.adafuse import REUSE, SKIP, AdaFuse
 from models.adafuse import gated_conv_pair as eager_gated_conv_pair
 from models.checkpoint import LoadedVersion, load_version, save_version
 from models.flops import track_macs
+from models.folding import FoldedConv
 from models.fusion import FusionDenseNet, FusionTemplate, format_strategy, parse_strategy
 from models.resnet3d import is_temporal
 from video import ClipSpec, load_clips
