@@ -179,7 +179,13 @@ def export_fusion(
     chosen = next(result for result in ranking if result.origin == "named") if strategy else ranking[0]
     frozen = freeze(template, chosen.strategy).eval()
     version_dir = save_version(
-        frozen, loaded.manifest.labels, out.parent, out.name, trained=loaded.manifest.trained, metrics=chosen.metrics
+        frozen,
+        loaded.manifest.labels,
+        out.parent,
+        out.name,
+        trained=loaded.manifest.trained,
+        metrics=chosen.metrics,
+        data_fingerprint=loaded.manifest.data_fingerprint,
     )
     report = {
         "source": {"path": str(loaded.path), "architecture": loaded.manifest.architecture},
