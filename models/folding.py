@@ -11,7 +11,7 @@ once; a changed or moved weight or statistic is folded again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +44,11 @@ class FoldedConv:
     stride: tuple[int, ...]
     padding: tuple[int, ...]
     dilation: tuple[int, ...]
-    weight_channels_last: torch.Tensor | None = None  # made from ``weight`` when not given
+    weight_channels_last: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.weight_channels_last is None:
-            channels_last = self.weight.contiguous(memory_format=torch.channels_last)
-            object.__setattr__(self, "weight_channels_last", channels_last)
+        channels_last = self.weight.contiguous(memory_format=torch.channels_last)
+        object.__setattr__(self, "weight_channels_last", channels_last)
 
     @staticmethod
     def of(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FoldedConv:
@@ -79,11 +78,10 @@ class FoldedConv:
         (the kernel torch.compile emits for the same pattern); elsewhere the steps run one by one.
         """
         weight, bias = self.weight_channels_last, self.bias
-        assert weight is not None
         if inputs is not None:
-            weight = gathered(self.weight, 1, inputs)
+            weight = _gathered(self.weight, 1, inputs)
         if outputs is not None:
-            weight, bias = gathered(weight, 0, outputs), gathered(bias, 0, outputs)
+            weight, bias = _gathered(weight, 0, outputs), _gathered(bias, 0, outputs)
         if _fusable(x):
             fused = torch.ops.mkldnn._convolution_pointwise
             geometry = (list(self.padding), list(self.stride), list(self.dilation), 1)
@@ -136,7 +134,7 @@ class _CachedFold:
         return same and self.versions == _versions(sources)
 
 
-def gathered(tensor: torch.Tensor, dim: int, channels: torch.Tensor) -> torch.Tensor:
+def _gathered(tensor: torch.Tensor, dim: int, channels: torch.Tensor) -> torch.Tensor:
     """The slices of ``tensor`` along ``dim`` that ``channels`` lists; the tensor itself if that is all of it.
     Output channels of a channels_last weight stay channels_last (whole (kh, kw, I) rows are copied)."""
     if len(channels) == tensor.shape[dim] and bool((channels == torch.arange(len(channels))).all()):

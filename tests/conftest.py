@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from live_server import one_torch_thread  # noqa: F401 - a fixture for every module
 
 from video.edge_cases import EDGE_CASES
 from video.synthetic import encode_video, index_coded_frames, write_video

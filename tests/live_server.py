@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import pytest
 import torch
 from fastapi import FastAPI
 
@@ -42,6 +43,14 @@ def assert_error(response: httpx.Response, status: int, code: str) -> ErrorRespo
     assert body.error.message
     assert body.error.request_id == response.headers["x-request-id"]
     return body
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """A module's tests on one torch thread, so the live server's and the test's work do not oversubscribe
+    the cores; use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    with single_torch_thread():
+        yield
 
 
 @contextlib.contextmanager

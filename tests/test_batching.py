@@ -8,14 +8,13 @@ event loop), and through the real server over HTTP.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from live_server import serving, single_torch_thread
+from live_server import serving
 
 from models import create_model
 from models.base import Execution
@@ -33,10 +32,7 @@ WINDOW_MS = 300.0  # long enough that requests sent together always meet in one 
 LONG_WINDOW_MS = 1000.0  # the largest allowed: a batch leaving well before it did not wait for it
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import torch
-from live_server import assert_error, serving, single_torch_thread, wait_for
+from live_server import assert_error, serving, wait_for
 
 from models import create_model
 from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, LoadedVersion, load_version, save_version, sha256_file
@@ -48,10 +48,7 @@ PART_HEAD = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filen
 MARKER = b"CLIPWISE-BODY-MARKER-5f1c"  # a byte pattern no log line may carry
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from live_server import assert_error, serving, single_torch_thread, wait_for
+from live_server import assert_error, serving, wait_for
 
 from clipwise.commands import deploy
 from models import create_model
@@ -35,10 +34,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WATCH_INTERVAL_S = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ The exposition is parsed with prometheus_client's own parser.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from live_server import serving, single_torch_thread
+from live_server import serving
 from prometheus_client.parser import text_string_to_metric_families
 
 from models import create_model
@@ -25,10 +24,7 @@ STATIC, ADAFUSE, ADA3D = "tsn_r18_tiny", "adafuse_tsn_r18_tiny", "ada3d_i3d_r50_
 MODELS = (STATIC, ADAFUSE, ADA3D)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

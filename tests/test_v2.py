@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as triton
-from live_server import serving, single_torch_thread
+from live_server import serving
 from tritonclient.utils import InferenceServerException
 
 from models import create_model
@@ -30,10 +30,7 @@ CLIP_SHAPE = (3, 8, 64, 64)
 UPLOAD_LIMIT_MB = 16  # a JSON tensor takes about 20 bytes a value
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
