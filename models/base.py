@@ -60,9 +60,16 @@ class Execution:
     """What one inference pass computed and what it cost."""
 
     logits: torch.Tensor
-    executed_gflops: list[float]
-    full_gflops: float
+    executed_gflops: list[float]  # per clip: the MACs of what ran (padding and dense fallbacks included)
+    full_gflops: float  # one clip with nothing skipped
     policy: list[Policy] | None = None
+    policy_gflops: list[float] | None = None  # per clip: what the policy's decisions cost by the paper's count
+
+    def __post_init__(self) -> None:
+        if self.policy_gflops is None:
+            costs = [getattr(entry, "gflops", None) for entry in self.policy or []]
+            known = self.policy is not None and all(cost is not None for cost in costs)
+            self.policy_gflops = costs if known else list(self.executed_gflops)
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,10 @@ class VideoClassifier(nn.Module):
     def full_compute(self) -> contextlib.AbstractContextManager:
         """Context in which an adaptive model keeps everything; static models need nothing."""
         return contextlib.nullcontext()
+
+    def calibrate(self, frames: int | None = None, size: int | None = None) -> None:
+        """Time, on this machine, the computations an adaptive model chooses between at run time, at this input
+        size (default: the configured one); call it when a version loads. Static models have none."""
 
     def force_saving(self, fraction: float) -> contextlib.AbstractContextManager:
         """Context in which an adaptive model follows a fixed policy that skips about ``fraction`` of its

@@ -132,9 +132,13 @@ def test_adafuse_top5_gflops_and_policy(page, server_url: str, h264_video: Path,
     rows = page.locator("#top-classes tbody tr")
     assert rows.count() == 5
     assert [rows.nth(i).locator("th").inner_text() for i in range(5)] == [p.label for p in answer.predictions]
+    assert definition(page, "Policy asked for") == f"{answer.flops.policy_gflops:.3f} GFLOPs"
     assert definition(page, "Executed") == f"{answer.flops.executed_gflops:.3f} GFLOPs"
     assert definition(page, "Full model") == f"{answer.flops.full_gflops:.3f} GFLOPs"
     assert definition(page, "Saved") == f"{answer.flops.saving * 100:.1f}%"
+    assert definition(page, "Full-compute time") == f"{answer.full_compute_ms_per_view:.1f} ms"
+    per_view = answer.timing_ms.inference  # one view
+    assert definition(page, "Time saved") == f"{(1 - per_view / answer.full_compute_ms_per_view) * 100:.1f}%"
     (policy,) = answer.policy
     block_chart = page.locator("#policy figure").first
     assert block_chart.locator("g.bar").count() == len(policy.blocks)

@@ -70,6 +70,7 @@ class LevelReport:
     latency_ms: dict[str, float] = field(default_factory=dict)
     version: int | None = None
     executed_gflops: float | None = None
+    policy_gflops: float | None = None
     full_gflops: float | None = None
     batch_size: float | None = None
     policy: dict[str, float] = field(default_factory=dict)
@@ -198,6 +199,7 @@ def summarize(
     report.latency_ms |= {"mean": float(latencies.mean()), "max": float(latencies.max())}
     report.version = responses[-1].version
     report.executed_gflops = mean(response.flops.executed_gflops for response in responses)
+    report.policy_gflops = mean(response.flops.policy_gflops for response in responses)
     report.full_gflops = mean(response.flops.full_gflops for response in responses)
     report.batch_size = mean(response.batch_size for response in responses)
     views = [policy_fractions(policy) for response in responses for policy in response.policy or []]

@@ -24,7 +24,7 @@ TABLE_COLUMNS = (
     *((f"p{q} ms", 8) for q in PERCENTILES),
     ("req/s", 7),
     ("batch", 5),
-    ("GFLOPs exec/full", 17),
+    ("GFLOPs exec/policy/full", 23),
     ("decode", 6),
     ("policy", 0),
 )
@@ -72,7 +72,7 @@ def level_cells(report: LevelReport) -> list[str]:
         *(f"{latency[f'p{q}']:.1f}" for q in PERCENTILES),
         f"{report.throughput_rps:.2f}",
         f"{report.batch_size:.1f}",
-        f"{report.executed_gflops:.3f}/{report.full_gflops:.3f}",
+        f"{report.executed_gflops:.3f}/{report.policy_gflops:.3f}/{report.full_gflops:.3f}",
         f"{report.decode_share:.0%}",
         policy_text(report.policy),
     ]
