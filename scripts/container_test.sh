@@ -160,14 +160,14 @@ compose_stack() {
 start_engine
 step "base image $CLIPWISE_PYTHON_IMAGE"
 scripts/base_image.sh "$CLIPWISE_PYTHON_IMAGE" "$CACHE"
+base_s=$SECONDS
 step "build inputs"
 prepare_inputs
 step "building the images (docker-compose build)"
-started=$SECONDS
 "${COMPOSE[@]}" build
-build_s=$((SECONDS - started))
+build_s=$((SECONDS - base_s))
 size_mb=$(($(docker image inspect --format '{{.Size}}' clipwise:cpu) / 1000000))
 echo "  built in ${build_s} s; clipwise:cpu is ${size_mb} MB"
 single_container
 compose_stack
-step "PASSED (build ${build_s} s, image ${size_mb} MB)"
+step "PASSED in $SECONDS s: base image ${base_s} s, build ${build_s} s, clipwise:cpu ${size_mb} MB"
