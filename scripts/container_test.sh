@@ -170,4 +170,4 @@ size_mb=$(($(docker image inspect --format '{{.Size}}' clipwise:cpu) / 1000000))
 echo "  built in ${build_s} s; clipwise:cpu is ${size_mb} MB"
 single_container
 compose_stack
-step "PASSED in $SECONDS s: base image ${base_s} s, build ${build_s} s, clipwise:cpu ${size_mb} MB"
+step "PASSED in $SECONDS s: engine and base image ${base_s} s, build ${build_s} s, clipwise:cpu ${size_mb} MB"
