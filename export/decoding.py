@@ -24,9 +24,8 @@ import torch
 from models.ada3d import Actions, Ada3D, Plan
 from models.adafuse import AdaFuse
 from models.base import VideoClassifier
-from models.flops import track_macs
+from models.flops import meta_twin, track_macs
 from models.policy import Policy
-from models.registry import create_model, get_preset
 
 Decoded = tuple[list[float], list[Policy] | None]
 
@@ -85,17 +84,9 @@ class Ada3DDecoder:
         return gflops, [plan.policy(frames.shape[1]) for plan in plans]
 
 
-def meta_twin(architecture: str, kwargs: dict) -> VideoClassifier:
-    """The architecture on the meta device: shapes without weights, for counting."""
-    with torch.device("meta"):
-        return create_model(architecture, **kwargs).eval()
-
-
-def decoder_for(architecture: str, kwargs: dict, full_gflops: float, static_policy: Policy | None) -> Decoder:
-    """The decoder of the graph outputs of a model built as ``create_model(architecture, **kwargs)``."""
-    model_cls = get_preset(architecture).model_cls
-    if issubclass(model_cls, AdaFuse):
-        return AdaFuseDecoder(meta_twin(architecture, kwargs))
-    if issubclass(model_cls, Ada3D):
-        return Ada3DDecoder(meta_twin(architecture, kwargs))
+def decoder_for(model: VideoClassifier, full_gflops: float, static_policy: Policy | None) -> Decoder:
+    """The decoder of the graph outputs of an export of ``model`` (which it counts on a meta-device twin of)."""
+    if isinstance(model, AdaFuse | Ada3D):
+        decoder = AdaFuseDecoder if isinstance(model, AdaFuse) else Ada3DDecoder
+        return decoder(meta_twin(model))
     return StaticDecoder(full_gflops, static_policy)

@@ -26,7 +26,7 @@ from pydantic import TypeAdapter
 from export.decoding import decoder_for
 from models.adafuse import AdaFuse
 from models.base import Execution, VideoClassifier
-from models.checkpoint import LoadedVersion, Manifest
+from models.checkpoint import LoadedVersion
 from models.policy import Policy
 
 BACKENDS = ("torch", "onnxruntime")
@@ -85,14 +85,14 @@ def default_providers() -> list[str]:
 class OnnxRunner:
     """A version's exported graph in an ONNX Runtime session, reporting like ``VideoClassifier.execute``.
 
-    ``path`` must hold the export of the weights ``manifest`` describes (checked against the graph's
-    metadata); the manifest gives the architecture the decisions are decoded with and the full-compute cost.
+    ``path`` must hold the export of the weights of ``loaded`` (checked against the graph's metadata); its
+    model decodes the decisions (on a meta-device twin) and its manifest gives the full-compute cost.
     """
 
     name = "onnxruntime"
 
     def __init__(
-        self, path: Path, manifest: Manifest, *, providers: Sequence[str] | None = None, threads: int | None = None
+        self, path: Path, loaded: LoadedVersion, *, providers: Sequence[str] | None = None, threads: int | None = None
     ) -> None:
         if not path.is_file():
             raise BackendUnavailable(f"no {path}: run `clipwise export onnx --model-dir {path.parent}`")
@@ -109,12 +109,12 @@ class OnnxRunner:
         providers = list(providers or default_providers())
         self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         metadata = self.session.get_modelmeta().custom_metadata_map
+        manifest = loaded.manifest
         if metadata.get(META_WEIGHTS) != manifest.weights_sha256:
             raise BackendUnavailable(f"{path} was exported from other weights than its manifest's: export it again")
         static_policy = metadata.get(META_STATIC_POLICY)
         self.decoder = decoder_for(
-            manifest.architecture,
-            manifest.kwargs,
+            loaded.model,
             manifest.full_gflops,
             TypeAdapter(Policy).validate_json(static_policy) if static_policy else None,
         )
@@ -135,5 +135,5 @@ def open_runner(loaded: LoadedVersion, backend: str, **session_options) -> Runne
     if backend == "torch":
         return TorchRunner(loaded.model)
     if backend == "onnxruntime":
-        return OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest, **session_options)
+        return OnnxRunner(loaded.path / MODEL_FILE, loaded, **session_options)
     raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

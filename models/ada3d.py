@@ -29,14 +29,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import ClipModelConfig, Preprocessing, VideoClassifier
+from models.base import ClipModelConfig, Preprocessing, VideoClassifier, forced_on, forcing
 from models.flops import is_tracking, record_macs, track_macs
 from models.mobilenet import MobileNetV2Features
 from models.policy import Ada3DPolicy
@@ -212,7 +212,6 @@ class Ada3D(VideoClassifier):
         self.backbone = build_backbone(config)
         self.num_stages = len(self.backbone.switchable_stages)
         self.selection = SelectionNet(config.frames, self.num_stages, config.selection_width, config.selection_size)
-        self._forced_plan: Plan | None = None
         self._backbone_costs_cache: dict[tuple[bool, ...], tuple[float, float]] = {}
 
     # --- inference -------------------------------------------------------------------------------------------
@@ -251,7 +250,8 @@ class Ada3D(VideoClassifier):
 
     def _infer(self, clips: Tensor) -> tuple[Tensor, list[Plan]]:
         selection = self.select(clips)
-        plans = [self._forced_plan] * clips.shape[0] if self._forced_plan is not None else selection.greedy().plans()
+        forced = forced_on(self)
+        plans = [forced] * clips.shape[0] if forced is not None else selection.greedy().plans()
         return self.run_backbone(clips, plans), plans
 
     def forward(self, clips: Tensor) -> Tensor:
@@ -270,18 +270,14 @@ class Ada3D(VideoClassifier):
         return Plan(tuple(range(self.config.frames)), (True,) * self.num_stages)
 
     def full_compute(self) -> contextlib.AbstractContextManager:
-        return self._forcing(self.full_plan())
+        return self.follow_plan(self.full_plan())
 
     def force_saving(self, fraction: float) -> contextlib.AbstractContextManager:
-        return self._forcing(self.saving_plan(fraction).plan)
+        return self.follow_plan(self.saving_plan(fraction).plan)
 
-    @contextlib.contextmanager
-    def _forcing(self, plan: Plan) -> Iterator[None]:
-        previous, self._forced_plan = self._forced_plan, plan
-        try:
-            yield
-        finally:
-            self._forced_plan = previous
+    def follow_plan(self, plan: Plan) -> contextlib.AbstractContextManager:
+        """Run every clip under ``plan`` inside the block (in this context only); the selection net still runs."""
+        return forcing({self: plan})
 
     def saving_plan(self, fraction: float) -> SavingPlan:
         """The plan (evenly spaced frames, some stages 2D) whose saving of the full-compute MACs at the

@@ -43,14 +43,16 @@ not skipped at t), on top of the layers the policy does not touch and the policy
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.base import forced_on, forcing
 from models.flops import conv_macs, count_flops, record_macs
 from models.folding import FoldCache, FoldedConv, conv_output_size
 from models.policy import AdaFusePolicy, ChannelUsage
@@ -85,25 +87,20 @@ class AdaFuseConfig(TSNConfig):
 
 @dataclass(frozen=True)
 class _Directive:
+    """What one gated block does in the current context (``models.base.forcing``)."""
+
     keep_all: bool = False  # full compute: dense conv1 and conv2, nothing gated
     masked: bool = False  # run the dense masked formulation at inference too (the reference)
-    forced: dict[nn.Module, torch.Tensor] | None = None  # decision codes per gated block
+    codes: torch.Tensor | None = None  # forced decision codes, (T, C) or (N, T, C)
 
 
-_directive: ContextVar[_Directive | None] = ContextVar("adafuse_directive", default=None)
+def _directive_of(block: nn.Module) -> _Directive:
+    return forced_on(block) or _Directive()
 
 
-def _current_directive() -> _Directive:
-    return _directive.get() or _Directive()
-
-
-@contextlib.contextmanager
-def _directing(**changes: object) -> Iterator[None]:
-    token = _directive.set(replace(_current_directive(), **changes))
-    try:
-        yield
-    finally:
-        _directive.reset(token)
+def _directing(changes: Mapping[nn.Module, dict[str, object]]) -> contextlib.AbstractContextManager:
+    """Apply each block's changes to its directive inside the block, in this context only."""
+    return forcing({block: replace(_directive_of(block), **change) for block, change in changes.items()})
 
 
 @dataclass
@@ -218,7 +215,7 @@ class AdaFuseBlock(ResidualBlock):
         self._folded = FoldCache()
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        directive = _current_directive()
+        directive = _directive_of(self)
         if self.training or directive.masked:
             return super().forward(x, frames)
         shifted = x if self.shift is None else self.shift(x, frames)
@@ -234,7 +231,7 @@ class AdaFuseBlock(ResidualBlock):
 
     def branch(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """The residual branch with the dense masked fusion: training, and the reference at inference."""
-        masks = self._decide(x, frames, _current_directive())
+        masks = self._decide(x, frames, _directive_of(self))
         out = self.bn2(self.conv2(fuse_masked(self.relu(self.bn1(self.conv1(x))), masks)))
         return self.bn3(self.conv3(self.relu(out))) if self.bottleneck else out
 
@@ -248,8 +245,8 @@ class AdaFuseBlock(ResidualBlock):
         """One-hot keep / reuse / skip per (clip, frame, channel), no reuse at the first frame."""
         if directive.keep_all:
             codes = torch.zeros_like(logits[..., 0], dtype=torch.long)
-        elif directive.forced is not None:
-            codes = directive.forced[self].to(logits.device).expand(logits.shape[:-1])
+        elif directive.codes is not None:
+            codes = directive.codes.to(logits.device).expand(logits.shape[:-1])
         elif self.training:
             return _first_frame_reuse_is_skip(F.gumbel_softmax(logits, tau=self.tau, hard=True))
         else:
@@ -536,11 +533,11 @@ class AdaFuse(TSN):
         return self.full_gflops(record.frames, record.size) - saved / 1e9
 
     def full_compute(self) -> contextlib.AbstractContextManager:
-        return _directing(keep_all=True)
+        return _directing(dict.fromkeys(self.gated_blocks(), {"keep_all": True}))
 
     def masked_execution(self) -> contextlib.AbstractContextManager:
         """Run the dense masked formulation (training's) at inference too: the reference for gated execution."""
-        return _directing(masked=True)
+        return _directing(dict.fromkeys(self.gated_blocks(), {"masked": True}))
 
     def follow_policy(self, decisions: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
         """Use the given decisions instead of the policy nets': per gated block, a (T, C) or (N, T, C) tensor
@@ -554,7 +551,7 @@ class AdaFuse(TSN):
                     f"decisions for a block of width {block.conv1.out_channels} must be int64 "
                     f"(..., {block.conv1.out_channels}), got {codes.dtype} {tuple(codes.shape)}"
                 )
-        return _directing(forced=dict(zip(blocks, decisions, strict=True)))
+        return _directing({block: {"codes": codes} for block, codes in zip(blocks, decisions, strict=True)})
 
     @contextlib.contextmanager
     def force_saving(self, fraction: float, *, reuse: bool = True) -> Iterator[float]:
@@ -635,13 +632,33 @@ def _saving_pattern(channels: int, frames: int, share: float, reuse: bool, seed:
     return codes
 
 
-_pair_executor: ContextVar[Callable[..., torch.Tensor]] = ContextVar("adafuse_pair", default=gated_conv_pair)
+class GatedPairExecutor(Protocol):
+    """How a gated block's conv pair runs at inference: ``second(fuse(relu(first(x))), residual, relu)`` where
+    ``fuse`` applies the keep / reuse / skip ``codes`` (N, T, C) to conv1's output (None: keep everything).
+
+    Implemented by ``gated_conv_pair`` (eager, the default), ``export.ops.gated_conv_pair`` (one ONNX node when
+    traced) and ``export.triton_gating.gated_conv_pair`` (CUDA kernels).
+    """
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        codes: torch.Tensor | None,
+        first: FoldedConv,
+        second: FoldedConv,
+        *,
+        residual: torch.Tensor | None = None,
+        relu: bool = False,
+    ) -> torch.Tensor: ...
+
+
+_pair_executor: ContextVar[GatedPairExecutor] = ContextVar("adafuse_pair", default=gated_conv_pair)
 
 
 @contextlib.contextmanager
-def executing_gated_pairs(executor: Callable[..., torch.Tensor]) -> Iterator[None]:
-    """Run every gated pair of inference with ``executor`` instead of ``gated_conv_pair`` (same signature):
-    an ONNX custom op to trace, or a GPU kernel. Per context, so concurrent requests are unaffected."""
+def executing_gated_pairs(executor: GatedPairExecutor) -> Iterator[None]:
+    """Run every gated pair of inference with ``executor`` instead of ``gated_conv_pair``: an ONNX custom op to
+    trace, or a GPU kernel. Per context, so concurrent requests are unaffected."""
     token = _pair_executor.set(executor)
     try:
         yield

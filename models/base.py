@@ -9,7 +9,10 @@ models).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +20,26 @@ from torch import nn
 
 from models.flops import count_flops, track_macs
 from models.policy import Policy
+
+_forced: ContextVar[Mapping[nn.Module, Any]] = ContextVar("clipwise_forced", default=MappingProxyType({}))
+
+
+@contextlib.contextmanager
+def forcing(forced: Mapping[nn.Module, Any]) -> Iterator[None]:
+    """Inside the block, ``forced_on(module)`` is what ``forced`` maps ``module`` to: how adaptive models force a
+    policy (full compute, a fixed plan, a strategy). Per context, like a context variable: other threads and
+    asyncio tasks running the same model meanwhile see none of it, so concurrent requests stay correct."""
+    token = _forced.set(MappingProxyType({**_forced.get(), **forced}))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced_on(module: nn.Module) -> Any | None:
+    """What the innermost ``forcing`` of this context maps ``module`` to, or None."""
+    return _forced.get().get(module)
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,4 +131,3 @@ class VideoClassifier(nn.Module):
             short_side=round(size * 256 / 224),
             crop_size=size,
         )
-

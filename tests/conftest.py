@@ -2,7 +2,7 @@
 
 Every video shows index-coded frames (``video.synthetic``): ``read_frame_index`` on a decoded frame gives
 the index of the frame it is. Defaults: 64 frames of 160×120 at 25 fps, a keyframe every 16 frames. The odd
-and broken uploads of ``video.edge_cases`` are made once per session.
+and broken uploads of ``edge_cases`` are made once per session.
 
 With ``CI=true`` (``.ci/run``) a skip is a failure unless the test is marked ``gpu_only``: it needs CUDA or
 TensorRT, which CI machines lack. Everything else a test needs (Chromium, Playwright, ...) is installed
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edge_cases import EDGE_CASES
 from live_server import one_torch_thread  # noqa: F401 - a fixture for every module
 
-from video.edge_cases import EDGE_CASES
 from video.synthetic import encode_video, index_coded_frames, write_video
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS, GOP = 64, 120, 160, 25, 16
@@ -106,5 +106,5 @@ def video_bytes_factory() -> Callable[..., bytes]:
 
 @pytest.fixture(scope="session")
 def edge_case_bytes() -> dict[str, bytes]:
-    """The bytes of every ``video.edge_cases.EDGE_CASES`` upload, by name."""
+    """The bytes of every ``edge_cases.EDGE_CASES`` upload, by name."""
     return {name: case.make() for name, case in EDGE_CASES.items()}

@@ -19,6 +19,7 @@ from models import create_model
 from models.checkpoint import load_version, save_version
 from service.app import create_app
 from service.config import Settings
+from service.local import local_server
 
 STATIC, ADAPTIVE = "tsn_r18_tiny", "adafuse_tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(6)]
@@ -48,7 +49,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server_url(repository: Path) -> Iterator[str]:
-    with bench.local_server(create_app(Settings(model_repository=repository, log_level="warning"))) as url:
+    with local_server(create_app(Settings(model_repository=repository, log_level="warning"))) as url:
         yield url
 
 

@@ -16,12 +16,12 @@ import httpx
 import pytest
 import torch
 
-from clipwise.commands.bench import local_server
 from models import create_model
 from models.checkpoint import save_version
 from service.api.routes.demo import ASSETS, STATIC_DIR
 from service.app import create_app
 from service.config import Settings
+from service.local import local_server
 from service.schemas import PredictResponse
 
 CHROMIUM = Path("/usr/bin/chromium")

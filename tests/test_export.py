@@ -114,7 +114,7 @@ def test_static_family_exports_with_dynamic_batch_and_matches_pytorch_on_real_cl
     assert max(entry.version for entry in model.opset_import if entry.domain == "") >= 17
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     clips = real_clips(loaded, h264_video)
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = TorchRunner(loaded.model).execute(clips)
     assert_same_execution(got, expected)
     assert got.executed_gflops == [loaded.manifest.full_gflops] * len(clips)
@@ -159,10 +159,10 @@ def test_onnx_runner_refuses_a_graph_exported_from_other_weights(tsn_version, tm
     torch.manual_seed(1)
     other = save(create_model("tsn_r18_tiny"), tmp_path)
     with pytest.raises(BackendUnavailable, match="clipwise export onnx"):
-        OnnxRunner(other.path / MODEL_FILE, other.manifest)
+        OnnxRunner(other.path / MODEL_FILE, other)
     shutil.copy(tsn_version.path / MODEL_FILE, other.path / MODEL_FILE)
     with pytest.raises(BackendUnavailable, match="other weights"):
-        OnnxRunner(other.path / MODEL_FILE, other.manifest)
+        OnnxRunner(other.path / MODEL_FILE, other)
 
 
 # --- the gating operators ---------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_adafuse_graph_runs_each_gated_pair_as_one_clipwise_operator(adafuse_ver
 
 def test_adafuse_graph_matches_pytorch_decisions_logits_and_flops_on_real_clips(adafuse_version):
     loaded, clips = adafuse_version
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = loaded.model.execute(clips)
     assert_same_execution(got, expected)
     usage = got.policy[0].overall
@@ -318,7 +318,7 @@ def test_adafuse_graph_exported_under_a_forced_saving_executes_it(adafuse_versio
     with model.force_saving(0.4) as saved:
         proto = to_onnx(model, weights_sha256=loaded.manifest.weights_sha256)
         expected = model.execute(clips)
-    got = OnnxRunner(save_onnx(proto, tmp_path / MODEL_FILE), loaded.manifest).execute(clips)
+    got = OnnxRunner(save_onnx(proto, tmp_path / MODEL_FILE), loaded).execute(clips)
     assert_same_execution(got, expected)
     assert got.executed_gflops[0] / got.full_gflops == pytest.approx(1 - saved, abs=1e-6)
 
@@ -360,7 +360,7 @@ def test_ada3d_graph_selects_with_clipwise_operators_in_a_loop_over_clips(ada3d_
 
 def test_ada3d_graph_matches_pytorch_plans_logits_and_flops_on_real_clips(ada3d_version):
     loaded, clips = ada3d_version
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = loaded.model.execute(clips)
     assert_same_execution(got, expected)
     first, second = got.policy

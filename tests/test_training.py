@@ -11,21 +11,17 @@ from clipwise.cli import main as clipwise
 from models import create_model
 from models.checkpoint import list_versions, load_version, save_version
 from models.fusion import FusionTemplate
-from training.common import (
-    Phase,
-    Processes,
-    RunLog,
-    Schedule,
-    build_model,
-    make_optimizer,
-    objective_phases,
-    train_epoch,
-)
 from training.config import TrainConfig
 from training.data import Batch
+from training.distributed import Processes
 from training.evaluate import ClassTotals, Evaluation, evaluate_version
+from training.optim import Schedule, make_optimizer
+from training.phase import Phase
+from training.run_log import RunLog
+from training.setup import build_model
 from training.synthetic import CLASSES
 from training.train_ada3d import leave_one_out_baseline
+from training.trainer import objective_phases, train_epoch
 
 
 def options(**values: object) -> list[str]:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.adafuse import AdaFuse
-from training.common import Phase, StepOutput
 from training.config import TrainConfig
+from training.phase import Phase, StepOutput
 
 
 class CrossEntropyAndFlops(nn.Module):

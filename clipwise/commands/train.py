@@ -106,9 +106,9 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from training.common import fit
     from training.config import ConfigError, TrainConfig
     from training.data import AnnotationError
+    from training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
