@@ -2,7 +2,8 @@
 
 The browser tests drive the real server on 127.0.0.1: pick a model, upload a clip, wait for the answer,
 and compare what the page shows with the JSON the page received (captured from the network). They skip
-when Debian's Chromium (/usr/bin/chromium) or Playwright is missing; no browser is ever downloaded.
+when Debian's Chromium (/usr/bin/chromium) or Playwright is missing (under CI=true they fail: conftest);
+no browser is ever downloaded.
 """
 
 from __future__ import annotations

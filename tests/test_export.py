@@ -9,6 +9,7 @@ import io
 import json
 import math
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from export.calibration import set_union_thresholds
 from export.graphs import ADA3D_FRAMES, ADA3D_STAGES, LOGITS
 from export.onnx import export_version, save_onnx, to_onnx
 from export.ops import DOMAIN, attach_functions, gated_conv_pair
-from export.runtime import MODEL_FILE, BackendUnavailable, OnnxRunner, TorchRunner, open_runner
-from export.tensorrt import expand_gating
+from export.runtime import CLIPS, MODEL_FILE, BackendUnavailable, OnnxRunner, TorchRunner, open_runner
+from export.tensorrt import ENGINE_FILE, expand_gating
 from models import Execution, VideoClassifier, create_model
 from models.adafuse import REUSE, SKIP, AdaFuse
 from models.adafuse import gated_conv_pair as eager_gated_conv_pair
@@ -264,6 +265,7 @@ def _pair_for_structure() -> tuple[FoldedConv, FoldedConv, torch.Tensor, torch.T
     return first, second, torch.randn(2, 4, 5, 5), torch.zeros(1, 2, 4, dtype=torch.long)
 
 
+@pytest.mark.gpu_only
 @pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("triton") is None, reason="needs CUDA and Triton"
 )
@@ -478,7 +480,28 @@ def test_export_fusion_freezes_a_named_strategy_that_runs_as_the_template_did(te
 # --- TensorRT -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_tensorrt_export_says_clearly_that_tensorrt_is_missing(tsn_version):
+@pytest.mark.gpu_only
+def test_tensorrt_export_builds_an_engine_that_computes_what_onnx_runtime_computes(tsn_version, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="needs TensorRT (an NVIDIA GPU with CUDA)")
+    version = tmp_path / "version"
+    shutil.copytree(tsn_version.path, version)  # the engine is written beside model.onnx
+    assert cli("tensorrt", "--model-dir", str(version), "--max-batch", "2") == 0
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((version / ENGINE_FILE).read_bytes())
+    context = engine.create_execution_context()
+    clips = torch.randn(2, *tuple(engine.get_tensor_shape(CLIPS))[1:])
+    context.set_input_shape(CLIPS, tuple(clips.shape))
+    on_gpu = clips.cuda().contiguous()
+    logits = torch.empty(tuple(context.get_tensor_shape(LOGITS)), device="cuda")
+    context.set_tensor_address(CLIPS, on_gpu.data_ptr())
+    context.set_tensor_address(LOGITS, logits.data_ptr())
+    stream = torch.cuda.Stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    expected = open_runner(tsn_version, "onnxruntime").execute(clips).logits
+    torch.testing.assert_close(logits.cpu(), expected, rtol=1e-2, atol=1e-2)  # TensorRT may use TF32
+
+
+def test_tensorrt_export_says_clearly_that_tensorrt_is_missing(tsn_version, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails, installed or not
     with pytest.raises(SystemExit, match="TensorRT is not installed: `pip install tensorrt`"):
         cli("tensorrt", "--model-dir", str(tsn_version.path))
