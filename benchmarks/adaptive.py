@@ -90,16 +90,20 @@ class Row:
 # --------------------------------------------------------------------------- timing
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds of each call, one of each per round (order alternating), after a warm-up round."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for round_index in range(repeats + 1):
         order = list(runs.items()) if round_index % 2 == 0 else list(runs.items())[::-1]
         for name, run in order:
-            started = time.perf_counter()
+            started = clock()
             run()
             if round_index:
-                times[name].append(time.perf_counter() - started)
+                times[name].append(clock() - started)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -118,14 +122,15 @@ def selection_seconds(model: VideoClassifier, clip: torch.Tensor, repeats: int) 
 
 
 @torch.inference_mode()
-def torch_row(model: VideoClassifier, clip: torch.Tensor, policy: Policy, repeats: int, **labels: str) -> Row:
+def torch_row(network: VideoClassifier, clip: torch.Tensor, policy: Policy, repeats: int, **labels: str) -> Row:
     """The eager model under ``policy`` against its full compute, on one clip."""
     with policy():
-        execution = model.execute(clip)
+        execution = network.execute(clip)
     seconds = interleaved(
-        {"policy": under(policy, lambda: model(clip)), "full": under(model.full_compute, lambda: model(clip))}, repeats
+        {"policy": under(policy, lambda: network(clip)), "full": under(network.full_compute, lambda: network(clip))},
+        repeats,
     )
-    selection = selection_seconds(model, clip, repeats)
+    selection = selection_seconds(network, clip, repeats)
     return Row(
         backend="torch",
         policy_ratio=execution.policy_gflops[0] / execution.full_gflops,
@@ -338,11 +343,23 @@ def main() -> int:
     parser.add_argument("--savings", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds after the warm-up round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: latency (the figure that counts); cpu: this process's CPU time, steadier with --threads 1 "
+        "where other processes share the cores",
+    )
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.repeats} interleaved rounds, medians")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.repeats} interleaved rounds, medians, "
+        f"{args.clock} clock"
+    )
     print(HEADER)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="clipwise-adaptive-") as scratch:

@@ -30,7 +30,8 @@ import contextlib
 import copy
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ class Ada3DConfig(ClipModelConfig):
     num_classes: int = 200
     size: int = 256
     backbone: str = "i3d_r50"  # a models.resnet3d preset; num_classes, frames and size are passed to it
+    backbone_args: dict[str, Any] = field(default_factory=dict)  # other fields of the backbone preset's config
     selection_width: float = 1.0  # MobileNetV2 width multiplier
     selection_size: int = 112  # frames are resized to this square before the selection net
     sample_stride: int = 8  # the backbone's dense sampling stride
@@ -183,6 +185,7 @@ def build_backbone(config: Ada3DConfig) -> ResNet3D:
         frames=config.frames,
         size=config.size,
         sample_stride=config.sample_stride,
+        **config.backbone_args,
     )
     if not isinstance(backbone, ResNet3D):
         raise TypeError(f"Ada3D needs a models.resnet3d backbone, {config.backbone!r} is {type(backbone).__name__}")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -83,8 +83,11 @@ class Decisions:
     def channels(self) -> int:
         return self.keep.shape[1]
 
-    def clip_counts(self, frames: torch.Tensor | slice) -> torch.Tensor:
-        """How many of ``frames`` each clip holds (float64, for per-clip MACs)."""
+    def clip_counts(self, frames: torch.Tensor | slice) -> torch.Tensor | int:
+        """How many of ``frames`` each clip holds, for per-clip MACs: a number when every clip holds all its
+        frames (``record_macs`` shares a number evenly), else a float64 tensor."""
+        if isinstance(frames, slice) and frames == slice(0, self.total_frames):
+            return self.total_frames
         index = torch.arange(self.total_frames)[frames]
         return torch.bincount(index // self.frames, minlength=self.clips).double()
 
@@ -110,27 +113,64 @@ def _channels_of(mask: torch.Tensor) -> torch.Tensor | None:
     return None if bool(mask.all()) else mask.nonzero().flatten()
 
 
-def partitions(mask: torch.Tensor, clips: int, frames: int) -> dict[str, list[Group]]:
-    """The candidate partitions of the frames of a (clips·frames, C) mask of what must be computed."""
-    total = mask.shape[0]
-    every = slice(0, total)
-    candidates = {
-        "dense": [Group(every, total, None)],
-        "union": [Group(every, total, _channels_of(mask.any(0)))],
-    }
-    if clips > 1:
-        candidates["clips"] = [
-            Group(slice(n * frames, (n + 1) * frames), frames, _channels_of(mask[n * frames : (n + 1) * frames].any(0)))
-            for n in range(clips)
-        ]
-    rows: dict[bytes, list[int]] = {}
-    for frame, row in enumerate(mask.numpy()):
-        rows.setdefault(row.tobytes(), []).append(frame)
-    if len(rows) > 1:
-        candidates["sets"] = [
-            Group(_index_of(members), len(members), _channels_of(mask[members[0]])) for members in rows.values()
-        ]
-    return candidates
+@dataclass(frozen=True)
+class Candidates:
+    """What each partition of one convolution computes: per group, (frames, channels or None for all); the
+    groups themselves are built only for the partition chosen (``groups``)."""
+
+    mask: torch.Tensor  # (clips·frames, C): what each frame needs
+    clips: int
+    frames: int
+    counts: dict[str, list[tuple[int, int | None]]]
+    rows: torch.Tensor | None  # "sets": the distinct rows of the mask ...
+    row_of_frame: torch.Tensor | None  # ... and which one each frame has
+
+    @staticmethod
+    def of(mask: torch.Tensor, clips: int, frames: int) -> Candidates:
+        total, channels = mask.shape
+        union = int(mask.any(0).sum())
+        counts: dict[str, list[tuple[int, int | None]]] = {
+            "dense": [(total, None)],
+            "union": [(total, None if union == channels else union)],
+        }
+        if clips > 1:
+            per_clip = mask.view(clips, frames, channels).any(1).sum(-1).tolist()
+            counts["clips"] = [(frames, None if count == channels else count) for count in per_clip]
+        rows, row_of_frame, sizes = torch.unique(mask.to(torch.uint8), dim=0, return_inverse=True, return_counts=True)
+        if len(rows) > 1:
+            per_row = rows.sum(-1).tolist()
+            counts["sets"] = [
+                (size, None if count == channels else count)
+                for size, count in zip(sizes.tolist(), per_row, strict=True)
+            ]
+        return Candidates(mask, clips, frames, counts, rows.bool(), row_of_frame)
+
+    def predicted(self, name: str, cost: ConvCost) -> float:
+        return sum(cost.predict(frames, channels) for frames, channels in self.counts[name])
+
+    def choose(self, cost: ConvCost, forced: str | None = None) -> str:
+        """The partition of least predicted time (ties: the earlier, the simpler), or ``forced`` if it exists."""
+        if forced is not None and forced in self.counts:
+            return forced
+        return min(self.counts, key=lambda name: self.predicted(name, cost))
+
+    def groups(self, name: str) -> list[Group]:
+        total = self.mask.shape[0]
+        if name == "dense":
+            return [Group(slice(0, total), total, None)]
+        if name == "union":
+            return [Group(slice(0, total), total, _channels_of(self.mask.any(0)))]
+        if name == "clips":
+            t = self.frames
+            return [
+                Group(slice(n * t, (n + 1) * t), t, _channels_of(self.mask[n * t : (n + 1) * t].any(0)))
+                for n in range(self.clips)
+            ]
+        groups = []
+        for index, row in enumerate(self.rows):
+            members = (self.row_of_frame == index).nonzero().flatten().tolist()
+            groups.append(Group(_index_of(members), len(members), _channels_of(row)))
+        return groups
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -191,28 +231,17 @@ def fit_cost(dense: list[tuple[int, float]], gathered: list[tuple[int, int, floa
     return ConvCost(dense=(dense_fit[0], dense_fit[1]), gathered=tuple(gathered_fit))  # type: ignore[arg-type]
 
 
-def choose(candidates: dict[str, list[Group]], cost: ConvCost) -> tuple[str, list[Group]]:
-    """The candidate partition of least predicted time (ties: the earlier, i.e. the simpler one)."""
-
-    def predicted(groups: list[Group]) -> float:
-        channels = (None if group.channels is None else len(group.channels) for group in groups)
-        return sum(cost.predict(group.size, count) for group, count in zip(groups, channels, strict=True))
-
-    name = min(candidates, key=lambda key: predicted(candidates[key]))
-    return name, candidates[name]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Execution.
 
 
 @dataclass
 class PairRun:
-    """What one gated pair ran: the partitions chosen and the MACs per clip."""
+    """What one gated pair ran: the partitions chosen and the MACs (per clip, or a number all clips share)."""
 
     conv1: str
     conv2: str
-    macs: torch.Tensor
+    macs: torch.Tensor | float
 
 
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -228,11 +257,20 @@ def _gathered(tensor: torch.Tensor, channels: torch.Tensor | None) -> torch.Tens
 
 @dataclass
 class _Conv1Output:
-    """conv1's output for every frame: ``values`` (frames, C', H, W) and where each channel of C lies in C'
-    (-1: never computed)."""
+    """conv1's output for every frame, ``values`` (frames, C', H, W): C' the channels listed in ``channels``
+    in that order (None: all C in their order). Whatever a frame does not need holds zeros or its value."""
 
     values: torch.Tensor
-    position: torch.Tensor
+    channels: torch.Tensor | None
+
+    def full_width(self, total_channels: int) -> torch.Tensor:
+        """``values`` over all C channels, zeros where nothing was computed."""
+        if self.channels is None:
+            return self.values
+        frames, _, height, width = self.values.shape
+        full = _empty(self.values, frames, total_channels, height, width).zero_()
+        full.permute(0, 2, 3, 1)[..., self.channels.to(full.device)] = self.values.permute(0, 2, 3, 1)
+        return full
 
 
 def run_conv1(
@@ -241,16 +279,14 @@ def run_conv1(
     """relu(first(x)) of every group over its channels; the output and the MACs per clip."""
     channels = first.weight.shape[0]
     size = conv_output_size(first, x.shape[-2:])
-    macs = torch.zeros(decisions.clips, dtype=torch.float64)
+    macs: torch.Tensor | float = 0.0
     if len(groups) == 1:  # one call: its output is conv1's output, in the group's channel order
         group = groups[0]
         count = channels if group.channels is None else len(group.channels)
         values = first(x, outputs=group.channels, relu=True) if count else _empty(x, x.shape[0], 0, *size)
-        position = torch.full((channels,), -1, dtype=torch.long)
-        position[slice(None) if group.channels is None else group.channels] = torch.arange(count)
         macs += decisions.clip_counts(group.frames) * first.macs_per_frame(size, x.shape[1], count)
-        return _Conv1Output(values, position), macs
-    values = _empty(x, x.shape[0], channels, *size)  # what no group computes is never read
+        return _Conv1Output(values, group.channels), macs
+    values = _empty(x, x.shape[0], channels, *size).zero_()  # what no group computes is never read
     for group in groups:
         if group.channels is not None and not len(group.channels):
             continue
@@ -258,7 +294,7 @@ def run_conv1(
         _scatter(values, group, y)
         count = channels if group.channels is None else len(group.channels)
         macs += decisions.clip_counts(group.frames) * first.macs_per_frame(size, x.shape[1], count)
-    return _Conv1Output(values, torch.arange(channels)), macs
+    return _Conv1Output(values, None), macs
 
 
 def _scatter(values: torch.Tensor, group: Group, y: torch.Tensor) -> None:
@@ -277,10 +313,15 @@ def _on(frames: slice | torch.Tensor, like: torch.Tensor) -> slice | torch.Tenso
     return frames if isinstance(frames, slice) else frames.to(like.device)
 
 
-def _previous(frames: slice | torch.Tensor, total: int) -> slice | torch.Tensor:
-    """The frames before ``frames`` (a clip's first frame maps anywhere: it reuses nothing)."""
-    index = torch.arange(total)[frames] - 1
-    return _index_of(index.clamp(min=0).tolist()) if len(index) else slice(0, 0)
+def _source(conv1: _Conv1Output, group: Group, total_channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The map a group's channels are read from, and their positions in it (None: all of it, in order)."""
+    if conv1.channels is None:
+        return conv1.values, group.channels
+    if group.channels is None:  # every channel, from a conv1 that computed some: widen it with zeros
+        return conv1.full_width(total_channels), None
+    if len(group.channels) == len(conv1.channels):  # the same sorted channels (what is read was computed)
+        return conv1.values, None
+    return conv1.values, torch.searchsorted(conv1.channels, group.channels)
 
 
 def fused_input(conv1: _Conv1Output, group: Group, decisions: Decisions) -> torch.Tensor:
@@ -288,26 +329,25 @@ def fused_input(conv1: _Conv1Output, group: Group, decisions: Decisions) -> torc
     channels = slice(None) if group.channels is None else group.channels
     keep = decisions.keep[group.frames][:, channels]
     reuse = decisions.reuse[group.frames][:, channels]
-    values = conv1.values
-    position = conv1.position[channels]
-    if bool((position < 0).all()):  # nothing computed (every channel skipped everywhere): zeros
-        return _empty(values, group.size, len(position), *values.shape[-2:]).zero_()
-    # Channels conv1 never computed are never kept or reused, so they are masked out whatever they read.
-    position = position.clamp(min=0)
-    identity = len(position) == values.shape[1] and bool((position == torch.arange(len(position))).all())
-    gather = None if identity else position
-    current = _gathered(values[_on(group.frames, values)], gather)
-    if not bool(reuse.any()):
-        if bool(keep.all()):
-            return current
-        return torch.where(_mask(keep, values), current, 0.0).contiguous(memory_format=torch.channels_last)
-    before = _gathered(values[_on(_previous(group.frames, decisions.total_frames), values)], gather)
-    fused = torch.where(_mask(keep, values), current, torch.where(_mask(reuse, values), before, 0.0))
-    return fused.contiguous(memory_format=torch.channels_last)
+    values, positions = _source(conv1, group, decisions.channels)
+    whole = isinstance(group.frames, slice) and group.frames == slice(0, decisions.total_frames)
+    current = _gathered(values if whole else values[_on(group.frames, values)], positions)
+    reuses = bool(reuse.any())
+    if not reuses and bool(keep.all()):
+        return current
+    fused = current * _as_map(keep, values)
+    if reuses:
+        if whole:  # the frame before is the previous row (a clip's first frame reuses nothing)
+            fused[1:].addcmul_(current[:-1], _as_map(reuse[1:], values))
+        else:
+            before = (torch.arange(decisions.total_frames)[group.frames] - 1).clamp(min=0)
+            fused.addcmul_(_gathered(values[before.to(values.device)], positions), _as_map(reuse, values))
+    return fused
 
 
-def _mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.to(like.device)[:, :, None, None]
+def _as_map(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (frames, C) mask as a (frames, C, 1, 1) multiplier of ``like``'s type."""
+    return mask.to(device=like.device, dtype=like.dtype)[:, :, None, None]
 
 
 def run_conv2(
@@ -322,7 +362,7 @@ def run_conv2(
     values = conv1.values
     size = conv_output_size(second, values.shape[-2:])
     out_channels, in_channels = second.weight.shape[:2]
-    macs = torch.zeros(decisions.clips, dtype=torch.float64)
+    macs: torch.Tensor | float = 0.0
     single = len(groups) == 1
     out = None if single else _empty(values, decisions.total_frames, out_channels, *size)
     for group in groups:
@@ -353,19 +393,13 @@ def run_pair(
     """The pair under ``decisions``, each convolution by the partition ``costs`` predicts fastest (or the
     partitions ``costs.forced`` names, where the candidate exists)."""
     forced = costs.forced or (None, None)
-    candidates1 = partitions(decisions.needed, decisions.clips, decisions.frames)
-    candidates2 = partitions(decisions.active, decisions.clips, decisions.frames)
-    name1, groups1 = _pick(candidates1, costs.conv1, forced[0])
-    name2, groups2 = _pick(candidates2, costs.conv2, forced[1])
-    conv1, macs1 = run_conv1(x, groups1, first, decisions)
-    out, macs2 = run_conv2(conv1, groups2, second, decisions, residual, relu)
+    candidates1 = Candidates.of(decisions.needed, decisions.clips, decisions.frames)
+    candidates2 = Candidates.of(decisions.active, decisions.clips, decisions.frames)
+    name1 = candidates1.choose(costs.conv1, forced[0])
+    name2 = candidates2.choose(costs.conv2, forced[1])
+    conv1, macs1 = run_conv1(x, candidates1.groups(name1), first, decisions)
+    out, macs2 = run_conv2(conv1, candidates2.groups(name2), second, decisions, residual, relu)
     return out, PairRun(name1, name2, macs1 + macs2)
-
-
-def _pick(candidates: dict[str, list[Group]], cost: ConvCost, forced: str | None) -> tuple[str, list[Group]]:
-    if forced is not None and forced in candidates:
-        return forced, candidates[forced]
-    return choose(candidates, cost)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -411,7 +445,7 @@ def calibrate_pair(
     dense1, gathered1, dense2, gathered2 = [], [], [], []
     for count in (1, frames):
         inputs = x[:count]
-        conv1 = _Conv1Output(conv1_full[:count], torch.arange(channels))
+        conv1 = _Conv1Output(conv1_full[:count], None)
         mixed = Decisions.of(torch.randint(KEEP, REUSE + 1, (1, count, channels), generator=generator))
         tail = None if residual is None else residual[:count]
         dense1.append((count, _seconds(partial(first, inputs, relu=True))))
@@ -435,10 +469,3 @@ def uncalibrated_costs(x_size: Sequence[int], in_channels: int, first: FoldedCon
         ConvCost.from_macs(second.macs_per_frame(size2, channels, second.weight.shape[0]), channels),
         calibrated=False,
     )
-
-
-@dataclass
-class CostTable:
-    """A pair's calibrated cost models by spatial input size."""
-
-    by_size: dict[tuple[int, int], PairCosts] = field(default_factory=dict)
