@@ -12,7 +12,8 @@ the operator name instead (a TensorRT plugin, a GPU kernel).
   on the decisions, the graph counterparts of ``models.gating``'s ``union`` and ``dense`` partitions:
   *union* — only the channels some frame needs (conv1: kept at t or reused at t+1; conv2: kept or reused at
   t), as one convolution with weights gathered by data-dependent indices (``NonZero`` → ``Gather``), none at
-  all when there are none; *dense* — every channel with the constant weights (which ONNX Runtime prepacks
+  all when there are none (the union widened to whole 16-channel blocks where the width is made of them,
+  as the torch executor does); *dense* — every channel with the constant weights (which ONNX Runtime prepacks
   into its fast kernels), the decisions applied to the result. A convolution runs *union* when its union
   holds fewer than ``conv1_union_below`` (``conv2_union_below``) of its channels: thresholds calibrated per
   node on the serving machine (``export.calibration``). Between the two, keep / reuse / skip fuse conv1's
@@ -42,7 +43,7 @@ from onnxscript.values import Opset
 from torch import nn
 
 from models.adafuse import DECISIONS, KEEP, REUSE, fuse_masked
-from models.folding import FoldedConv
+from models.folding import CHANNEL_BLOCK, FoldedConv
 from models.gating import PairCosts
 
 DOMAIN = "clipwise"
@@ -70,6 +71,7 @@ def GatedConvPair(  # noqa: N802 - ONNX operator names are CamelCase
     conv2_pads: list[int],
     conv1_union_below: float,
     conv2_union_below: float,
+    channel_block: int,
 ):
     axis_0 = op.Constant(value_ints=[0])
     axis_1 = op.Constant(value_ints=[1])
@@ -86,8 +88,20 @@ def GatedConvPair(  # noqa: N802 - ONNX operator names are CamelCase
     map_axes = op.Constant(value_ints=[2, 3])
     keep_map = op.Unsqueeze(op.Reshape(keep, frame_rows), map_axes)
     reuse_map = op.Unsqueeze(op.Reshape(reuse, frame_rows), map_axes)
-    rows = op.Squeeze(op.NonZero(op.ReduceMax(op.Cast(needed, to=6), axis_0, keepdims=0)), axis_0)  # int32 any()
-    columns = op.Squeeze(op.NonZero(op.ReduceMax(op.Cast(active, to=6), axis_0, keepdims=0)), axis_0)
+    # The channels any frame needs, widened to whole blocks of channel_block channels (models.gating.in_blocks).
+    block = op.Unsqueeze(op.Constant(value_int=channel_block), axis_0)
+    block_rows = op.Concat(op.Constant(value_ints=[-1]), block, axis=0)
+    needed_any = op.Reshape(op.ReduceMax(op.Cast(needed, to=6), axis_0, keepdims=0), block_rows)  # int32 any()
+    active_any = op.Reshape(op.ReduceMax(op.Cast(active, to=6), axis_0, keepdims=0), block_rows)
+    whole = op.Constant(value_ints=[-1])
+    rows = op.Squeeze(
+        op.NonZero(op.Reshape(op.Expand(op.ReduceMax(needed_any, axis_1, keepdims=1), op.Shape(needed_any)), whole)),
+        axis_0,
+    )
+    columns = op.Squeeze(
+        op.NonZero(op.Reshape(op.Expand(op.ReduceMax(active_any, axis_1, keepdims=1), op.Shape(active_any)), whole)),
+        axis_0,
+    )
     width = op.Cast(op.Squeeze(channels, axis_0), to=1)
     union1 = op.Less(op.Cast(op.Size(rows), to=1), op.Mul(width, op.Constant(value_float=conv1_union_below)))
     union2 = op.Less(op.Cast(op.Size(columns), to=1), op.Mul(width, op.Constant(value_float=conv2_union_below)))
@@ -237,6 +251,7 @@ class _GatedConvPair(torch.autograd.Function):
             conv2_pads_i=conv2_pads,
             conv1_union_below_f=below1,
             conv2_union_below_f=below2,
+            channel_block_i=CHANNEL_BLOCK if w1.type().sizes()[0] % CHANNEL_BLOCK == 0 else 1,
         )
 
 

@@ -161,11 +161,11 @@ class OnnxRunner:
         """An AdaFuse graph: time each gated node's two computations here and set its union thresholds
         (``export.calibration``), then reopen the session on the calibrated graph. No full-compute graph exists
         to time: an exported graph holds its policy path only."""
-        if self.graph is None:
+        from export.calibration import calibrate_thresholds, gated_nodes, set_union_thresholds
+
+        if self.graph is None or not gated_nodes(self.graph):  # a full-compute export: nothing gated
             return None
         import onnxruntime
-
-        from export.calibration import calibrate_thresholds, set_union_thresholds
 
         set_union_thresholds(self.graph, calibrate_thresholds(self.model, clip_shape[1], clip_shape[-1], self.options))
         self.session = onnxruntime.InferenceSession(

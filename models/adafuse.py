@@ -63,6 +63,7 @@ from models.gating import (
     Decisions,
     PairCosts,
     calibrate_pair,
+    in_blocks,
     run_pair,
     uncalibrated_costs,
 )
@@ -442,6 +443,7 @@ class AdaFuse(TSN):
     def __init__(self, config: AdaFuseConfig) -> None:
         super().__init__(config, build_adafuse_backbone(config))
         self.last_record: PolicyRecord | None = None
+        self._block_costs: dict[tuple[int, int], list[BlockDecisions]] = {}
 
     def gated_blocks(self) -> list[AdaFuseBlock]:
         """The blocks with a policy net, in execution order."""
@@ -629,7 +631,7 @@ class AdaFuse(TSN):
                 (decisions.needed, cost.conv1_macs, below1),
                 (decisions.active, cost.conv2_macs, below2),
             ):
-                channels, union = mask.shape[1], int(mask.any(0).sum())
+                channels, union = mask.shape[1], int(in_blocks(mask.any(0)).sum())
                 ran_union = union < below * channels
                 saved += frames * (channels - union) * macs / channels if ran_union else 0.0
                 names.append("union" if ran_union else "dense")
@@ -641,10 +643,13 @@ class AdaFuse(TSN):
 
     def block_costs(self, frames: int, size: int) -> list[BlockDecisions]:
         """Every gated block's per-frame conv costs and input size (with keep-everything masks), from a meta
-        pass."""
-        with _recording(frames, size) as record:
-            count_flops(self, frames, size)
-        return record.blocks
+        pass, counted once per input size."""
+        key = (frames, size)
+        if key not in self._block_costs:
+            with _recording(frames, size) as record:
+                count_flops(self, frames, size)
+            self._block_costs[key] = record.blocks
+        return self._block_costs[key]
 
 
 def _one_hot(codes: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from models.folding import FoldedConv, conv_output_size
+from models.folding import CHANNEL_BLOCK, FoldedConv, channels_of, conv_output_size
 
 KEEP, REUSE, SKIP = 0, 1, 2
 PARTITIONS = ("dense", "union", "clips", "sets")
@@ -113,6 +113,16 @@ def _channels_of(mask: torch.Tensor) -> torch.Tensor | None:
     return None if bool(mask.all()) else mask.nonzero().flatten()
 
 
+def in_blocks(mask: torch.Tensor) -> torch.Tensor:
+    """A (..., C) mask widened to whole ``CHANNEL_BLOCK`` blocks where C is made of them: a block is in when
+    any of its channels is."""
+    channels = mask.shape[-1]
+    if channels % CHANNEL_BLOCK:
+        return mask
+    blocks = mask.reshape(*mask.shape[:-1], -1, CHANNEL_BLOCK).any(-1)
+    return blocks.repeat_interleave(CHANNEL_BLOCK, dim=-1)
+
+
 @dataclass(frozen=True)
 class Candidates:
     """What each partition of one convolution computes: per group, (frames, channels or None for all); the
@@ -127,7 +137,11 @@ class Candidates:
 
     @staticmethod
     def of(mask: torch.Tensor, clips: int, frames: int) -> Candidates:
+        """The candidates for a (clips·frames, C) mask; channel sets are whole ``CHANNEL_BLOCK`` blocks where C
+        is made of them (oneDNN runs 16-channel blocks much faster than their remnants, and copies weights
+        and maps in 16-float runs), the block's other channels computed as padding and counted."""
         total, channels = mask.shape
+        mask = in_blocks(mask)
         union = int(mask.any(0).sum())
         counts: dict[str, list[tuple[int, int | None]]] = {
             "dense": [(total, None)],
@@ -248,13 +262,6 @@ def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
-def _gathered(tensor: torch.Tensor, channels: torch.Tensor | None) -> torch.Tensor:
-    """Channels of a (frames, C, H, W) channels_last map (all of it when None)."""
-    if channels is None:
-        return tensor
-    return tensor.permute(0, 2, 3, 1)[..., channels.to(tensor.device)].permute(0, 3, 1, 2)
-
-
 @dataclass
 class _Conv1Output:
     """conv1's output for every frame, ``values`` (frames, C', H, W): C' the channels listed in ``channels``
@@ -331,7 +338,7 @@ def fused_input(conv1: _Conv1Output, group: Group, decisions: Decisions) -> torc
     reuse = decisions.reuse[group.frames][:, channels]
     values, positions = _source(conv1, group, decisions.channels)
     whole = isinstance(group.frames, slice) and group.frames == slice(0, decisions.total_frames)
-    current = _gathered(values if whole else values[_on(group.frames, values)], positions)
+    current = channels_of(values if whole else values[_on(group.frames, values)], positions)
     reuses = bool(reuse.any())
     if not reuses and bool(keep.all()):
         return current
@@ -341,7 +348,7 @@ def fused_input(conv1: _Conv1Output, group: Group, decisions: Decisions) -> torc
             fused[1:].addcmul_(current[:-1], _as_map(reuse[1:], values))
         else:
             before = (torch.arange(decisions.total_frames)[group.frames] - 1).clamp(min=0)
-            fused.addcmul_(_gathered(values[before.to(values.device)], positions), _as_map(reuse, values))
+            fused.addcmul_(channels_of(values[before.to(values.device)], positions), _as_map(reuse, values))
     return fused
 
 
@@ -399,7 +406,16 @@ def run_pair(
     name2 = candidates2.choose(costs.conv2, forced[1])
     conv1, macs1 = run_conv1(x, candidates1.groups(name1), first, decisions)
     out, macs2 = run_conv2(conv1, candidates2.groups(name2), second, decisions, residual, relu)
-    return out, PairRun(name1, name2, macs1 + macs2)
+    return out, PairRun(name1, name2, _added(macs1, macs2, decisions.clips))
+
+
+def _added(first: torch.Tensor | float, second: torch.Tensor | float, clips: int) -> torch.Tensor | float:
+    """The sum of two MAC figures, each per clip (a tensor) or a total all clips share evenly (a number)."""
+    if isinstance(first, float | int) and isinstance(second, float | int):
+        return first + second
+    return sum(
+        macs if isinstance(macs, torch.Tensor) else torch.full((clips,), macs / clips) for macs in (first, second)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
