@@ -12,7 +12,7 @@ the operator name instead (a TensorRT plugin, a GPU kernel).
   on the decisions, the graph counterparts of ``models.gating``'s ``union`` and ``dense`` partitions:
   *union* — only the channels some frame needs (conv1: kept at t or reused at t+1; conv2: kept or reused at
   t), as one convolution with weights gathered by data-dependent indices (``NonZero`` → ``Gather``), none at
-  all when there are none (the union widened to whole 16-channel blocks where the width is made of them,
+  all when there are none (conv1's union widened to whole 16-channel blocks where the width is made of them,
   as the torch executor does); *dense* — every channel with the constant weights (which ONNX Runtime prepacks
   into its fast kernels), the decisions applied to the result. A convolution runs *union* when its union
   holds fewer than ``conv1_union_below`` (``conv2_union_below``) of its channels: thresholds calibrated per
@@ -88,20 +88,17 @@ def GatedConvPair(  # noqa: N802 - ONNX operator names are CamelCase
     map_axes = op.Constant(value_ints=[2, 3])
     keep_map = op.Unsqueeze(op.Reshape(keep, frame_rows), map_axes)
     reuse_map = op.Unsqueeze(op.Reshape(reuse, frame_rows), map_axes)
-    # The channels any frame needs, widened to whole blocks of channel_block channels (models.gating.in_blocks).
+    # conv1's channels any frame needs, widened to whole blocks of channel_block channels (models.gating.in_blocks);
+    # conv2's inputs any frame reads, as they are.
     block = op.Unsqueeze(op.Constant(value_int=channel_block), axis_0)
     block_rows = op.Concat(op.Constant(value_ints=[-1]), block, axis=0)
     needed_any = op.Reshape(op.ReduceMax(op.Cast(needed, to=6), axis_0, keepdims=0), block_rows)  # int32 any()
-    active_any = op.Reshape(op.ReduceMax(op.Cast(active, to=6), axis_0, keepdims=0), block_rows)
     whole = op.Constant(value_ints=[-1])
     rows = op.Squeeze(
         op.NonZero(op.Reshape(op.Expand(op.ReduceMax(needed_any, axis_1, keepdims=1), op.Shape(needed_any)), whole)),
         axis_0,
     )
-    columns = op.Squeeze(
-        op.NonZero(op.Reshape(op.Expand(op.ReduceMax(active_any, axis_1, keepdims=1), op.Shape(active_any)), whole)),
-        axis_0,
-    )
+    columns = op.Squeeze(op.NonZero(op.ReduceMax(op.Cast(active, to=6), axis_0, keepdims=0)), axis_0)
     width = op.Cast(op.Squeeze(channels, axis_0), to=1)
     union1 = op.Less(op.Cast(op.Size(rows), to=1), op.Mul(width, op.Constant(value_float=conv1_union_below)))
     union2 = op.Less(op.Cast(op.Size(columns), to=1), op.Mul(width, op.Constant(value_float=conv2_union_below)))

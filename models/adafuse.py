@@ -54,7 +54,7 @@ from torch import nn
 
 from models.base import forced_on, forcing
 from models.flops import conv_macs, count_flops, record_macs
-from models.folding import FoldCache, FoldedConv, conv_output_size
+from models.folding import CHANNEL_BLOCK, FoldCache, FoldedConv, conv_output_size
 from models.gating import (
     KEEP,
     PARTITIONS,
@@ -555,7 +555,8 @@ class AdaFuse(TSN):
 
         In every gated block the same share of channels is skipped at every frame and, with ``reuse``, up to
         that share more is kept at even and reused at odd frames (conv1 then runs them every other frame).
-        The channels are a fixed random choice per block, the same for every clip.
+        The channels are a fixed random choice of whole 16-channel blocks per block, the same for every clip:
+        the best case, one channel set at every frame, aligned as the executor computes.
         """
         if not 0 <= fraction < 1:
             raise ValueError(f"fraction must be in [0, 1), got {fraction}")
@@ -627,11 +628,11 @@ class AdaFuse(TSN):
         for block_codes, cost, (below1, below2) in zip(codes, costs, union_below, strict=True):
             decisions = Decisions.of(block_codes.long())
             names = []
-            for mask, macs, below in (
-                (decisions.needed, cost.conv1_macs, below1),
-                (decisions.active, cost.conv2_macs, below2),
+            for any_frame, macs, below in (
+                (in_blocks(decisions.needed.any(0)), cost.conv1_macs, below1),  # conv1: in whole blocks
+                (decisions.active.any(0), cost.conv2_macs, below2),
             ):
-                channels, union = mask.shape[1], int(in_blocks(mask.any(0)).sum())
+                channels, union = len(any_frame), int(any_frame.sum())
                 ran_union = union < below * channels
                 saved += frames * (channels - union) * macs / channels if ran_union else 0.0
                 names.append("union" if ran_union else "dense")
@@ -672,9 +673,16 @@ def _pattern_saving(block: BlockDecisions, frames: int, share: float, reuse: boo
 
 
 def _saving_pattern(channels: int, frames: int, share: float, reuse: bool, seed: int) -> torch.Tensor:
-    """(T, C) codes: a share of the channels skipped, up to as many kept at even and reused at odd frames."""
+    """(T, C) codes: a share of the channels skipped, up to as many kept at even and reused at odd frames. The
+    channels are taken whole ``CHANNEL_BLOCK`` blocks at a time (in a random order of blocks) where the width is
+    made of them: the best case for the executor, which computes output channels in whole blocks."""
     skipped, alternating = _pattern_counts(channels, share, reuse)
-    chosen = torch.randperm(channels, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    if channels % CHANNEL_BLOCK:
+        chosen = torch.randperm(channels, generator=generator)
+    else:
+        blocks = torch.randperm(channels // CHANNEL_BLOCK, generator=generator)
+        chosen = (blocks[:, None] * CHANNEL_BLOCK + torch.arange(CHANNEL_BLOCK)).flatten()
     codes = torch.full((frames, channels), KEEP, dtype=torch.long)
     codes[:, chosen[:skipped]] = SKIP
     codes[1::2, chosen[skipped : skipped + alternating]] = REUSE

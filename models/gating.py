@@ -136,12 +136,14 @@ class Candidates:
     row_of_frame: torch.Tensor | None  # ... and which one each frame has
 
     @staticmethod
-    def of(mask: torch.Tensor, clips: int, frames: int) -> Candidates:
-        """The candidates for a (clips·frames, C) mask; channel sets are whole ``CHANNEL_BLOCK`` blocks where C
-        is made of them (oneDNN runs 16-channel blocks much faster than their remnants, and copies weights
-        and maps in 16-float runs), the block's other channels computed as padding and counted."""
+    def of(mask: torch.Tensor, clips: int, frames: int, *, blocks: bool = False) -> Candidates:
+        """The candidates for a (clips·frames, C) mask. ``blocks``: the channel sets are whole
+        ``CHANNEL_BLOCK`` blocks where C is made of them, the blocks' other channels computed as padding and
+        counted — for output channels, where oneDNN runs 16-channel blocks much faster than their remnants
+        (input channels cost in proportion to their count, aligned or not)."""
         total, channels = mask.shape
-        mask = in_blocks(mask)
+        if blocks:
+            mask = in_blocks(mask)
         union = int(mask.any(0).sum())
         counts: dict[str, list[tuple[int, int | None]]] = {
             "dense": [(total, None)],
@@ -400,7 +402,7 @@ def run_pair(
     """The pair under ``decisions``, each convolution by the partition ``costs`` predicts fastest (or the
     partitions ``costs.forced`` names, where the candidate exists)."""
     forced = costs.forced or (None, None)
-    candidates1 = Candidates.of(decisions.needed, decisions.clips, decisions.frames)
+    candidates1 = Candidates.of(decisions.needed, decisions.clips, decisions.frames, blocks=True)
     candidates2 = Candidates.of(decisions.active, decisions.clips, decisions.frames)
     name1 = candidates1.choose(costs.conv1, forced[0])
     name2 = candidates2.choose(costs.conv2, forced[1])

@@ -81,13 +81,13 @@ def forced_costs(conv1: str, conv2: str) -> PairCosts:
     return PairCosts(ANY_COST, ANY_COST, calibrated=False, forced=(conv1, conv2))
 
 
-def computed_channels(mask: torch.Tensor, partition: str) -> torch.Tensor:
+def computed_channels(mask: torch.Tensor, partition: str, *, blocks: bool = False) -> torch.Tensor:
     """(N, T) channels a partition computes at each frame, for a (N, T, C) mask of what each frame needs:
     dense every channel, union those any frame of the batch needs, clips those any frame of the clip needs,
-    sets each frame's own (the partitions' definitions, counted here channel by channel), in whole blocks of
-    16 channels where the width is made of them."""
+    sets each frame's own (the partitions' definitions, counted here channel by channel); ``blocks``: in whole
+    blocks of 16 channels where the width is made of them (conv1's output channels)."""
     n, t, c = mask.shape
-    if c % 16 == 0:  # channel sets are whole 16-channel blocks: a block any of whose channels is needed
+    if blocks and c % 16 == 0:  # channel sets are whole 16-channel blocks: a block any of whose channels is needed
         mask = mask.view(n, t, c // 16, 16).any(-1).repeat_interleave(16, dim=-1)
     if partition == "dense":
         return torch.full((n, t), c)
@@ -96,7 +96,7 @@ def computed_channels(mask: torch.Tensor, partition: str) -> torch.Tensor:
     if partition == "clips" and n > 1:
         return mask.any(1).sum(-1, keepdim=True).expand(n, t)
     if partition == "clips":  # one clip: the same as the union
-        return computed_channels(mask, "union")
+        return computed_channels(mask, "union", blocks=blocks)
     return mask.sum(-1)
 
 
@@ -153,7 +153,7 @@ def test_gated_pair_equals_the_masked_reference(block, stride, kind, conv1, conv
     )
     per_channel_second = block.conv2.out_channels * 9 * (12 // stride) ** 2
     expected_macs = (
-        computed_channels(needed, conv1).sum(1) * per_channel_first
+        computed_channels(needed, conv1, blocks=True).sum(1) * per_channel_first
         + computed_channels(active, conv2).sum(1) * per_channel_second
     )
     assert tracker.per_clip.tolist() == expected_macs.double().tolist()
