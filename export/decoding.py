@@ -82,7 +82,9 @@ def decoder_for(
     """The decoder of the outputs of ``graph``, an export of ``model`` (which it counts on a meta-device twin
     of); AdaFuse reads its gated nodes' union thresholds from the graph."""
     if isinstance(model, AdaFuse):
-        return AdaFuseDecoder(meta_twin(model), union_thresholds(graph))
+        # a graph exported under full compute has no gated node: every pair ran dense, as thresholds of 0 say
+        thresholds = union_thresholds(graph) or [(0.0, 0.0)] * len(model.gated_blocks())
+        return AdaFuseDecoder(meta_twin(model), thresholds)
     if isinstance(model, Ada3D):
         return Ada3DDecoder(meta_twin(model))
     return StaticDecoder(full_gflops, static_policy)
