@@ -6,9 +6,9 @@ version they started on, which stays alive until they finish. A version is read 
 checked before the swap — every file inside the repository (no symlink out of it), manifest schema, sha256 of
 the weights, weights parsed by safetensors only, the architecture rebuilt with every weight matched, every
 backend opened and one warm-up inference on each giving logits of the manifest's shape — so a version that
-fails any check never replaces the one serving. Loads of one name are serialised; ``load`` takes seconds and
-belongs in a worker thread (``service.lifecycle``), the other methods only take the dictionary lock for a
-moment.
+fails any check never replaces the one serving; then its default backend is chosen (``auto``: timed). Loads
+of one name are serialised; ``load`` takes seconds and belongs in a worker thread (``service.lifecycle``), the
+other methods only take the dictionary lock for a moment.
 """
 
 from __future__ import annotations

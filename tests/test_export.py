@@ -24,6 +24,7 @@ from torch import nn
 
 from clipwise.commands import export as export_command
 from export.calibration import set_union_thresholds
+from export.frame_convs import fold_frame_convs
 from export.graphs import ADA3D_FRAMES, ADA3D_STAGES, LOGITS
 from export.onnx import export_version, save_onnx, to_onnx
 from export.ops import DOMAIN, attach_functions, gated_conv_pair
@@ -187,6 +188,36 @@ def test_onnx_runner_refuses_a_graph_exported_from_other_weights(tsn_version, tm
     for runner in (OnnxRunner, OpenVinoRunner):
         with pytest.raises(BackendUnavailable, match="other weights"):
             runner(other.path / MODEL_FILE, other)
+
+
+# --- 3D convs as 2D convs over frames, for ONNX Runtime -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "groups", "rewritten"),
+    [
+        ((1, 1, 1), (1, 1, 1), (0, 0, 0), 1, True),  # pointwise
+        ((1, 3, 3), (1, 2, 2), (0, 1, 1), 1, True),  # spatial only, strided
+        ((1, 5, 5), (1, 1, 1), (0, 2, 2), 12, True),  # depthwise, one frame deep
+        ((3, 3, 3), (1, 2, 2), (1, 1, 1), 12, True),  # depthwise over 3 frames: 3 shifted 2D convs
+        ((3, 1, 1), (1, 1, 1), (1, 0, 0), 1, True),  # dense over 3 frames: one 2D conv of the stacked shifts
+        ((3, 3, 3), (2, 1, 1), (1, 1, 1), 1, False),  # temporal stride: left as it is
+        ((3, 3, 3), (1, 1, 1), (1, 1, 1), 3, False),  # grouped but not depthwise over frames: left
+    ],
+)
+def test_frame_conv_rewrite_computes_the_3d_conv(kernel, stride, padding, groups, rewritten):
+    conv = nn.Conv3d(12, 12, kernel, stride, padding, groups=groups, bias=True).eval()
+    x = torch.randn(2, 12, 5, 9, 9, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    torch.onnx.export(conv, (x,), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    graph = fold_frame_convs(onnx.load_from_string(buffer.getvalue()))
+    conv_ranks = {len(next(t for t in graph.graph.initializer if t.name == node.input[1]).dims)
+                  for node in graph.graph.node if node.op_type == "Conv"}  # fmt: skip
+    assert conv_ranks == ({4} if rewritten else {5})
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = conv(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
 
 
 # --- the OpenVINO backend ---------------------------------------------------------------------------------
