@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -155,13 +156,8 @@ class BackendChoiceReport(BaseModel):
 
     @classmethod
     def of(cls, choice: BackendChoice) -> BackendChoiceReport:
-        return cls(
-            asked=choice.asked,
-            chosen=choice.chosen,
-            timings_ms=choice.timings_ms,
-            rounds=choice.rounds,
-            reason=choice.reason,
-        )
+        """The report of ``choice`` (its failure, if any, is in the reason)."""
+        return cls(**asdict(choice), reason=choice.reason)
 
 
 class ModelDetail(ModelSummary):
