@@ -1,6 +1,6 @@
-"""Backends that run a model version: ``torch`` (the model's own ``execute``) and ``onnxruntime``.
+"""Backends that run a model version: ``torch`` (the model's own ``execute``), ``onnxruntime`` and ``openvino``.
 
-Both are a ``Runner``: ``execute(clips)`` returns a ``models.base.Execution`` (logits, executed GFLOPs per
+Each is a ``Runner``: ``execute(clips)`` returns a ``models.base.Execution`` (logits, executed GFLOPs per
 clip, full-compute GFLOPs, per-clip policy), so a caller treats them alike. ``OnnxRunner`` runs the
 version's ``model.onnx`` (``clipwise export onnx``) in an ONNX Runtime session and computes the figures
 and the policy from the decisions the graph outputs (``export.decoding``), with the model's own code.
@@ -10,29 +10,43 @@ extra. Providers: CUDA when the installed onnxruntime has it (onnxruntime-gpu), 
 uses as many threads as torch does, so the two backends compare on equal terms, and its idle threads do not
 spin (spinning threads took the cores from torch running beside them: eager latency rose 10-500× in the
 benchmark's interleaved runs).
+
+``OpenVinoRunner`` compiles the same ``model.onnx`` with OpenVINO (CPU plugin; GPU where present), imported
+only when one is made. OpenVINO reads ONNX directly but not the clipwise-domain operators as model-local
+functions (their outputs lose their rank), so the functions are inlined first (``onnx.inliner``): Ada3D's
+``SelectFrames`` and ``SwitchableConv3d`` then run as the standard nodes they are made of, inside the graph's
+Loop. AdaFuse cannot run there: its union convolutions gather their weights per request, and the CPU plugin
+refuses a convolution whose weights have a dynamic shape; rather than run it densely, the backend is
+unavailable for it, with that reason. One compiled model has one infer request per worker slot
+(``concurrency``: the service's ``max_concurrent_inferences``), so concurrent jobs never share one; f32
+(the CPU plugin would pick bf16 where the processor has it, which the export's parity does not allow), as
+many threads as torch, the latency hint, no core pinning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import queue
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import onnx
+import onnx.inliner
 import torch
 from pydantic import TypeAdapter
 
-from export.decoding import decoder_for
+from export.decoding import Decoder, decoder_for
+from export.frame_convs import fold_frame_convs
 from models.adafuse import AdaFuse
 from models.base import Execution, VideoClassifier
 from models.checkpoint import LoadedVersion
 from models.policy import Policy
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 MODEL_FILE = "model.onnx"
 CLIPS = "clips"
 # Keys of the metadata an exported model carries (``export.onnx``).
@@ -72,6 +86,25 @@ def median_ms(call: Callable[[], object], repeats: int = FULL_COMPUTE_REPEATS) -
     return statistics.median(times)
 
 
+def interleaved_ms(
+    calls: Mapping[str, Callable[[], object]], rounds: int, budget_s: float = float("inf")
+) -> tuple[dict[str, float], int]:
+    """Median wall time of each call in milliseconds over up to ``rounds`` rounds of one call each (the order
+    alternating between rounds, so drifting load falls on all alike), stopping early once ``budget_s`` is spent
+    (at least one round). Returns the medians and the rounds run; warm the calls up first."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    started = time.perf_counter()
+    for index in range(rounds):
+        order = list(calls.items()) if index % 2 == 0 else list(calls.items())[::-1]
+        for name, call in order:
+            begun = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - begun) * 1000)
+        if time.perf_counter() - started >= budget_s:
+            break
+    return {name: statistics.median(values) for name, values in times.items()}, len(times[next(iter(times))])
+
+
 class TorchRunner:
     """The model's own eager ``execute``; on CUDA, AdaFuse's gated pairs run as Triton kernels when Triton is
     installed (``export.triton_gating``)."""
@@ -102,6 +135,18 @@ def gpu_gating(model: VideoClassifier, clips: torch.Tensor) -> contextlib.Abstra
     from models.adafuse import executing_gated_pairs
 
     return executing_gated_pairs(gated_conv_pair)
+
+
+def export_decoder(
+    path: Path, loaded: LoadedVersion, metadata: Mapping[str, str], graph: onnx.ModelProto | None
+) -> Decoder:
+    """The decoder of the outputs of ``path`` (``graph``, needed for AdaFuse), an export of ``loaded`` whose
+    metadata is ``metadata``; raises ``BackendUnavailable`` if it was exported from other weights."""
+    if metadata.get(META_WEIGHTS) != loaded.manifest.weights_sha256:
+        raise BackendUnavailable(f"{path} was exported from other weights than its manifest's: export it again")
+    static_policy = metadata.get(META_STATIC_POLICY)
+    policy = TypeAdapter(Policy).validate_json(static_policy) if static_policy else None
+    return decoder_for(loaded.model, loaded.manifest.full_gflops, policy, graph)
 
 
 def default_providers() -> list[str]:
@@ -137,21 +182,13 @@ class OnnxRunner:
         # Idle threads sleep instead of spinning: the service runs torch, decoding and other sessions beside it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.options, self.providers_asked = options, list(providers or default_providers())
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=self.providers_asked)
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        manifest = loaded.manifest
-        if metadata.get(META_WEIGHTS) != manifest.weights_sha256:
-            raise BackendUnavailable(f"{path} was exported from other weights than its manifest's: export it again")
-        static_policy = metadata.get(META_STATIC_POLICY)
+        # its 3D convs as 2D convs over frames, which ONNX Runtime runs faster (OpenVINO, slower: it reads the file)
+        graph = fold_frame_convs(onnx.load(str(path))).SerializeToString()
+        self.session = onnxruntime.InferenceSession(graph, options, providers=self.providers_asked)
         self.graph = onnx.load(str(path)) if isinstance(loaded.model, AdaFuse) else None  # to recalibrate
         self.model = loaded.model
-        self.decoder = decoder_for(
-            loaded.model,
-            manifest.full_gflops,
-            TypeAdapter(Policy).validate_json(static_policy) if static_policy else None,
-            self.graph,
-        )
-        self.full_gflops = manifest.full_gflops
+        self.decoder = export_decoder(path, loaded, self.session.get_modelmeta().custom_metadata_map, self.graph)
+        self.full_gflops = loaded.manifest.full_gflops
 
     @property
     def providers(self) -> list[str]:
@@ -180,10 +217,62 @@ class OnnxRunner:
         return Execution(torch.from_numpy(outputs[0]), gflops, self.full_gflops, policy)
 
 
-def open_runner(loaded: LoadedVersion, backend: str, **session_options) -> Runner:
-    """The runner of a loaded version on ``backend`` (one of ``BACKENDS``); raises ``BackendUnavailable``."""
+class OpenVinoRunner:
+    """A version's exported graph compiled by OpenVINO, reporting like ``VideoClassifier.execute`` (see the
+    module docstring). ``path`` must hold the export of the weights of ``loaded``."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, loaded: LoadedVersion, *, concurrency: int = 1, threads: int | None = None) -> None:
+        if not path.is_file():
+            raise BackendUnavailable(f"no {path}: run `clipwise export onnx --model-dir {path.parent}`")
+        try:
+            import openvino
+        except ImportError:
+            raise BackendUnavailable("openvino is not installed (pip install 'clipwise[openvino]')") from None
+        if isinstance(loaded.model, AdaFuse):
+            raise BackendUnavailable(
+                "OpenVINO cannot run AdaFuse's gated convolutions (their weights are gathered per request, a "
+                "dynamic weight shape its CPU plugin refuses): serve it on torch or onnxruntime"
+            )
+        graph = onnx.load(str(path))
+        self.decoder = export_decoder(path, loaded, {entry.key: entry.value for entry in graph.metadata_props}, graph)
+        self.full_gflops = loaded.manifest.full_gflops
+        self.output_names = [output.name for output in graph.graph.output]
+        core = openvino.Core()
+        self.device = "GPU" if "GPU" in core.available_devices else "CPU"
+        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if self.device == "CPU":
+            config |= {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "ENABLE_CPU_PINNING": False}
+        inlined = onnx.inliner.inline_local_functions(graph)
+        self.compiled = core.compile_model(core.read_model(inlined.SerializeToString()), self.device, config)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()  # one per worker slot
+        for _ in range(max(1, concurrency)):
+            self._requests.put(self.compiled.create_infer_request())
+
+    def calibrate(self, clip_shape: Sequence[int]) -> None:
+        """Nothing to calibrate, and no full-compute graph to time (an exported graph holds its policy path)."""
+        return None
+
+    def execute(self, clips: torch.Tensor) -> Execution:
+        request = self._requests.get()
+        try:
+            results = request.infer({CLIPS: clips.detach().cpu().float().contiguous().numpy()})
+            by_name = {name: value for output, value in results.items() for name in output.get_names()}
+            outputs = [by_name[name].copy() for name in self.output_names]
+        finally:
+            self._requests.put(request)
+        gflops, policy = self.decoder(outputs)
+        return Execution(torch.from_numpy(outputs[0]), gflops, self.full_gflops, policy)
+
+
+def open_runner(loaded: LoadedVersion, backend: str, *, concurrency: int = 1, **session_options) -> Runner:
+    """The runner of a loaded version on ``backend`` (one of ``BACKENDS``); raises ``BackendUnavailable``.
+    ``concurrency``: the jobs that may run on it at once (OpenVINO's infer requests)."""
     if backend == "torch":
         return TorchRunner(loaded.model)
     if backend == "onnxruntime":
         return OnnxRunner(loaded.path / MODEL_FILE, loaded, **session_options)
+    if backend == "openvino":
+        return OpenVinoRunner(loaded.path / MODEL_FILE, loaded, concurrency=concurrency, **session_options)
     raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

@@ -31,6 +31,7 @@ from models.registry import create_model, get_preset
 
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+AUTO_BACKEND = "auto"  # a manifest backend: the fastest of those available, timed when the version loads
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -78,7 +79,9 @@ class Manifest(BaseModel):
     created_at: datetime
     data_fingerprint: str | None = None
     git_commit: str | None = None
-    backend: Literal["torch", "onnxruntime"] = "torch"
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        AUTO_BACKEND, description="the backend serving by default; auto: the fastest measured when it loads"
+    )
 
     @model_validator(mode="after")
     def _labels_match_classes(self) -> Manifest:

@@ -12,7 +12,10 @@
   AdaFuse's keep / reuse / skip, Ada3D's frame_fraction / stage_fraction, the fusion units' S / ST / S+ST;
 * ``clipwise_batch_requests{model}``: histogram, per request, of the requests in its forward pass;
 * ``clipwise_model_loads_total{model, outcome}``: loads (startup, API, watcher), loaded or refused;
-* ``clipwise_model_loaded{model, version, backend}``: 1 per served model, its version and default backend.
+* ``clipwise_model_loaded{model, version, backend}``: 1 per served model, its version and default backend
+  (with ``auto``, the one chosen);
+* ``clipwise_backend_timing_seconds{model, backend}``: with ``auto``, one clip on each available backend,
+  timed when the version loaded (the medians the choice was made on).
 
 Only requests for a served model are counted, so label values come from the repository, never from what a
 client makes up. ``1 - rate(executed) / rate(full)`` is the compute really saved, ``1 - rate(policy) /
@@ -41,7 +44,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class ServedModelsCollector(Collector):
-    """``clipwise_model_loaded`` and ``clipwise_full_compute_seconds``, read from the store at every scrape."""
+    """``clipwise_model_loaded``, ``clipwise_full_compute_seconds`` and ``clipwise_backend_timing_seconds``, read
+    from the store at every scrape."""
 
     def __init__(self, store: ModelStore) -> None:
         self.store = store
@@ -57,12 +61,20 @@ class ServedModelsCollector(Collector):
             "one view through the full-compute path, timed when the version loaded",
             labels=["model", "backend"],
         )
+        timing = GaugeMetricFamily(
+            "clipwise_backend_timing_seconds",
+            "one clip on each backend, median of the interleaved rounds run when the version loaded (backend auto)",
+            labels=["model", "backend"],
+        )
         for served in self.store.served():
-            gauge.add_metric([served.name, str(served.version), served.manifest.backend], 1)
+            gauge.add_metric([served.name, str(served.version), served.backend_name()], 1)
             for backend, milliseconds in served.full_compute_ms.items():
                 full_compute.add_metric([served.name, backend], milliseconds / 1000)
+            for backend, milliseconds in served.choice.timings_ms.items():
+                timing.add_metric([served.name, backend], milliseconds / 1000)
         yield gauge
         yield full_compute
+        yield timing
 
 
 class ServiceMetrics:

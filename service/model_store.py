@@ -6,9 +6,9 @@ version they started on, which stays alive until they finish. A version is read 
 checked before the swap — every file inside the repository (no symlink out of it), manifest schema, sha256 of
 the weights, weights parsed by safetensors only, the architecture rebuilt with every weight matched, every
 backend opened and one warm-up inference on each giving logits of the manifest's shape — so a version that
-fails any check never replaces the one serving. Loads of one name are serialised; ``load`` takes seconds and
-belongs in a worker thread (``service.lifecycle``), the other methods only take the dictionary lock for a
-moment.
+fails any check never replaces the one serving; then its default backend is chosen (``auto``: timed). Loads
+of one name are serialised; ``load`` takes seconds and belongs in a worker thread (``service.lifecycle``), the
+other methods only take the dictionary lock for a moment.
 """
 
 from __future__ import annotations
@@ -31,7 +31,15 @@ from models.checkpoint import (
     read_manifest,
     validate_name,
 )
-from service.backends import BackendName, Backends, open_backends
+from service.backends import (
+    BackendChoice,
+    BackendName,
+    BackendRequest,
+    Backends,
+    choose_backend,
+    open_backends,
+    untimed_choice,
+)
 from video import ClipSpec
 
 # Ada3D groups the clips of a batch by their plan (frames kept, 3D stages on), which differs from clip to clip:
@@ -66,6 +74,11 @@ class ServedModel:
     loaded: LoadedVersion
     backends: Backends
     full_compute_ms: dict[str, float] = field(default_factory=dict)  # per backend, one view, timed at load
+    choice: BackendChoice | None = None  # the default backend; None: the manifest's, untimed
+
+    def __post_init__(self) -> None:
+        if self.choice is None:
+            self.choice = untimed_choice(self.manifest.backend)
 
     @property
     def name(self) -> str:
@@ -98,9 +111,13 @@ class ServedModel:
         """Whether requests may share a forward pass (see ``UNBATCHED_FAMILIES``)."""
         return self.family not in UNBATCHED_FAMILIES
 
-    def backend(self, name: BackendName | None = None) -> Runner:
-        """The backend called ``name`` (default: the manifest's)."""
-        chosen = name or self.manifest.backend
+    def backend_name(self, name: BackendRequest | None = None) -> BackendName:
+        """``name``, or for None and ``auto`` the backend chosen when the version loaded."""
+        return self.choice.chosen if name in (None, "auto") else name
+
+    def backend(self, name: BackendRequest | None = None) -> Runner:
+        """The backend called ``name`` (default, or ``auto``: the one chosen when the version loaded)."""
+        chosen = self.backend_name(name)
         if chosen not in self.backends.available:
             raise BackendNotAvailable(
                 f"{self.name} version {self.version} cannot run on {chosen}: {self.backends.unavailable[chosen]}"
@@ -121,8 +138,9 @@ class VersionEntry:
 class ModelStore:
     """Thread-safe map from model name to the version serving it."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, concurrency: int = 1) -> None:
         self.repository = repository
+        self.concurrency = concurrency  # jobs at once on a backend (the service's worker slots)
         self._served: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
@@ -134,7 +152,7 @@ class ModelStore:
         served; the store is then as it was."""
         version = self._resolve(name, version)
         with self._load_lock(name):
-            served = open_version(self.repository, name, version)
+            served = open_version(self.repository, name, version, self.concurrency)
             with self._lock:
                 previous = self._served.get(name)
                 self._served[name] = served
@@ -212,18 +230,20 @@ class ModelStore:
             return self._load_locks.setdefault(name, threading.Lock())
 
 
-def open_version(repository: Path, name: str, version: int) -> ServedModel:
-    """A version read from ``repository``, checked, its backends opened and warmed up: ready to serve.
-    Raises ``InvalidVersion`` if any check fails: ``load_version``'s (manifest, files inside the repository,
-    weights hash and format), the backends' and the warm-up's."""
+def open_version(repository: Path, name: str, version: int, concurrency: int = 1) -> ServedModel:
+    """A version read from ``repository``, checked, its backends opened for ``concurrency`` jobs at once and
+    warmed up, its default backend chosen (``service.backends.choose_backend``): ready to serve. Raises
+    ``InvalidVersion`` if any check fails: ``load_version``'s (manifest, files inside the repository, weights
+    hash and format), the backends' and the warm-up's."""
     where = f"{name} version {version} cannot be served"
     try:
         loaded = load_version(repository, name, version)
-        served = ServedModel(loaded, open_backends(loaded))
+        served = ServedModel(loaded, open_backends(loaded, concurrency))
     except CheckpointError as error:
         raise InvalidVersion(f"{where}: {error}") from None
     for backend in served.backends.available.values():
         warm_up(served, backend)
+    served.choice = choose_backend(served.backends, served.manifest.backend, served.clip_shape)
     return served
 
 

@@ -177,7 +177,7 @@ def model_metadata(served: ServedModel, versions: list[int]) -> ModelMetadata:
     return ModelMetadata(
         name=served.name,
         versions=[str(version) for version in versions],
-        platform=served.manifest.backend,
+        platform=served.backend_name(),
         inputs=[TensorMetadata(name=INPUT_NAME, datatype="FP32", shape=[-1, *served.clip_shape])],
         outputs=[
             TensorMetadata(name=spec.name, datatype=spec.datatype, shape=[-1, classes] if spec.per_class else [-1])

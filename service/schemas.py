@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel, BeforeValidator, Field, field_serializer
 
 from models.checkpoint import PreprocessingSpec
 from models.policy import Policy
-from service.backends import BackendName
+from service.backends import BackendChoice, BackendName, BackendRequest
 
 MAX_CLIPS = 10
 
@@ -35,8 +36,10 @@ class PredictQuery(BaseModel):
         1, ge=1, le=MAX_CLIPS, description="temporal clips sampled across the video (views = clips x crops)"
     )
     crops: CropCount = Field(1, description="spatial crops per clip: 1 (centre) or 3 (left/centre/right)")
-    backend: BackendName | None = Field(
-        None, description="runtime to execute the model on (default: the one the version's manifest names)"
+    backend: BackendRequest | None = Field(
+        None,
+        description="runtime to execute the model on: torch, onnxruntime or openvino (default, or auto: the one "
+        "chosen when the version loaded)",
     )
 
 
@@ -139,6 +142,24 @@ class ModelList(BaseModel):
     models: list[ModelSummary] = Field(description="every loaded model, by name")
 
 
+class BackendChoiceReport(BaseModel):
+    """Which backend serves a version by default, and why."""
+
+    asked: BackendRequest = Field(description="the manifest's backend: auto (the fastest, timed at load) or one")
+    chosen: BackendName = Field(description="the backend serving requests that name none (or ask for auto)")
+    timings_ms: dict[BackendName, float] = Field(
+        description="with auto, per backend available, the median time of one clip measured when the version "
+        "loaded (interleaved rounds); empty when nothing was timed"
+    )
+    rounds: int = Field(ge=0, description="interleaved timing rounds run (0: none)")
+    reason: str = Field(description="why this backend serves")
+
+    @classmethod
+    def of(cls, choice: BackendChoice) -> BackendChoiceReport:
+        """The report of ``choice`` (its failure, if any, is in the reason)."""
+        return cls(**asdict(choice), reason=choice.reason)
+
+
 class ModelDetail(ModelSummary):
     """A served model with its manifest."""
 
@@ -149,8 +170,9 @@ class ModelDetail(ModelSummary):
     params_m: float = Field(ge=0, description="parameters, millions")
     kwargs: dict[str, Any] = Field(description="config fields the architecture was built with")
     metrics: dict[str, float] = Field(description="evaluation metrics recorded at training time")
-    backend: BackendName = Field(description="runtime the version runs on by default")
+    backend: BackendName = Field(description="runtime the version runs on by default (see backend_choice)")
     backends: list[BackendName] = Field(description="runtimes the version can run on (query parameter 'backend')")
+    backend_choice: BackendChoiceReport = Field(description="how the default backend was chosen")
     created_at: datetime = Field(description="when the version was written")
     weights_sha256: str = Field(description="sha256 of weights.safetensors, checked at load time")
     full_compute_ms: dict[str, float] = Field(
@@ -166,6 +188,7 @@ class LoadResponse(BaseModel):
     version: int = Field(ge=1, description="the version loaded, checked and warmed up, now serving")
     previous_version: int | None = Field(description="the version it replaced (null: the model was not served)")
     backends: list[BackendName] = Field(description="runtimes the version can run on")
+    backend_choice: BackendChoiceReport = Field(description="the backend now serving by default, and why")
     load_ms: float = Field(ge=0, description="reading, checking and warming up the version, milliseconds")
 
 
@@ -186,8 +209,11 @@ class VersionInfo(BaseModel):
     trained: bool | None = Field(description="false for placeholder weights, from the manifest")
     metrics: dict[str, float] = Field(description="evaluation metrics recorded at training time")
     created_at: datetime | None = Field(description="when the version was written")
-    backends: list[BackendName] = Field(description="runtimes it can run on: torch, and onnxruntime with model.onnx")
-    default_backend: BackendName | None = Field(description="the backend its manifest names")
+    backends: list[BackendName] = Field(
+        description="runtimes it may run on: torch, and with model.onnx onnxruntime and openvino (where installed; "
+        "not AdaFuse on openvino)"
+    )
+    default_backend: BackendRequest | None = Field(description="the backend its manifest names (auto: timed at load)")
 
 
 class VersionList(BaseModel):

@@ -42,7 +42,7 @@ class ServiceState:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceState:
-        store = ModelStore(settings.model_repository)
+        store = ModelStore(settings.model_repository, settings.max_concurrent_inferences)
         admission = Admission(settings.max_pending_requests)
         runner = InferenceRunner(settings.max_concurrent_inferences)
         return cls(

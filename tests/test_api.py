@@ -356,6 +356,7 @@ def test_docs_and_openapi_describe_the_api(client: httpx.Client) -> None:
 # ---------------------------------------------------------------- backends
 
 ADMIN_TOKEN = "backend-test-admin-token"
+ADAFUSE = "adafuse_tsn_r18_tiny"
 
 
 @pytest.fixture(scope="module")
@@ -365,6 +366,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     repository = save_versions(tmp_path_factory.mktemp("exported"), 1)
     export_version(repository / MODEL / "1")
+    adafuse = create_model(ADAFUSE, num_classes=len(LABELS))
+    export_version(save_version(adafuse, LABELS, repository, ADAFUSE, trained=False), check=False)
     return repository
 
 
@@ -401,27 +404,53 @@ def test_a_version_with_model_onnx_runs_on_either_backend_and_reports_alike(
 ) -> None:
     data = videos["h264"]
     detail = backend_client.get(f"/v1/models/{MODEL}").json()
-    assert (detail["version"], detail["backend"], detail["backends"]) == (1, "torch", ["onnxruntime", "torch"])
+    assert (detail["version"], detail["backends"]) == (1, ["onnxruntime", "openvino", "torch"])
     answers = {}
-    for backend in ("torch", "onnxruntime"):
+    for backend in ("torch", "onnxruntime", "openvino"):
         response = predict(backend_client, data, backend=backend, top_k=len(LABELS), clips=2)
         assert response.status_code == 200, response.text
         answers[backend] = PredictResponse.model_validate_json(response.content)
         assert answers[backend].backend == backend
-    assert predict(backend_client, data).json()["backend"] == "torch"  # the manifest's default
 
     loaded = load_version(exported, MODEL, 1)
     views = load_clips(data, served_spec(exported), clips=2)
     expected = open_runner(loaded, "onnxruntime").execute(views.clips).logits.softmax(-1).mean(0).tolist()
-    onnx_scores = {p.index: p.score for p in answers["onnxruntime"].predictions}
     torch_scores = {p.index: p.score for p in answers["torch"].predictions}
-    assert onnx_scores == pytest.approx(dict(enumerate(expected)), abs=1e-6)
-    assert onnx_scores == pytest.approx(torch_scores, rel=1e-3)
-    assert answers["onnxruntime"].flops == answers["torch"].flops
+    for backend in ("onnxruntime", "openvino"):
+        scores = {p.index: p.score for p in answers[backend].predictions}
+        assert scores == pytest.approx(dict(enumerate(expected)), abs=1e-5)
+        assert scores == pytest.approx(torch_scores, rel=1e-3)
+        assert answers[backend].flops == answers["torch"].flops
+
+
+def test_auto_serves_with_the_backend_timed_fastest_at_load(backend_client: httpx.Client, videos: dict[str, bytes]):
+    detail = backend_client.get(f"/v1/models/{MODEL}").json()
+    choice = detail["backend_choice"]
+    timings = choice["timings_ms"]
+    assert choice["asked"] == "auto" and set(timings) == {"torch", "onnxruntime", "openvino"}
+    assert 1 <= choice["rounds"] <= 5 and all(ms > 0 for ms in timings.values())
+    assert detail["backend"] == choice["chosen"] == min(timings, key=timings.get)
+    assert "fastest" in choice["reason"]
+    for asked in (None, "auto"):
+        params = {} if asked is None else {"backend": asked}
+        assert predict(backend_client, videos["h264"], **params).json()["backend"] == choice["chosen"]
+    metrics = backend_client.get("/metrics").text
+    for backend, ms in timings.items():
+        line = f'clipwise_backend_timing_seconds{{backend="{backend}",model="{MODEL}"}}'
+        assert float(metrics.split(line)[1].split()[0]) == pytest.approx(ms / 1000)
+    assert f'clipwise_model_loaded{{backend="{choice["chosen"]}",model="{MODEL}",version="1"}} 1.0' in metrics
 
 
 def test_the_manifest_names_the_default_backend(backend_client: httpx.Client, videos: dict[str, bytes]) -> None:
-    assert load_version_at(backend_client, 2).json()["backends"] == ["onnxruntime", "torch"]
+    loaded = load_version_at(backend_client, 2).json()
+    assert loaded["backends"] == ["onnxruntime", "openvino", "torch"]
+    choice = loaded["backend_choice"]
+    assert (choice["asked"], choice["chosen"], choice["timings_ms"], choice["rounds"]) == (
+        "onnxruntime",
+        "onnxruntime",
+        {},
+        0,
+    )
     assert predict(backend_client, videos["h264"]).json()["backend"] == "onnxruntime"
     assert predict(backend_client, videos["h264"], backend="torch").json()["backend"] == "torch"
     assert load_version_at(backend_client, 1).status_code == 200
@@ -430,11 +459,25 @@ def test_the_manifest_names_the_default_backend(backend_client: httpx.Client, vi
 def test_a_backend_the_version_cannot_run_on_is_422_with_the_reason(
     backend_client: httpx.Client, videos: dict[str, bytes]
 ) -> None:
-    assert load_version_at(backend_client, 3).json()["backends"] == ["torch"]  # its model.onnx is version 1's
-    response = predict(backend_client, videos["h264"], backend="onnxruntime")
-    assert "other weights" in assert_error(response, 422, "backend_not_available").error.message
+    loaded = load_version_at(backend_client, 3).json()  # its model.onnx is version 1's
+    assert loaded["backends"] == ["torch"]
+    assert loaded["backend_choice"]["reason"] == "torch, the only backend available"
+    for backend in ("onnxruntime", "openvino"):
+        response = predict(backend_client, videos["h264"], backend=backend)
+        assert "other weights" in assert_error(response, 422, "backend_not_available").error.message
     assert predict(backend_client, videos["h264"]).json()["backend"] == "torch"
     assert load_version_at(backend_client, 1).status_code == 200
+
+
+def test_openvino_says_it_cannot_run_adafuse(backend_client: httpx.Client, videos: dict[str, bytes]) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    loaded = backend_client.post(f"/v1/models/{ADAFUSE}/load", headers=headers).json()
+    assert loaded["backends"] == ["onnxruntime", "torch"]
+    assert set(loaded["backend_choice"]["timings_ms"]) == {"onnxruntime", "torch"}
+    response = backend_client.post(
+        f"/v1/models/{ADAFUSE}/predict", params={"backend": "openvino"}, files={"file": ("clip.mp4", videos["h264"])}
+    )
+    assert "AdaFuse's gated convolutions" in assert_error(response, 422, "backend_not_available").error.message
 
 
 def test_a_model_onnx_onnxruntime_cannot_open_makes_the_version_invalid(backend_client: httpx.Client) -> None:

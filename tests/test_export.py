@@ -10,7 +10,9 @@ import json
 import math
 import shutil
 import sys
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +24,20 @@ from torch import nn
 
 from clipwise.commands import export as export_command
 from export.calibration import set_union_thresholds
+from export.frame_convs import fold_frame_convs
 from export.graphs import ADA3D_FRAMES, ADA3D_STAGES, LOGITS
 from export.onnx import export_version, save_onnx, to_onnx
 from export.ops import DOMAIN, attach_functions, gated_conv_pair
-from export.runtime import CLIPS, MODEL_FILE, BackendUnavailable, OnnxRunner, TorchRunner, open_runner
+from export.runtime import (
+    CLIPS,
+    MODEL_FILE,
+    BackendUnavailable,
+    OnnxRunner,
+    OpenVinoRunner,
+    TorchRunner,
+    interleaved_ms,
+    open_runner,
+)
 from export.tensorrt import ENGINE_FILE, expand_gating
 from models import Execution, VideoClassifier, create_model
 from models.adafuse import REUSE, SKIP, AdaFuse
@@ -155,11 +167,14 @@ def tsn_version(tmp_path_factory) -> LoadedVersion:
 
 
 def test_open_runner_gives_each_backend_behind_one_interface(tsn_version):
-    torch_runner, onnx_runner = open_runner(tsn_version, "torch"), open_runner(tsn_version, "onnxruntime")
-    assert (torch_runner.name, onnx_runner.name) == ("torch", "onnxruntime")
-    assert onnx_runner.providers[-1] == "CPUExecutionProvider"
+    runners = [open_runner(tsn_version, name) for name in ("torch", "onnxruntime", "openvino")]
+    assert [runner.name for runner in runners] == ["torch", "onnxruntime", "openvino"]
+    assert runners[1].providers[-1] == "CPUExecutionProvider"
+    assert runners[2].device == "CPU"
     clips = torch.randn(3, 3, 8, 64, 64)
-    assert_same_execution(onnx_runner.execute(clips), torch_runner.execute(clips))
+    expected = runners[0].execute(clips)
+    for runner in runners[1:]:
+        assert_same_execution(runner.execute(clips), expected)
     with pytest.raises(ValueError, match="unknown backend"):
         open_runner(tsn_version, "tvm")
 
@@ -170,8 +185,72 @@ def test_onnx_runner_refuses_a_graph_exported_from_other_weights(tsn_version, tm
     with pytest.raises(BackendUnavailable, match="clipwise export onnx"):
         OnnxRunner(other.path / MODEL_FILE, other)
     shutil.copy(tsn_version.path / MODEL_FILE, other.path / MODEL_FILE)
-    with pytest.raises(BackendUnavailable, match="other weights"):
-        OnnxRunner(other.path / MODEL_FILE, other)
+    for runner in (OnnxRunner, OpenVinoRunner):
+        with pytest.raises(BackendUnavailable, match="other weights"):
+            runner(other.path / MODEL_FILE, other)
+
+
+# --- 3D convs as 2D convs over frames, for ONNX Runtime -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "groups", "rewritten"),
+    [
+        ((1, 1, 1), (1, 1, 1), (0, 0, 0), 1, True),  # pointwise
+        ((1, 3, 3), (1, 2, 2), (0, 1, 1), 1, True),  # spatial only, strided
+        ((1, 5, 5), (1, 1, 1), (0, 2, 2), 12, True),  # depthwise, one frame deep
+        ((3, 3, 3), (1, 2, 2), (1, 1, 1), 12, True),  # depthwise over 3 frames: 3 shifted 2D convs
+        ((3, 1, 1), (1, 1, 1), (1, 0, 0), 1, True),  # dense over 3 frames: one 2D conv of the stacked shifts
+        ((3, 3, 3), (2, 1, 1), (1, 1, 1), 1, False),  # temporal stride: left as it is
+        ((3, 3, 3), (1, 1, 1), (1, 1, 1), 3, False),  # grouped but not depthwise over frames: left
+    ],
+)
+def test_frame_conv_rewrite_computes_the_3d_conv(kernel, stride, padding, groups, rewritten):
+    conv = nn.Conv3d(12, 12, kernel, stride, padding, groups=groups, bias=True).eval()
+    x = torch.randn(2, 12, 5, 9, 9, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    torch.onnx.export(conv, (x,), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    graph = fold_frame_convs(onnx.load_from_string(buffer.getvalue()))
+    conv_ranks = {len(next(t for t in graph.graph.initializer if t.name == node.input[1]).dims)
+                  for node in graph.graph.node if node.op_type == "Conv"}  # fmt: skip
+    assert conv_ranks == ({4} if rewritten else {5})
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = conv(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
+
+
+# --- the OpenVINO backend ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tsm_r18_tiny", "x3d_s_tiny", "fusion_densenet121_tiny"])
+def test_openvino_runs_the_exported_graph_as_pytorch_on_real_clips(name, tmp_path, h264_video):
+    torch.manual_seed(0)
+    loaded = save(create_model(name), tmp_path)
+    export_version(loaded.path, check=False)
+    clips = real_clips(loaded, h264_video)
+    got = OpenVinoRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
+    assert_same_execution(got, TorchRunner(loaded.model).execute(clips))
+    assert (got.policy is not None) == name.startswith("fusion")
+
+
+def test_openvino_runs_concurrent_jobs_each_on_its_own_infer_request(tsn_version):
+    runner = OpenVinoRunner(tsn_version.path / MODEL_FILE, tsn_version, concurrency=3)
+    batches = [torch.randn(size, 3, 8, 64, 64, generator=torch.Generator().manual_seed(size)) for size in (1, 2, 3)]
+    expected = [TorchRunner(tsn_version.model).execute(clips).logits for clips in batches]
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda clips: runner.execute(clips).logits, batches))
+            for logits, reference in zip(got, expected, strict=True):
+                assert (logits - reference).abs().max() <= RELATIVE * reference.abs().max()
+
+
+def test_interleaved_timing_stops_at_its_budget_after_one_round_at_least():
+    slow = lambda: time.sleep(0.05)  # noqa: E731
+    timings, rounds = interleaved_ms({"a": slow, "b": lambda: None}, rounds=50, budget_s=0.01)
+    assert rounds == 1 and timings["a"] >= 50 > timings["b"]
+    timings, rounds = interleaved_ms({"a": lambda: None}, rounds=4)
+    assert rounds == 4 and set(timings) == {"a"}
 
 
 # --- the gating operators ---------------------------------------------------------------------------------
@@ -326,6 +405,12 @@ def test_adafuse_graph_runs_each_gated_pair_as_one_clipwise_operator(adafuse_ver
     assert [output.name for output in model.graph.output] == [LOGITS, *(f"codes.{i}" for i in range(blocks))]
 
 
+def test_openvino_refuses_adafuse_rather_than_run_it_densely(adafuse_version):
+    loaded, _ = adafuse_version
+    with pytest.raises(BackendUnavailable, match="AdaFuse's gated convolutions"):
+        OpenVinoRunner(loaded.path / MODEL_FILE, loaded)
+
+
 def test_adafuse_graph_matches_pytorch_decisions_logits_and_flops_on_real_clips(adafuse_version):
     loaded, clips = adafuse_version
     got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
@@ -407,6 +492,13 @@ def test_ada3d_graph_matches_pytorch_plans_logits_and_flops_on_real_clips(ada3d_
     assert first != second  # two plans in one batch: the Loop gives each clip its own shapes
     assert any(len(policy.frames_kept) < clips.shape[2] for policy in got.policy)
     assert not all(all(policy.stages_3d) for policy in got.policy)
+
+
+def test_ada3d_graph_runs_on_openvino_with_each_clip_s_plan(ada3d_version):
+    loaded, clips = ada3d_version
+    got = OpenVinoRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
+    assert_same_execution(got, loaded.model.execute(clips))
+    assert got.policy[0] != got.policy[1]
 
 
 # --- frozen fusion strategies -----------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_versions_lists_the_repository_with_what_is_wrong(repository: Path) -> N
     assert "invalid manifest" in body["versions"][2]["problem"]
     first = body["versions"][0]
     described = (first["architecture"], first["trained"], first["backends"], first["default_backend"])
-    assert described == (MODEL, False, ["torch"], "torch")
+    assert described == (MODEL, False, ["torch"], "auto")
 
 
 def test_a_version_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(

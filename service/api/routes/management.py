@@ -13,12 +13,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from export.runtime import BACKENDS
 from service.api.routes.models import ModelName
 from service.deps import StateDep, StoreDep, require_admin
 from service.errors import documented_errors
 from service.lifecycle import load_model
 from service.model_store import VersionEntry
-from service.schemas import LoadResponse, UnloadResponse, VersionInfo, VersionList
+from service.schemas import BackendChoiceReport, LoadResponse, UnloadResponse, VersionInfo, VersionList
 
 router = APIRouter(prefix="/v1/models", tags=["management"], dependencies=[Depends(require_admin)])
 AUTH_ERRORS = (401, 403)
@@ -41,6 +42,7 @@ async def load(
         version=served.version,
         previous_version=previous and previous.version,
         backends=sorted(served.backends.available),
+        backend_choice=BackendChoiceReport.of(served.choice),
         load_ms=(time.perf_counter() - started) * 1000,
     )
 
@@ -74,6 +76,6 @@ def version_info(entry: VersionEntry) -> VersionInfo:
         trained=manifest and manifest.trained,
         metrics=manifest.metrics if manifest else {},
         created_at=manifest and manifest.created_at,
-        backends=["torch", "onnxruntime"] if entry.has_onnx else ["torch"],
+        backends=list(BACKENDS) if entry.has_onnx else ["torch"],
         default_backend=manifest and manifest.backend,
     )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 from service.deps import StoreDep
 from service.errors import documented_errors
 from service.model_store import ServedModel
-from service.schemas import ModelDetail, ModelList, ModelSummary
+from service.schemas import BackendChoiceReport, ModelDetail, ModelList, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 # a repository's model names have at most 64 characters (models.checkpoint.NAME_PATTERN): longer is a 422
@@ -39,8 +39,9 @@ def model_detail(served: ServedModel, versions: list[int]) -> ModelDetail:
         params_m=manifest.params_m,
         kwargs=manifest.kwargs,
         metrics=manifest.metrics,
-        backend=manifest.backend,
+        backend=served.backend_name(),
         backends=sorted(served.backends.available),
+        backend_choice=BackendChoiceReport.of(served.choice),
         created_at=manifest.created_at,
         weights_sha256=manifest.weights_sha256,
         full_compute_ms=served.full_compute_ms,

@@ -60,7 +60,7 @@ async def predict(
     arrived = time.perf_counter()
     settings = state.settings
     served = state.store.get(name, query.version)
-    with state.metrics.counting(served, query.backend or served.manifest.backend), state.admission.admit():
+    with state.metrics.counting(served, served.backend_name(query.backend)), state.admission.admit():
         backend = served.backend(query.backend)
         classes = len(served.manifest.labels)
         if query.top_k > classes:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from service.api.routes.models import ModelName
-from service.backends import BackendName
+from service.backends import BackendRequest
 from service.config import VERSION
 from service.deps import StateDep
 from service.errors import ApiError
@@ -42,7 +42,9 @@ from service.upload import read_body
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 VERSIONED = "/models/{name}/versions/{version}"
 Version = Annotated[int, Path(ge=1, description="model version; it must be the served one")]
-BackendQuery = Annotated[BackendName | None, Query(description="runtime (default: the manifest's)")]
+BackendQuery = Annotated[
+    BackendRequest | None, Query(description="runtime (default, or auto: the one chosen when the version loaded)")
+]
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2Error, "description": description}
     for status, description in {
@@ -142,11 +144,11 @@ async def infer_at_version(
 
 
 async def run_inference(
-    state: ServiceState, request: Request, served: ServedModel, backend: BackendName | None
+    state: ServiceState, request: Request, served: ServedModel, backend: BackendRequest | None
 ) -> Response:
     """Parse the request's clips, run them (batched) and encode the outputs, counting the request."""
     settings = state.settings
-    with state.metrics.counting(served, backend or served.manifest.backend), state.admission.admit():
+    with state.metrics.counting(served, served.backend_name(backend)), state.admission.admit():
         runner = served.backend(backend)
         if request.headers.get("content-encoding", "identity") != "identity":
             raise ApiError(415, "unsupported_encoding", "send the request body uncompressed")
