@@ -1,7 +1,7 @@
 """AdaFuse's gated conv pair as Triton kernels: gathered convolutions with the reuse / skip scatter.
 
 A ``models.adafuse.GatedPairExecutor``, as the eager executor (``models.adafuse.gated_conv_pair``) and the
-``clipwise::GatedConvPair`` ONNX operator are; the torch backend runs it on CUDA (``export.runtime.gpu_gating``,
+``clipwise::GatedConvPair`` ONNX operator are; the torch backend runs it on CUDA (``export.gpu.gated_pairs_on``,
 through ``models.adafuse.executing_gated_pairs``). Each frame computes its own channel sets, Eq. 5 exactly
 (the eager executor's ``sets`` partition, without grouping frames): two kernels, each an implicit GEMM over
 (output channels × output pixels) tiles of one frame, any kernel size, stride, padding and dilation, any

@@ -12,10 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from export.runtime import BACKENDS, MODEL_FILE, BackendUnavailable, Runner, open_runner
 from models.checkpoint import CheckpointError, LoadedVersion
 
 BackendName = Literal["torch", "onnxruntime"]  # export.runtime.BACKENDS, as the API's type
+BackendLabel = Literal["torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt"]  # .LABELS
 
 
 @dataclass(frozen=True)
@@ -26,14 +29,14 @@ class Backends:
     unavailable: dict[BackendName, str]
 
 
-def open_backends(loaded: LoadedVersion) -> Backends:
-    """Every backend that can run ``loaded``; raises CheckpointError if the manifest's default cannot, or if
-    the version's ``model.onnx`` cannot be opened."""
+def open_backends(loaded: LoadedVersion, device: torch.device | None = None) -> Backends:
+    """Every backend that can run ``loaded`` on ``device`` (default: the CPU); raises CheckpointError if the
+    manifest's default cannot, or if the version's ``model.onnx`` cannot be opened."""
     available: dict[BackendName, Runner] = {}
     unavailable: dict[BackendName, str] = {}
     for name in BACKENDS:
         try:
-            available[name] = open_runner(loaded, name)
+            available[name] = open_runner(loaded, name, device=device or torch.device("cpu"))
         except BackendUnavailable as reason:
             unavailable[name] = str(reason)
         except Exception as error:  # ONNX Runtime's own errors for a graph it cannot load (corrupt, invalid)

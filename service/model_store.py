@@ -119,10 +119,11 @@ class VersionEntry:
 
 
 class ModelStore:
-    """Thread-safe map from model name to the version serving it."""
+    """Thread-safe map from model name to the version serving it; versions run on ``device``."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, device: torch.device | None = None) -> None:
         self.repository = repository
+        self.device = device or torch.device("cpu")
         self._served: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
@@ -134,7 +135,7 @@ class ModelStore:
         served; the store is then as it was."""
         version = self._resolve(name, version)
         with self._load_lock(name):
-            served = open_version(self.repository, name, version)
+            served = open_version(self.repository, name, version, self.device)
             with self._lock:
                 previous = self._served.get(name)
                 self._served[name] = served
@@ -212,14 +213,15 @@ class ModelStore:
             return self._load_locks.setdefault(name, threading.Lock())
 
 
-def open_version(repository: Path, name: str, version: int) -> ServedModel:
-    """A version read from ``repository``, checked, its backends opened and warmed up: ready to serve.
+def open_version(repository: Path, name: str, version: int, device: torch.device | None = None) -> ServedModel:
+    """A version read from ``repository``, checked, its backends opened on ``device`` (default: the CPU) and
+    warmed up: ready to serve.
     Raises ``InvalidVersion`` if any check fails: ``load_version``'s (manifest, files inside the repository,
     weights hash and format), the backends' and the warm-up's."""
     where = f"{name} version {version} cannot be served"
     try:
         loaded = load_version(repository, name, version)
-        served = ServedModel(loaded, open_backends(loaded))
+        served = ServedModel(loaded, open_backends(loaded, device or torch.device("cpu")))
     except CheckpointError as error:
         raise InvalidVersion(f"{where}: {error}") from None
     for backend in served.backends.available.values():
