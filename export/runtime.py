@@ -133,7 +133,7 @@ class TorchRunner:
         """Calibrate the model's adaptive executor at this clip shape (not where the Triton kernels replace the
         eager executor: they choose nothing); time one clip through full compute."""
         frames, size = clip_shape[1], clip_shape[-1]
-        if not self.kernels:
+        if not (self.kernels and isinstance(self.model, AdaFuse)):
             self.model.calibrate(frames, size)
         clip = torch.randn(1, *clip_shape, generator=torch.Generator().manual_seed(0))
         with self.model.full_compute():
