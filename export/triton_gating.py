@@ -5,7 +5,8 @@ A ``models.adafuse.GatedPairExecutor``, as the eager executor (``models.adafuse.
 through ``models.adafuse.executing_gated_pairs``). Each frame computes its own channel sets, Eq. 5 exactly
 (the eager executor's ``sets`` partition, without grouping frames): two kernels, each an implicit GEMM over
 (output channels × output pixels) tiles of one frame, any kernel size, stride, padding and dilation, any
-memory layout (strides are arguments: the backbone runs channels_last), float32 with float32 accumulation:
+memory layout of the maps (strides are arguments: the backbone runs channels_last), float32 with float32
+accumulation, the weights laid out per call so that a tile's loads of them are contiguous:
 
 1. ``_gathered_rows_conv``: conv1 over the channels each frame needs (kept at t or reused at t+1) only, the
    frame's channel list compacted so that tiles past its length exit at once; the epilogue adds the folded
@@ -61,21 +62,19 @@ def _gathered_rows_conv(
         pixel_mask = pixels < out_height * out_width
         out_y, out_x = pixels // out_width, pixels % out_width
         acc = tl.zeros((BLOCK_O, BLOCK_P), dtype=tl.float32)
-        weight_rows = weight_ptr + rows * (in_channels * KERNEL_H * KERNEL_W)
+        weight_rows = weight_ptr + rows * in_channels  # weights (kh, kw, out, in): a row's inputs contiguous
         for kh in tl.static_range(KERNEL_H):
             for kw in tl.static_range(KERNEL_W):
                 in_y = out_y * stride_h - padding_h + kh * dilation_h
                 in_x = out_x * stride_w - padding_w + kw * dilation_w
                 inside = pixel_mask & (in_y >= 0) & (in_y < height) & (in_x >= 0) & (in_x < width)
                 taps = x_ptr + frame * x_sn + in_y * x_sh + in_x * x_sw
-                weight_taps = weight_rows + kh * KERNEL_W + kw
+                weight_taps = weight_rows + (kh * KERNEL_W + kw) * (channels * in_channels)
                 for start in range(0, in_channels, BLOCK_C):
                     ins = start + tl.arange(0, BLOCK_C)
                     in_mask = ins < in_channels
                     w = tl.load(
-                        weight_taps[:, None] + ins[None, :] * (KERNEL_H * KERNEL_W),
-                        mask=slot_mask[:, None] & in_mask[None, :],
-                        other=0.0,
+                        weight_taps[:, None] + ins[None, :], mask=slot_mask[:, None] & in_mask[None, :], other=0.0
                     )
                     v = tl.load(taps[None, :] + ins[:, None] * x_sc, mask=in_mask[:, None] & inside[None, :], other=0.0)
                     acc += tl.dot(w, v, input_precision=PRECISION)
@@ -106,12 +105,12 @@ def _gathered_columns_conv(
     pixel_mask = pixels < out_height * out_width
     out_y, out_x = pixels // out_width, pixels % out_width
     acc = tl.zeros((BLOCK_O, BLOCK_P), dtype=tl.float32)
-    weight_rows = weight_ptr + outs * (channels * KERNEL_H * KERNEL_W)
     for start in range(0, count, BLOCK_C):  # the frame's channels, loaded once for every tap
         slots = start + tl.arange(0, BLOCK_C)
         slot_mask = slots < count
         columns = tl.load(columns_ptr + frame * channels + slots, mask=slot_mask, other=0)
-        weight_columns = weight_rows[:, None] + columns[None, :] * (KERNEL_H * KERNEL_W)
+        # weights (kh, kw, in, out): a column's outputs contiguous
+        weight_columns = weight_ptr + outs[:, None] + columns[None, :] * out_channels
         weight_mask = out_mask[:, None] & slot_mask[None, :]
         planes = fused_ptr + frame * f_sn + columns * f_sc
         for kh in tl.static_range(KERNEL_H):
@@ -119,7 +118,9 @@ def _gathered_columns_conv(
                 in_y = out_y * stride_h - padding_h + kh * dilation_h
                 in_x = out_x * stride_w - padding_w + kw * dilation_w
                 inside = pixel_mask & (in_y >= 0) & (in_y < height) & (in_x >= 0) & (in_x < width)
-                w = tl.load(weight_columns + (kh * KERNEL_W + kw), mask=weight_mask, other=0.0)
+                w = tl.load(
+                    weight_columns + (kh * KERNEL_W + kw) * (channels * out_channels), mask=weight_mask, other=0.0
+                )
                 v = tl.load(
                     planes[:, None] + (in_y * f_sh + in_x * f_sw)[None, :],
                     mask=slot_mask[:, None] & inside[None, :],
@@ -190,8 +191,9 @@ def gated_conv_pair(
     height2, width2 = conv_output_size(second, (height1, width1))
     fused = _map_like(x, total_frames, channels, (height1, width1)).zero_()
     grid1 = (total_frames, triton.cdiv(channels, BLOCK_OUT), triton.cdiv(height1 * width1, BLOCK_PIXELS))
+    weight1 = first.weight.permute(2, 3, 0, 1).contiguous()  # (kh, kw, out, in)
     _gathered_rows_conv[grid1](
-        x, first.weight, first.bias, rows, row_counts,
+        x, weight1, first.bias, rows, row_counts,
         keep.flatten(0, 1).to(torch.int8), reused_next.flatten(0, 1).to(torch.int8), fused,
         in_channels, height, width, channels, height1, width1, *_geometry(first), *x.stride(), *fused.stride(),
         KERNEL_H=first.kernel_size[0], KERNEL_W=first.kernel_size[1], PRECISION=_precision(x),
@@ -202,8 +204,9 @@ def gated_conv_pair(
     if residual is not None:
         residual = residual.to(torch.float32).contiguous(memory_format=_memory_format(out))
     grid2 = (total_frames, triton.cdiv(out_channels, BLOCK_OUT), triton.cdiv(height2 * width2, BLOCK_PIXELS))
+    weight2 = second.weight.permute(2, 3, 1, 0).contiguous()  # (kh, kw, in, out)
     _gathered_columns_conv[grid2](
-        fused, second.weight, second.bias, columns, column_counts, out if residual is None else residual, out,
+        fused, weight2, second.bias, columns, column_counts, out if residual is None else residual, out,
         channels, height1, width1, out_channels, height2, width2, *_geometry(second), *fused.stride(), *out.stride(),
         KERNEL_H=second.kernel_size[0], KERNEL_W=second.kernel_size[1], PRECISION=_precision(x),
         HAS_RESIDUAL=residual is not None, RELU=relu,
