@@ -152,7 +152,8 @@ def test_cuda_runners_report_what_the_cpu_reports(
     assert runner.label in {"torch-cuda", "onnxruntime-cuda", "onnxruntime-tensorrt"}
     on_gpu = runner.execute(clips)
     assert on_gpu.logits.device.type == "cpu"
-    torch.testing.assert_close(on_gpu.logits, on_cpu.logits, rtol=1e-3, atol=1e-4)
+    tolerance = 1e-4 if backend == "torch" else 1e-2  # ONNX Runtime's CUDA provider may use TF32
+    torch.testing.assert_close(on_gpu.logits, on_cpu.logits, rtol=tolerance, atol=tolerance)
     assert on_gpu.policy_gflops == pytest.approx(on_cpu.policy_gflops, rel=1e-6)  # the same decisions
     if backend == "torch":  # the kernels compute Eq. 5 exactly; the CPU's executor may compute more
         assert on_gpu.executed_gflops == pytest.approx(on_gpu.policy_gflops, rel=1e-6)
