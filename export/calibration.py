@@ -143,10 +143,13 @@ def _graph(shape: ConvShape, channels: int | None, gated_output: bool) -> tuple[
     return model, feed
 
 
-def _milliseconds(model: onnx.ModelProto, feed: dict[str, np.ndarray], options) -> float:
+CPU_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def _milliseconds(model: onnx.ModelProto, feed: dict[str, np.ndarray], options, providers: Sequence) -> float:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=list(providers))
     session.run(None, feed)
     times = []
     for _ in range(REPEATS):
@@ -156,12 +159,12 @@ def _milliseconds(model: onnx.ModelProto, feed: dict[str, np.ndarray], options) 
     return statistics.median(times) * 1000
 
 
-def threshold(shape: ConvShape, gated_output: bool, options) -> float:
+def threshold(shape: ConvShape, gated_output: bool, options, providers: Sequence = CPU_PROVIDERS) -> float:
     """The share of the gated channels below which the union computation is faster than the dense one."""
     gated = shape.out_channels if gated_output else shape.in_channels
-    dense = _milliseconds(*_graph(shape, None, gated_output), options)
+    dense = _milliseconds(*_graph(shape, None, gated_output), options, providers)
     counts = [max(1, round(share * gated)) for share in SHARES]
-    times = [_milliseconds(*_graph(shape, count, gated_output), options) for count in counts]
+    times = [_milliseconds(*_graph(shape, count, gated_output), options, providers) for count in counts]
     slope = (times[1] - times[0]) / (counts[1] - counts[0])
     if slope <= 0:  # noise, or a cost flat in the channels: union pays wherever it paid at the larger share
         return 1.0 if times[1] < dense else 0.0
@@ -169,10 +172,12 @@ def threshold(shape: ConvShape, gated_output: bool, options) -> float:
     return float(np.clip(crossing / gated, 0.0, 1.0))
 
 
-def calibrate_thresholds(model: AdaFuse, frames: int, size: int, options) -> list[tuple[float, float]]:
+def calibrate_thresholds(
+    model: AdaFuse, frames: int, size: int, options, providers: Sequence = CPU_PROVIDERS
+) -> list[tuple[float, float]]:
     """Per gated block, the (conv1, conv2) union thresholds measured with ``options`` (an onnxruntime
-    ``SessionOptions``, the serving session's threads)."""
+    ``SessionOptions``, the serving session's threads) on ``providers`` (the serving session's device)."""
     return [
-        (threshold(conv1, True, options), threshold(conv2, False, options))
+        (threshold(conv1, True, options, providers), threshold(conv2, False, options, providers))
         for conv1, conv2 in conv_shapes(model, frames, size)
     ]

@@ -1,15 +1,24 @@
-"""Backends that run a model version: ``torch`` (the model's own ``execute``), ``onnxruntime`` and ``openvino``.
+"""Backends that run a model version: ``torch`` (the model's own ``execute``) and ``onnxruntime``.
 
-Each is a ``Runner``: ``execute(clips)`` returns a ``models.base.Execution`` (logits, executed GFLOPs per
+Both are a ``Runner``: ``execute(clips)`` returns a ``models.base.Execution`` (logits, executed GFLOPs per
 clip, full-compute GFLOPs, per-clip policy), so a caller treats them alike. ``OnnxRunner`` runs the
 version's ``model.onnx`` (``clipwise export onnx``) in an ONNX Runtime session and computes the figures
 and the policy from the decisions the graph outputs (``export.decoding``), with the model's own code.
 
+Both run on a device (``models.device``: ``cpu``, ``cuda:N``); a runner's ``label`` names what ran, as a
+response reports it: ``torch`` / ``torch-cuda``, ``onnxruntime`` (CPU provider) / ``onnxruntime-cuda`` /
+``onnxruntime-tensorrt`` (``LABELS``). On CUDA the torch backend copies clips from pinned memory, runs each
+worker thread on its own CUDA stream, and runs AdaFuse's gated pairs as the Triton kernels of
+``export.triton_gating`` where Triton is installed.
+
 ONNX Runtime is imported only when an ``OnnxRunner`` is made, so the torch backend needs none of the export
-extra. Providers: CUDA when the installed onnxruntime has it (onnxruntime-gpu), then CPU; the CPU provider
-uses as many threads as torch does, so the two backends compare on equal terms, and its idle threads do not
-spin (spinning threads took the cores from torch running beside them: eager latency rose 10-500× in the
-benchmark's interleaved runs).
+extra. Providers follow the device: the CPU provider on ``cpu``; on ``cuda:N`` (onnxruntime-gpu) the
+TensorRT provider first where the ``tensorrt`` package imports, then CUDA, then CPU for what they leave.
+ONNX Runtime expands the clipwise-domain functions (``export.ops``) into their standard ops for a provider
+that does not claim them. The CPU provider uses as many threads as torch does, so the two backends compare
+on equal terms, and its idle threads do not spin (spinning threads took the cores from torch running beside
+them: eager latency rose 10-500× in the benchmark's interleaved runs). Its graph has its 3D convs rewritten as
+2D convs over frames (``export.frame_convs``), which ONNX Runtime runs faster.
 
 ``OpenVinoRunner`` compiles the same ``model.onnx`` with OpenVINO (CPU plugin; GPU where present), imported
 only when one is made. OpenVINO reads ONNX directly but not the clipwise-domain operators as model-local
@@ -25,28 +34,38 @@ many threads as torch, the latency hint, no core pinning.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import importlib.util
+import logging
 import queue
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import onnx
-import onnx.inliner
 import torch
 from pydantic import TypeAdapter
 
 from export.decoding import Decoder, decoder_for
 from export.frame_convs import fold_frame_convs
+from export.gpu import gated_pairs_on, triton_installed
 from models.adafuse import AdaFuse
 from models.base import Execution, VideoClassifier
 from models.checkpoint import LoadedVersion
 from models.policy import Policy
 
+logger = logging.getLogger(__name__)
+
 BACKENDS = ("torch", "onnxruntime", "openvino")
+PROVIDER_LABELS = {  # ONNX Runtime's provider that ran -> the runner's label
+    "CPUExecutionProvider": "onnxruntime",
+    "CUDAExecutionProvider": "onnxruntime-cuda",
+    "TensorrtExecutionProvider": "onnxruntime-tensorrt",
+}
+LABELS = ("torch", "torch-cuda", *PROVIDER_LABELS.values(), "openvino")  # what a response names as the backend that ran
 MODEL_FILE = "model.onnx"
 CLIPS = "clips"
 # Keys of the metadata an exported model carries (``export.onnx``).
@@ -60,9 +79,12 @@ class BackendUnavailable(RuntimeError):
 
 
 class Runner(Protocol):
-    """Runs one model version: ``name`` is the backend's, ``execute`` one inference pass with its cost."""
+    """Runs one model version: ``name`` is the backend's (one of ``BACKENDS``), ``label`` what ran it (one of
+    ``LABELS``: the backend and, off the CPU, its device or provider), ``execute`` one inference pass with its
+    cost."""
 
     name: str
+    label: str
 
     def execute(self, clips: torch.Tensor) -> Execution: ...
 
@@ -106,35 +128,49 @@ def interleaved_ms(
 
 
 class TorchRunner:
-    """The model's own eager ``execute``; on CUDA, AdaFuse's gated pairs run as Triton kernels when Triton is
-    installed (``export.triton_gating``)."""
+    """The model's own eager ``execute`` on ``device`` (the model is moved there).
+
+    On CUDA, clips go over from pinned host memory and each worker thread runs on a CUDA stream of its own, so
+    concurrent requests overlap on the GPU without sharing a stream; logits come back to the host before
+    ``execute`` returns. AdaFuse's gated pairs run as the Triton kernels there (``gated_pairs_on``).
+    """
 
     name = "torch"
 
-    def __init__(self, model: VideoClassifier) -> None:
-        self.model = model
+    def __init__(self, model: VideoClassifier, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.label = "torch" if self.device.type == "cpu" else f"torch-{self.device.type}"
+        self.kernels = self.device.type == "cuda" and triton_installed()
+        if self.device.type == "cuda" and isinstance(model, AdaFuse) and not self.kernels:
+            logger.warning("Triton is not installed: AdaFuse's gated pairs run the eager executor on %s", self.device)
+        self._streams = threading.local()
 
     def execute(self, clips: torch.Tensor) -> Execution:
-        with gpu_gating(self.model, clips):
-            return self.model.execute(clips)
+        if self.device.type != "cuda":
+            return self.model.execute(clips.to(self.device))
+        with torch.cuda.stream(self._stream()), gated_pairs_on(self.device):
+            if clips.device.type == "cpu" and not clips.is_pinned():
+                clips = clips.pin_memory()
+            execution = self.model.execute(clips.to(self.device, non_blocking=True))
+            return dataclasses.replace(execution, logits=execution.logits.cpu())  # waits for this stream only
+
+    def _stream(self) -> torch.cuda.Stream:
+        """This thread's CUDA stream on the runner's device (a worker slot is a thread)."""
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = torch.cuda.Stream(self.device)
+        return stream
 
     def calibrate(self, clip_shape: Sequence[int]) -> float:
-        """Calibrate the model's adaptive executor at this clip shape; time one clip through full compute."""
+        """Calibrate the model's adaptive executor at this clip shape (not where the Triton kernels replace the
+        eager executor: they choose nothing); time one clip through full compute."""
         frames, size = clip_shape[1], clip_shape[-1]
-        self.model.calibrate(frames, size)
+        if not (self.kernels and isinstance(self.model, AdaFuse)):
+            self.model.calibrate(frames, size)
         clip = torch.randn(1, *clip_shape, generator=torch.Generator().manual_seed(0))
         with self.model.full_compute():
             return median_ms(lambda: self.execute(clip))
-
-
-def gpu_gating(model: VideoClassifier, clips: torch.Tensor) -> contextlib.AbstractContextManager:
-    """The Triton kernels for an AdaFuse model's gated pairs on CUDA clips, where Triton is installed."""
-    if not (isinstance(model, AdaFuse) and clips.is_cuda and importlib.util.find_spec("triton")):
-        return contextlib.nullcontext()
-    from export.triton_gating import gated_conv_pair
-    from models.adafuse import executing_gated_pairs
-
-    return executing_gated_pairs(gated_conv_pair)
 
 
 def export_decoder(
@@ -149,25 +185,45 @@ def export_decoder(
     return decoder_for(loaded.model, loaded.manifest.full_gflops, policy, graph)
 
 
-def default_providers() -> list[str]:
-    """CUDA when this onnxruntime build has it, then CPU."""
+def providers_for(device: torch.device) -> list:
+    """ONNX Runtime's providers for ``device``: the CPU's; on CUDA, TensorRT where the ``tensorrt`` package
+    imports and this onnxruntime has its provider, then CUDA on that GPU, then the CPU for what they leave.
+    Raises ``BackendUnavailable`` on CUDA when this onnxruntime has no CUDA provider (not onnxruntime-gpu)."""
     import onnxruntime
 
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
     available = onnxruntime.get_available_providers()
-    return [provider for provider in ("CUDAExecutionProvider", "CPUExecutionProvider") if provider in available]
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailable(
+            f"onnxruntime {onnxruntime.__version__} has no CUDA execution provider (providers: {', '.join(available)})"
+            ": install onnxruntime-gpu in its place to run on CUDA"
+        )
+    on_gpu = {"device_id": device.index or 0}
+    providers: list = [("CUDAExecutionProvider", on_gpu), "CPUExecutionProvider"]
+    if "TensorrtExecutionProvider" in available and importlib.util.find_spec("tensorrt") is not None:
+        providers.insert(0, ("TensorrtExecutionProvider", on_gpu))
+    return providers
 
 
 class OnnxRunner:
     """A version's exported graph in an ONNX Runtime session, reporting like ``VideoClassifier.execute``.
 
     ``path`` must hold the export of the weights of ``loaded`` (checked against the graph's metadata); its
-    model decodes the decisions (on a meta-device twin) and its manifest gives the full-compute cost.
+    model decodes the decisions (on a meta-device twin) and its manifest gives the full-compute cost. The
+    session runs on ``device`` (``providers_for``) unless ``providers`` names others.
     """
 
     name = "onnxruntime"
 
     def __init__(
-        self, path: Path, loaded: LoadedVersion, *, providers: Sequence[str] | None = None, threads: int | None = None
+        self,
+        path: Path,
+        loaded: LoadedVersion,
+        *,
+        device: torch.device | str = "cpu",
+        providers: Sequence | None = None,
+        threads: int | None = None,
     ) -> None:
         if not path.is_file():
             raise BackendUnavailable(f"no {path}: run `clipwise export onnx --model-dir {path.parent}`")
@@ -181,10 +237,11 @@ class OnnxRunner:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle threads sleep instead of spinning: the service runs torch, decoding and other sessions beside it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.options, self.providers_asked = options, list(providers or default_providers())
+        self.options, self.providers_asked = options, list(providers or providers_for(torch.device(device)))
         # its 3D convs as 2D convs over frames, which ONNX Runtime runs faster (OpenVINO, slower: it reads the file)
         graph = fold_frame_convs(onnx.load(str(path))).SerializeToString()
         self.session = onnxruntime.InferenceSession(graph, options, providers=self.providers_asked)
+        self.label = PROVIDER_LABELS.get(self.providers[0], self.name)
         self.graph = onnx.load(str(path)) if isinstance(loaded.model, AdaFuse) else None  # to recalibrate
         self.model = loaded.model
         self.decoder = export_decoder(path, loaded, self.session.get_modelmeta().custom_metadata_map, self.graph)
@@ -204,7 +261,10 @@ class OnnxRunner:
             return None
         import onnxruntime
 
-        set_union_thresholds(self.graph, calibrate_thresholds(self.model, clip_shape[1], clip_shape[-1], self.options))
+        # Timed on the session's providers, less TensorRT (it would build an engine for every probe graph).
+        probes = [entry for entry in self.providers_asked if _provider_name(entry) != "TensorrtExecutionProvider"]
+        thresholds = calibrate_thresholds(self.model, clip_shape[1], clip_shape[-1], self.options, probes)
+        set_union_thresholds(self.graph, thresholds)
         self.session = onnxruntime.InferenceSession(
             self.graph.SerializeToString(), self.options, providers=self.providers_asked
         )
@@ -221,7 +281,7 @@ class OpenVinoRunner:
     """A version's exported graph compiled by OpenVINO, reporting like ``VideoClassifier.execute`` (see the
     module docstring). ``path`` must hold the export of the weights of ``loaded``."""
 
-    name = "openvino"
+    name = label = "openvino"
 
     def __init__(self, path: Path, loaded: LoadedVersion, *, concurrency: int = 1, threads: int | None = None) -> None:
         if not path.is_file():
@@ -266,13 +326,24 @@ class OpenVinoRunner:
         return Execution(torch.from_numpy(outputs[0]), gflops, self.full_gflops, policy)
 
 
-def open_runner(loaded: LoadedVersion, backend: str, *, concurrency: int = 1, **session_options) -> Runner:
-    """The runner of a loaded version on ``backend`` (one of ``BACKENDS``); raises ``BackendUnavailable``.
-    ``concurrency``: the jobs that may run on it at once (OpenVINO's infer requests)."""
+def _provider_name(entry: str | tuple[str, dict]) -> str:
+    return entry if isinstance(entry, str) else entry[0]
+
+
+def open_runner(
+    loaded: LoadedVersion,
+    backend: str,
+    *,
+    device: torch.device | str = "cpu",
+    concurrency: int = 1,
+    **session_options,
+) -> Runner:
+    """The runner of a loaded version on ``backend`` (one of ``BACKENDS``) on ``device``; raises
+    ``BackendUnavailable``. ``concurrency``: the jobs that may run on it at once (OpenVINO's infer requests)."""
     if backend == "torch":
-        return TorchRunner(loaded.model)
+        return TorchRunner(loaded.model, device)
     if backend == "onnxruntime":
-        return OnnxRunner(loaded.path / MODEL_FILE, loaded, **session_options)
-    if backend == "openvino":
+        return OnnxRunner(loaded.path / MODEL_FILE, loaded, device=device, **session_options)
+    if backend == "openvino":  # on OpenVINO's own devices (its GPU plugin where present), whatever ``device``
         return OpenVinoRunner(loaded.path / MODEL_FILE, loaded, concurrency=concurrency, **session_options)
     raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

@@ -40,9 +40,14 @@ class MacTracker:
         self.per_clip = torch.zeros(clips, dtype=torch.float64)
 
     def add(self, macs: float | torch.Tensor) -> None:
-        """Add MACs: a number shared evenly by all clips, or a tensor with one entry per clip."""
+        """Add MACs: a number shared evenly by all clips, or a tensor with one entry per clip. A tensor on a GPU
+        is summed there (no synchronisation per call); ``gflops`` reads the total."""
         if isinstance(macs, torch.Tensor) and macs.numel() == self.clips:
-            self.per_clip += macs.detach().to(torch.float64).reshape(self.clips).cpu()
+            macs = macs.detach().to(torch.float64).reshape(self.clips)
+            if macs.device != self.per_clip.device:
+                with torch.inference_mode(False):  # a plain tensor, updated in place in and out of inference mode
+                    self.per_clip = self.per_clip.to(macs.device)
+            self.per_clip += macs
         else:
             self.per_clip += float(macs) / self.clips
 

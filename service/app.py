@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
+from models.device import DeviceUnavailable, resolve_device
 from service.api.main import api_router
 from service.config import VERSION, Settings
 from service.errors import install_error_handlers
@@ -34,7 +35,7 @@ DESCRIPTION = (
 
 
 class ConfigurationError(RuntimeError):
-    """The settings name a repository or models that do not exist."""
+    """The settings name a repository, models or a device that do not exist."""
 
 
 def default_models(state: ServiceState) -> list[str]:
@@ -81,10 +82,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """A Clipwise app for ``settings`` (default: from the environment)."""
+    """A Clipwise app for ``settings`` (default: from the environment). Raises ``ConfigurationError`` at once if
+    their device does not exist here."""
     app = FastAPI(title="Clipwise", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     settings = settings or Settings()
-    app.state.service = ServiceState.from_settings(settings)
+    try:
+        device = resolve_device(settings.device)
+    except DeviceUnavailable as error:
+        raise ConfigurationError(f"CLIPWISE_DEVICE / --device: {error}") from None
+    app.state.service = ServiceState.from_settings(settings, device)
     app.add_middleware(RequestContextMiddleware, drain_bytes=settings.max_upload_bytes + FRAMING_ALLOWANCE)
     install_error_handlers(app)
     app.include_router(api_router)

@@ -26,6 +26,9 @@ from models.checkpoint import AUTO_BACKEND, CheckpointError, LoadedVersion
 
 BackendName = Literal["torch", "onnxruntime", "openvino"]  # export.runtime.BACKENDS, as the API's type
 BackendRequest = Literal["auto", "torch", "onnxruntime", "openvino"]  # a backend, or the one chosen at load
+BackendLabel = Literal[  # export.runtime.LABELS: what a response names as the backend that ran
+    "torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "openvino"
+]  # fmt: skip
 TIMING_ROUNDS = 5
 TIMING_BUDGET_S = 10.0  # rounds stop once this is spent (at least one is run)
 
@@ -38,14 +41,15 @@ class Backends:
     unavailable: dict[BackendName, str]
 
 
-def open_backends(loaded: LoadedVersion, concurrency: int = 1) -> Backends:
-    """Every backend that can run ``loaded`` with up to ``concurrency`` jobs at once; raises CheckpointError if
-    the manifest's backend cannot, or if the version's ``model.onnx`` cannot be opened."""
+def open_backends(loaded: LoadedVersion, concurrency: int = 1, device: torch.device | None = None) -> Backends:
+    """Every backend that can run ``loaded`` on ``device`` (default: the CPU) with up to ``concurrency`` jobs at
+    once; raises CheckpointError if the manifest's backend cannot, or if the version's ``model.onnx`` cannot be
+    opened."""
     available: dict[BackendName, Runner] = {}
     unavailable: dict[BackendName, str] = {}
     for name in BACKENDS:
         try:
-            available[name] = open_runner(loaded, name, concurrency=concurrency)
+            available[name] = open_runner(loaded, name, device=device or torch.device("cpu"), concurrency=concurrency)
         except BackendUnavailable as reason:
             unavailable[name] = str(reason)
         except Exception as error:  # ONNX Runtime's own errors for a graph it cannot load (corrupt, invalid)

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     watch: bool = Field(False, description="poll the repository and load new versions of served models")
     watch_interval_s: float = Field(5.0, gt=0, description="seconds between two polls of the repository (--watch)")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's own)")
+    device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="device the models run on: cpu, cuda or cuda:N (startup fails at once where it does not exist)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="logging level")
 
     @field_validator("models", mode="before")

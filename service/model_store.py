@@ -136,11 +136,12 @@ class VersionEntry:
 
 
 class ModelStore:
-    """Thread-safe map from model name to the version serving it."""
+    """Thread-safe map from model name to the version serving it; versions run on ``device``."""
 
-    def __init__(self, repository: Path, concurrency: int = 1) -> None:
+    def __init__(self, repository: Path, concurrency: int = 1, device: torch.device | None = None) -> None:
         self.repository = repository
         self.concurrency = concurrency  # jobs at once on a backend (the service's worker slots)
+        self.device = device or torch.device("cpu")
         self._served: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
@@ -152,7 +153,7 @@ class ModelStore:
         served; the store is then as it was."""
         version = self._resolve(name, version)
         with self._load_lock(name):
-            served = open_version(self.repository, name, version, self.concurrency)
+            served = open_version(self.repository, name, version, self.concurrency, self.device)
             with self._lock:
                 previous = self._served.get(name)
                 self._served[name] = served
@@ -230,15 +231,17 @@ class ModelStore:
             return self._load_locks.setdefault(name, threading.Lock())
 
 
-def open_version(repository: Path, name: str, version: int, concurrency: int = 1) -> ServedModel:
-    """A version read from ``repository``, checked, its backends opened for ``concurrency`` jobs at once and
-    warmed up, its default backend chosen (``service.backends.choose_backend``): ready to serve. Raises
-    ``InvalidVersion`` if any check fails: ``load_version``'s (manifest, files inside the repository, weights
-    hash and format), the backends' and the warm-up's."""
+def open_version(
+    repository: Path, name: str, version: int, concurrency: int = 1, device: torch.device | None = None
+) -> ServedModel:
+    """A version read from ``repository``, checked, its backends opened on ``device`` (default: the CPU) for
+    ``concurrency`` jobs at once and warmed up, its default backend chosen (``service.backends.choose_backend``):
+    ready to serve. Raises ``InvalidVersion`` if any check fails: ``load_version``'s (manifest, files inside the
+    repository, weights hash and format), the backends' and the warm-up's."""
     where = f"{name} version {version} cannot be served"
     try:
         loaded = load_version(repository, name, version)
-        served = ServedModel(loaded, open_backends(loaded, concurrency))
+        served = ServedModel(loaded, open_backends(loaded, concurrency, device))
     except CheckpointError as error:
         raise InvalidVersion(f"{where}: {error}") from None
     for backend in served.backends.available.values():

@@ -10,7 +10,7 @@ from pydantic import BaseModel, BeforeValidator, Field, field_serializer
 
 from models.checkpoint import PreprocessingSpec
 from models.policy import Policy
-from service.backends import BackendChoice, BackendName, BackendRequest
+from service.backends import BackendChoice, BackendLabel, BackendName, BackendRequest
 
 MAX_CLIPS = 10
 
@@ -115,7 +115,10 @@ class PredictResponse(BaseModel):
     )
     video: VideoReport = Field(description="the uploaded video and the frames sampled from it")
     timing_ms: TimingReport = Field(description="wall time of each stage, milliseconds")
-    backend: BackendName = Field(description="runtime that executed the model")
+    backend: BackendLabel = Field(
+        description="runtime that executed the model: torch or onnxruntime on the CPU; torch-cuda, "
+        "onnxruntime-cuda or onnxruntime-tensorrt (ONNX Runtime's provider) on a GPU"
+    )
     batch_size: int = Field(ge=1, description="requests that ran in the same forward pass as this one (1: alone)")
     full_compute_ms_per_view: float | None = Field(
         description="time of one view through this model's full-compute path (nothing skipped) on this backend, "

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from service.batching import Batcher
 from service.config import Settings
 from service.metrics import ServiceMetrics
@@ -41,8 +43,9 @@ class ServiceState:
     startup: Startup = field(default_factory=Startup)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ServiceState:
-        store = ModelStore(settings.model_repository, settings.max_concurrent_inferences)
+    def from_settings(cls, settings: Settings, device: torch.device | None = None) -> ServiceState:
+        """The state of an app serving with ``settings`` on ``device`` (default: the CPU)."""
+        store = ModelStore(settings.model_repository, settings.max_concurrent_inferences, device or torch.device("cpu"))
         admission = Admission(settings.max_pending_requests)
         runner = InferenceRunner(settings.max_concurrent_inferences)
         return cls(

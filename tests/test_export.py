@@ -4,7 +4,6 @@ backend, frozen fusion strategies and the TensorRT entry point."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import math
@@ -43,7 +42,6 @@ from models import Execution, VideoClassifier, create_model
 from models.adafuse import REUSE, SKIP, AdaFuse
 from models.adafuse import gated_conv_pair as eager_gated_conv_pair
 from models.checkpoint import LoadedVersion, load_version, save_version
-from models.flops import track_macs
 from models.folding import FoldedConv
 from models.fusion import FusionDenseNet, FusionTemplate, format_strategy, parse_strategy
 from models.resnet3d import is_temporal
@@ -342,32 +340,6 @@ def test_gated_conv_pair_function_chooses_gathered_or_dense_convolutions():
 def _pair_for_structure() -> tuple[FoldedConv, FoldedConv, torch.Tensor, torch.Tensor]:
     first, second = random_folded(4, 4, 1, 1, seed=0), random_folded(4, 4, 3, 1, seed=1)
     return first, second, torch.randn(2, 4, 5, 5), torch.zeros(1, 2, 4, dtype=torch.long)
-
-
-@pytest.mark.gpu_only
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("triton") is None, reason="needs CUDA and Triton"
-)
-@pytest.mark.parametrize(("kernel1", "stride1", "kernel2", "stride2"), [(1, 1, 3, 2), (3, 2, 3, 1)])
-def test_triton_gated_pair_matches_the_eager_reference_on_cuda(kernel1, stride1, kernel2, stride2):
-    from export.triton_gating import gated_conv_pair as triton_gated_conv_pair
-
-    first, second = random_folded(24, 40, kernel1, stride1, seed=0), random_folded(40, 48, kernel2, stride2, seed=1)
-    clips, frames = 2, 4
-    x = torch.randn(clips * frames, 24, 17, 17, generator=torch.Generator().manual_seed(2))
-    codes = torch.randint(0, 3, (clips, frames, 40), generator=torch.Generator().manual_seed(3))
-    codes[:, 0][codes[:, 0] == REUSE] = SKIP
-    codes[0, 1] = SKIP
-    with torch.no_grad(), track_macs(clips) as eager_macs:
-        probe = eager_gated_conv_pair(x, codes, first, second)
-        residual = torch.randn(probe.shape, generator=torch.Generator().manual_seed(4))
-        expected = eager_gated_conv_pair(x, codes, first, second, residual=residual, relu=True)
-    on_gpu = [FoldedConv(f.weight.cuda(), f.bias.cuda(), f.stride, f.padding, f.dilation) for f in (first, second)]
-    with torch.no_grad(), track_macs(clips) as kernel_macs:
-        triton_gated_conv_pair(x.cuda(), codes.cuda(), *on_gpu)
-        got = triton_gated_conv_pair(x.cuda(), codes.cuda(), *on_gpu, residual=residual.cuda(), relu=True)
-    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
-    assert kernel_macs.gflops == pytest.approx(eager_macs.gflops)
 
 
 # --- AdaFuse ----------------------------------------------------------------------------------------------

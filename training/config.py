@@ -37,6 +37,7 @@ class TrainConfig:
     size: int | None = None  # override the preset's crop size
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # other preset config fields to replace
     workers: int = 2  # DataLoader worker processes per training process
+    device: str = ""  # cpu, cuda (under torchrun: cuda:LOCAL_RANK) or cuda:N; "": cuda where available, else cpu
     seed: int = 0
     flip: bool = False  # horizontal flip; refused for direction-sensitive labels
     resume: bool = False  # continue the run in run_dir from its latest epoch

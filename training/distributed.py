@@ -17,6 +17,8 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from models.device import DeviceUnavailable, resolve_device
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -35,18 +37,28 @@ class Processes:
         return self.world_size > 1
 
     @classmethod
-    def start(cls) -> Processes:
-        """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPU)."""
+    def start(cls, device: str | None = None) -> Processes:
+        """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPU).
+
+        ``device``: ``cpu``, ``cuda`` (this process's GPU: ``cuda:LOCAL_RANK``) or ``cuda:N`` (one process);
+        default: ``cuda`` where CUDA is available, else ``cpu``. Raises ``models.device.DeviceUnavailable`` for
+        a GPU this machine does not have, or one GPU named for several processes.
+        """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        cuda = torch.cuda.is_available()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+        elif name.startswith("cuda:") and world_size > 1:
+            raise DeviceUnavailable(f"device {name} names one GPU for {world_size} processes: use cuda (one GPU each)")
+        chosen = resolve_device(name)
         if world_size == 1:
-            return cls(device=device)
+            return cls(device=chosen)
+        cuda = chosen.type == "cuda"
         if cuda:
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(chosen)
         torch_dist.init_process_group("nccl" if cuda else "gloo")
-        return cls(torch_dist.get_rank(), world_size, device)
+        return cls(torch_dist.get_rank(), world_size, chosen)
 
     def stop(self) -> None:
         if self.distributed and torch_dist.is_initialized():

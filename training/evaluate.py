@@ -191,9 +191,10 @@ def evaluate_version(
     batch_size: int = 8,
     workers: int = 2,
     latency_clips: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Load a version as the service does (``REPO/NAME/VERSION``, or ``REPO/NAME`` for the newest) and
-    evaluate it on a list of a dataset directory; returns the JSON report.
+    evaluate it on a list of a dataset directory on ``device``; returns the JSON report.
 
     The dataset's labels are matched to the model's by name, so their order may differ. ``latency_clips``: also
     time that many clips of the list one at a time, as the service runs them (the model calibrated first),
@@ -202,10 +203,11 @@ def evaluate_version(
     version = int(model_dir.name) if (model_dir / MANIFEST_FILE).is_file() else None
     name_dir = model_dir.parent if version is not None else model_dir
     loaded = load_version(name_dir.parent, name_dir.name, version)
+    loaded.model.to(device)
     files = DatasetFiles.find(data)
     loader = version_loader(loaded, files.split(split), files.classes, batch_size, workers, data_root)
     evaluation = evaluate(
-        loaded.model, loader, loaded.manifest.labels, progress=f"eval {loaded.name} v{loaded.version}"
+        loaded.model, loader, loaded.manifest.labels, device, progress=f"eval {loaded.name} v{loaded.version}"
     )
     model = {"name": loaded.name, "version": loaded.version, "architecture": loaded.manifest.architecture}
     report = {
@@ -214,13 +216,16 @@ def evaluate_version(
         **evaluation.report(),
     }
     if latency_clips:
-        report["latency"] = measure_latency(loaded.model, loader.dataset, latency_clips)
+        report["latency"] = measure_latency(loaded.model, loader.dataset, latency_clips, device=device)
     return report
 
 
-def measure_latency(model: VideoClassifier, dataset: VideoDataset, clips: int, repeats: int = 5) -> dict[str, float]:
+def measure_latency(
+    model: VideoClassifier, dataset: VideoDataset, clips: int, repeats: int = 5, device: torch.device | str = "cpu"
+) -> dict[str, float]:
     """Median milliseconds of one clip under the model's own decisions and under full compute, over the first
-    ``clips`` readable clips of ``dataset`` (each timed ``repeats`` times, interleaved), and the median ratio."""
+    ``clips`` readable clips of ``dataset`` (each timed ``repeats`` times, interleaved, on ``device``), and the
+    median ratio."""
     model.eval().calibrate()
     timings = []
     for index in range(len(dataset)):
@@ -229,7 +234,7 @@ def measure_latency(model: VideoClassifier, dataset: VideoDataset, clips: int, r
         item = dataset[index]
         if item is None:  # unreadable: the loader skips it too
             continue
-        timings.append(time_against_full(model, item.clip[None], repeats=repeats))
+        timings.append(time_against_full(model, item.clip[None].to(device), repeats=repeats))
     return {
         "clips": len(timings),
         "policy_ms": statistics.median(t.policy_ms for t in timings),

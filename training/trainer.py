@@ -105,7 +105,7 @@ def fit(config: TrainConfig) -> Path | None:
     Returns the version directory (process 0; None on the others).
     """
     config = config.resolved()
-    processes = Processes.start()
+    processes = Processes.start(config.device or None)
     try:
         return Trainer(config, processes).run()
     finally:

@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument(
         "--model-repository", type=Path, metavar="DIR", help="in-process server: repository (default: the bundled)"
     )
+    target.add_argument(
+        "--device", metavar="D", help="in-process server: cpu, cuda or cuda:N (default: CLIPWISE_DEVICE, else cpu)"
+    )
     target.add_argument("--models", type=_names, metavar="A,B,...", help="models to benchmark (default: all served)")
     target.add_argument(
         "--backend",
@@ -155,23 +158,28 @@ def measure(args: argparse.Namespace, plan: Plan) -> tuple[dict[str, Any], list[
         if args.url:
             wait_until_ready(args.url, READY_TIMEOUT_S)
             return {"url": args.url, "in_process": False}, asyncio.run(bench(args.url, plan))
-        from service.app import create_app
+        from pydantic import ValidationError
+
+        from service.app import ConfigurationError, create_app
         from service.log import configure_logging
 
-        settings = in_process_settings(args.model_repository, plan.models)
+        settings = in_process_settings(args.model_repository, plan.models, args.device)
         configure_logging(settings.log_level)
         with local_server(create_app(settings)) as url:
             reports = asyncio.run(bench(url, plan))
-    except NotReady as error:
+    except (NotReady, ConfigurationError, ValidationError) as error:
         raise BenchError(str(error)) from None
     return {"url": url, "in_process": True, "settings": settings.model_dump(mode="json")}, reports
 
 
-def in_process_settings(repository: Path | None, models: list[str] | None) -> Settings:
-    """The environment's settings, serving ``models`` from ``repository`` (when given), logging warnings only."""
+def in_process_settings(repository: Path | None, models: list[str] | None, device: str | None = None) -> Settings:
+    """The environment's settings, serving ``models`` from ``repository`` and on ``device`` (those given),
+    logging warnings only."""
     from service.config import Settings
 
     overrides: dict[str, Any] = {"log_level": "warning", "models": models}
     if repository is not None:
         overrides["model_repository"] = repository
+    if device is not None:
+        overrides["device"] = device
     return Settings(**overrides)

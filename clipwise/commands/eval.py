@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also time N clips one at a time under the model's own decisions against its full-compute path "
         "(default: 0, none)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N; on CUDA, AdaFuse's gated pairs run as the Triton kernels (default: cpu)",
+    )
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the full report here")
     parser.set_defaults(run=run)
 
@@ -33,20 +38,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from export.gpu import gated_pairs_on
     from models.checkpoint import CheckpointError
+    from models.device import resolve_device
     from training.data import AnnotationError
     from training.evaluate import evaluate_version
 
     try:
-        report = evaluate_version(
-            args.model_dir,
-            args.data,
-            split=args.split,
-            data_root=args.data_root,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            latency_clips=args.latency_clips,
-        )
+        device = resolve_device(args.device)
+        with gated_pairs_on(device):  # the executor the service's torch backend runs there
+            report = evaluate_version(
+                args.model_dir,
+                args.data,
+                split=args.split,
+                data_root=args.data_root,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                latency_clips=args.latency_clips,
+                device=device,
+            )
     except (CheckpointError, AnnotationError, ValueError) as error:
         raise SystemExit(f"clipwise eval: {error}") from None
     print(

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from service.app import create_app
+    from service.app import ConfigurationError, create_app
     from service.log import configure_logging
 
     try:
@@ -50,5 +50,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipwise serve: invalid settings: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    try:
+        app = create_app(settings)
+    except ConfigurationError as error:
+        print(f"clipwise serve: {error}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0

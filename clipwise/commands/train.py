@@ -31,8 +31,9 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "clip_grad_norm": ("clip the gradient norm to this (0: off)", "NORM"),
     "frames": ("frames per clip (default: the preset's)", "T"),
     "size": ("crop size in pixels (default: the preset's)", "S"),
-    "model_args": ('other fields of the preset\'s config, as JSON, e.g. \'{"decision_group": 8}\'', "JSON"),
+    "model_args": ("other fields of the preset's config, as JSON, e.g. '{\"decision_group\": 8}'", "JSON"),
     "workers": ("DataLoader worker processes per training process", "N"),
+    "device": ("cpu, cuda (under torchrun: each process its own GPU) or cuda:N (default: cuda where available)", "D"),
     "seed": ("random seed", "S"),
     "flip": ("random horizontal flips (refused for direction-sensitive labels)", None),
     "resume": ("continue the run in --run-dir from its last epoch", None),
@@ -121,6 +122,7 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from models.device import DeviceUnavailable
     from training.config import ConfigError, TrainConfig
     from training.data import AnnotationError
     from training.trainer import fit
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         version = fit(TrainConfig.from_dict(config_values(args)))
-    except (ConfigError, AnnotationError) as error:
+    except (ConfigError, AnnotationError, DeviceUnavailable) as error:
         raise SystemExit(f"clipwise train: {error}") from None
     if version is not None:
         print(f"wrote {version}")

@@ -91,7 +91,7 @@ async def predict(
         policy=batch.execution.policy,
         video=video_report(views),
         timing_ms=timing,
-        backend=backend.name,
+        backend=backend.label,
         batch_size=batch.batch_size,
         full_compute_ms_per_view=served.full_compute_ms.get(backend.name),
         request_id=REQUEST_ID.get(),

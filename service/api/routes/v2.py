@@ -161,7 +161,7 @@ async def run_inference(
     stages = {"decode": decode_s, "queue": (slot_ms + batch.queue_ms) / 1000, "inference": batch.inference_ms / 1000}
     state.metrics.observe_stages(served.name, stages)
     state.metrics.observe_execution(served.name, batch.execution, batch.batch_size)
-    parameters = response_parameters(batch.execution, runner.name, batch.batch_size)
+    parameters = response_parameters(batch.execution, runner.label, batch.batch_size)
     content, headers = encode_response(decoded, served.name, served.version, batch.execution, parameters)
     return Response(content, headers=headers)
 
