@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Protocol
 
 import onnx
+import onnx.inliner
 import torch
 from pydantic import TypeAdapter
 
