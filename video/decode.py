@@ -478,6 +478,8 @@ def _read_runs_in_parallel(
     on helper threads that each open the bytes again (one demuxer and decoder per thread)."""
     runs = _runs(reader.index, targets)
     with threads.lease(len(runs)) as count:
+        if count > 1:  # the longest runs first, so that the threads finish close together
+            runs.sort(key=lambda run: reader.index.keyframe_before(run[0]) - run[-1])
         helpers = [partial(_read_runs_elsewhere, reader, data, limits) for _ in range(count - 1)]
         for helper in share_work(runs, [reader.read_runs, *helpers])[1:]:
             reader.absorb(helper)
