@@ -26,6 +26,9 @@ disturbed by other load on the machine). Targets: tsn ≤ 0.8, dense ≤ 1.0. Wi
 (``pip install torchcodec==0.13.0`` or ``.[bench]``; it needs FFmpeg's shared libraries: Debian's
 ``ffmpeg``) only Clipwise's times are printed.
 
+``--filters N`` instead compares swscale's filters for that scaling: the model input each makes against
+torch's resize, and how every bundled model's predictions move on N synthetic validation clips per class.
+
 Run: ``.venv/bin/python benchmarks/decode.py`` (``--quick``: the 640×360 clip only, fewer repeats).
 """
 
@@ -43,10 +46,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from av.video.reformatter import Interpolation
 
+import video.decode
 from video import ClipSpec, dense_indices, load_clips, make_views, probe, read_frames, segment_indices
 from video.parallel import ThreadBudget
-from video.synthetic import index_coded_frames, read_frame_index, write_video
+from video.synthetic import encode_video, index_coded_frames, read_frame_index, write_video
 
 try:
     from torchcodec.decoders import VideoDecoder
@@ -60,6 +65,8 @@ INPUT_SPEC = ClipSpec(
     "segments", frames=8, stride=1, short_side=256, crop_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
 )
 TARGETS = {"tsn": 0.8, "dense": 1.0}
+FILTERS = ("BILINEAR", "AREA", "BICUBIC", "GAUSS", "FAST_BILINEAR")  # swscale's, for --filters
+REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 Frames = list[np.ndarray]  # (H, W, 3) uint8 RGB, in index order
 Decode = Callable[[bytes, list[int]], Frames]
@@ -196,7 +203,7 @@ def compare_model_input(data: bytes, candidates: dict[str, Method], repeats: int
     indices = INPUT_SPEC.frame_indices(probe(data).num_frames)[0]
     positions = [list(range(len(indices)))]
 
-    def resized_after(name: str) -> tuple[int, Callable[[], torch.Tensor]]:
+    def decoded_then_resized(name: str) -> tuple[int, Callable[[], torch.Tensor]]:
         method = candidates[name]
         return method.threads, lambda: make_views(np.stack(method.decode(data, indices)), positions, INPUT_SPEC)
 
@@ -204,10 +211,11 @@ def compare_model_input(data: bytes, candidates: dict[str, Method], repeats: int
         f"load_clips/{threads}": (threads, partial(load_clips, data, INPUT_SPEC, threads=ThreadBudget(threads)))
         for threads in (1, 2)
     }
-    runs["clipwise/1 + make_views"] = resized_after("clipwise/1")
-    runs.update({f"{name} + make_views": resized_after(name) for name in candidates if name.endswith("approximate/1")})
-    scaled, after = runs["load_clips/1"][1]().clips, runs["clipwise/1 + make_views"][1]()
-    difference = (scaled - after).abs() * torch.tensor(INPUT_SPEC.std).view(1, 3, 1, 1, 1) * 255
+    runs["clipwise/1 + make_views"] = decoded_then_resized("clipwise/1")
+    runs.update(
+        {f"{name} + make_views": decoded_then_resized(name) for name in candidates if name.endswith("approximate/1")}
+    )
+    difference = input_difference(data, INPUT_SPEC)
     print(
         f"tsn→input (short side {INPUT_SPEC.short_side}, crop {INPUT_SPEC.crop_size}): scaled in the converter vs "
         f"after, |difference| mean {difference.mean():.2f}, max {difference.max():.0f} (0..255 units)"
@@ -215,17 +223,75 @@ def compare_model_input(data: bytes, candidates: dict[str, Method], repeats: int
     report(interleaved(runs, repeats))
 
 
+def resized_after(data: bytes, spec: ClipSpec) -> torch.Tensor:
+    """Model input from full-size RGB frames resized by torch (``make_views``): the way before scaling in the
+    converter."""
+    frames, positions = read_frames(data, spec.frame_indices, min_frames=spec.frames).stacked()
+    return make_views(frames, positions, spec)
+
+
+def input_difference(data: bytes, spec: ClipSpec) -> torch.Tensor:
+    """|model input scaled in the converter − ``resized_after``|, in 0..255 units."""
+    difference = load_clips(data, spec).clips - resized_after(data, spec)
+    return difference.abs() * torch.tensor(spec.std).view(1, 3, 1, 1, 1) * 255
+
+
+def compare_filters(clips: list[bytes], clips_per_class: int) -> None:
+    """swscale's filters for scaling in the converter: the model input each makes against torch's resize, and
+    how the bundled models' predictions move on synthetic validation clips (made as the benchmark's are)."""
+    from models.checkpoint import load_version
+    from training.synthetic import CLASSES, clip_rng, render_clip
+
+    validation = [
+        encode_video(frames, fps=8, codec="mpeg4", codec_options={"qscale": "3"})
+        for label in CLASSES
+        for frames in (render_clip(label, clip_rng(7, "val", label, i)) for i in range(clips_per_class))
+    ]
+    labels = torch.tensor([index for index in range(len(CLASSES)) for _ in range(clips_per_class)])
+    models = {path.name: load_version(REPOSITORY, path.name) for path in sorted(REPOSITORY.iterdir()) if path.is_dir()}
+
+    def scores(name: str, inputs: Callable[[bytes, ClipSpec], torch.Tensor]) -> torch.Tensor:
+        loaded = models[name]
+        spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
+        model = loaded.model.eval()
+        with torch.inference_mode():
+            return torch.cat([model.execute(inputs(data, spec)).logits.softmax(-1) for data in validation])
+
+    reference = {name: scores(name, resized_after) for name in models}
+    print(
+        f"{len(validation)} validation clips; top-1 of torch's resize: "
+        + ", ".join(f"{name} {(reference[name].argmax(1) == labels).float().mean():.3f}" for name in models)
+    )
+    for name in FILTERS:
+        video.decode.SCALING = Interpolation[name]
+        means = ", ".join(f"{input_difference(data, INPUT_SPEC).mean():.2f}" for data in clips)
+        print(f"{name}: input |difference| mean {means} (benchmark clips)")
+        for model in models:
+            scaled = scores(model, lambda data, spec: load_clips(data, spec).clips)
+            moved = (scaled - reference[model]).abs().max().item()
+            agree = (scaled.argmax(1) == reference[model].argmax(1)).float().mean().item()
+            accuracy = (scaled.argmax(1) == labels).float().mean().item()
+            print(f"  {model:>26}: top-1 {accuracy:.3f}, same top-1 {agree:.3f}, max |probability change| {moved:.3f}")
+    video.decode.SCALING = Interpolation.BILINEAR
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--clip-dir", type=Path, help="keep the clips here (encoded once, re-used after)")
     parser.add_argument("--quick", action="store_true", help="the 640x360 clip only, 5 repeats")
+    parser.add_argument(
+        "--filters", type=int, metavar="CLIPS_PER_CLASS", help="instead of timing: compare swscale's filters"
+    )
     args = parser.parse_args()
     repeats = 5 if args.quick else args.repeats
     sizes = SIZES[:1] if args.quick else SIZES
     with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(2) as pool:
         directory = args.clip_dir or Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
+        if args.filters:
+            compare_filters([make_clip(directory, width, height) for width, height in sizes], args.filters)
+            return
         candidates = methods(pool)
         for width, height in sizes:
             data = make_clip(directory, width, height)

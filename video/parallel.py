@@ -1,11 +1,11 @@
-"""Threads for decoding one video's independent pieces at once, shared fairly by concurrent requests.
+"""Threads for decoding the independent pieces of one video at once, within a budget concurrent requests share.
 
 PyAV releases the GIL while FFmpeg decodes, so threads that each drive their own demuxer and decoder over
 the same in-memory bytes decode in parallel. A ``ThreadBudget`` bounds how many threads all requests
 decode on together: a request always decodes on its own thread (the worker slot it runs in) and gets helper
-threads only while the budget has some to spare, so concurrent requests never hold more than the budget
-plus one thread each between them. ``share_work`` runs the workers over one queue of jobs, each taking the
-next job when done with its last, so a worker slowed by other load on the machine simply does fewer.
+threads only while the budget has some to spare, so N requests decoding at once hold at most the budget
+plus N - 1 threads. ``share_work`` runs the workers over one queue of jobs, each taking the next job when
+done with its last, so a worker slowed by other load on the machine simply does fewer.
 """
 
 from __future__ import annotations
