@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint clean
+.PHONY: install serve test lint container-test clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ lint: install
 
 test: install lint
 	$(BIN)/python -m pytest -q
+
+# Build the CPU image and the compose stack from local parts only, run and check them (root, Docker engine).
+container-test:
+	scripts/container_test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

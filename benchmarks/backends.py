@@ -94,7 +94,7 @@ def build(spec: str, repository: Path) -> LoadedVersion:
 def exported(loaded: LoadedVersion, policy: contextlib.AbstractContextManager, path: Path, **options) -> OnnxRunner:
     with policy:
         proto = to_onnx(loaded.model, weights_sha256=loaded.manifest.weights_sha256, **options)
-    return OnnxRunner(save_onnx(proto, path), loaded.manifest)
+    return OnnxRunner(save_onnx(proto, path), loaded)
 
 
 def a_clip(model: VideoClassifier) -> torch.Tensor:

@@ -3,7 +3,7 @@ with model reloads and a corrupt version appearing under load.
 
 Starts the server as a subprocess on a temporary repository (two versions of ``tsn_r18_tiny``), then runs
 ``--clients`` threads for ``--duration-s`` seconds, each posting uploads in turn from a mix of good videos
-(H.264 MP4, VP9 WebM, Matroska, AVI) and every odd or broken one of ``video.edge_cases``, under the decode
+(H.264 MP4, VP9 WebM, Matroska, AVI) and every odd or broken one of ``tests/edge_cases.py``, under the decode
 limits those were made for. Meanwhile, every ``--reload-every-s`` seconds, the served model is reloaded
 through the management route (versions 1 and 2 in turn), and a third version with truncated weights
 (its sha256 matching them) is offered, which the server must refuse while the old version keeps serving.
@@ -40,7 +40,10 @@ import torch
 from models import create_model
 from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, save_version, sha256_file
 from service.errors import VIDEO_ERRORS
-from video.edge_cases import EDGE_CASES, LIMITS, coded_video
+from service.local import wait_until_ready
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from edge_cases import EDGE_CASES, LIMITS, coded_video  # noqa: E402 - test support, beside the tests
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(10)]
@@ -141,23 +144,18 @@ def server_process(repository: Path, log: Path, torch_threads: int) -> Iterator[
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(process, url, log)
+        wait_until_ready(url, 120, gave_up=lambda: server_exit(process, log))
         yield process, url
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"the server was not ready within {timeout_s:g} s:\n{log.read_text()[-3000:]}")
+def server_exit(process: subprocess.Popen, log: Path) -> str | None:
+    """Why the server process will not become ready: it exited (with the end of its log), or None."""
+    if process.poll() is None:
+        return None
+    return f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}"
 
 
 def resident_mib(pid: int) -> float:

@@ -1,3 +1,5 @@
 """Clipwise: inference serving for efficient, adaptive video action recognition."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("clipwise")  # the one source is pyproject.toml

@@ -6,27 +6,27 @@ architecture (shapes only, no weights), so both backends report the same numbers
 
 * static families: every clip costs the full-compute figure; a model with a fixed policy (a frozen fusion
   strategy) reports the policy recorded at export;
-* AdaFuse: ``AdaFuse.execution_of`` on the per-block decision codes (Eq. 5 as the gated blocks execute it);
-* Ada3D: the selection net and the backbone under each clip's plan run on the twin inside
-  ``models.flops.track_macs``, as ``Ada3D.execute`` runs them; the plans come from ``Actions.plans`` and the
-  records from ``Plan.policy``. Costs are cached per plan.
+* AdaFuse: ``AdaFuse.execution_of`` on the per-block decision codes and the union thresholds of the graph's
+  gated nodes: what each node's ``If`` ran (union or dense) gives the executed GFLOPs, Eq. 5 the policy's;
+* Ada3D: each clip's plan (``Actions.plans``) costs what ``Ada3D.plan_gflops`` counts for it: the selection
+  net and the backbone on the kept frames with the plan's 3D stages, exactly what the graph ran.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+import onnx
 import torch
 
-from models.ada3d import Actions, Ada3D, Plan
+from export.calibration import union_thresholds
+from models.ada3d import Actions, Ada3D
 from models.adafuse import AdaFuse
 from models.base import VideoClassifier
-from models.flops import track_macs
+from models.flops import meta_twin
 from models.policy import Policy
-from models.registry import create_model, get_preset
 
 Decoded = tuple[list[float], list[Policy] | None]
 
@@ -52,13 +52,14 @@ class StaticDecoder:
 class AdaFuseDecoder:
     """Outputs: logits, then each gated block's (N, T, C) keep / reuse / skip codes."""
 
-    def __init__(self, twin: AdaFuse) -> None:
+    def __init__(self, twin: AdaFuse, union_below: Sequence[tuple[float, float]]) -> None:
         self.twin = twin
+        self.union_below = list(union_below)
 
     def __call__(self, outputs: Sequence[np.ndarray]) -> Decoded:
         codes = [torch.from_numpy(block) for block in outputs[1:]]
         frames = codes[0].shape[1]
-        return self.twin.execution_of(codes, frames, self.twin.config.size)
+        return self.twin.execution_of(codes, frames, self.twin.config.size, self.union_below)
 
 
 class Ada3DDecoder:
@@ -66,36 +67,22 @@ class Ada3DDecoder:
 
     def __init__(self, twin: Ada3D) -> None:
         self.twin = twin
-        frames, size = twin.config.frames, twin.config.size
-        self.clip = torch.empty(1, 3, frames, size, size, device="meta")
-        with torch.no_grad(), track_macs(1) as selection:
-            twin.select(self.clip)
-        self.selection_gflops = selection.gflops[0]
-
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - the decoder lives as long as its model is served
-    def backbone_gflops(self, plan: Plan) -> float:
-        with torch.no_grad(), track_macs(1) as backbone:
-            self.twin.run_backbone(self.clip, [plan])
-        return backbone.gflops[0]
+        twin.calibrate()  # every plan's cost, counted now rather than on the request path
 
     def __call__(self, outputs: Sequence[np.ndarray]) -> Decoded:
         _, frames, stages = outputs
         plans = Actions(torch.from_numpy(frames), torch.from_numpy(stages)).plans()
-        gflops = [self.selection_gflops + self.backbone_gflops(plan) for plan in plans]
-        return gflops, [plan.policy(frames.shape[1]) for plan in plans]
+        policies = self.twin.policies(plans, frames.shape[1], self.twin.config.size)
+        return [policy.gflops for policy in policies], policies
 
 
-def meta_twin(architecture: str, kwargs: dict) -> VideoClassifier:
-    """The architecture on the meta device: shapes without weights, for counting."""
-    with torch.device("meta"):
-        return create_model(architecture, **kwargs).eval()
-
-
-def decoder_for(architecture: str, kwargs: dict, full_gflops: float, static_policy: Policy | None) -> Decoder:
-    """The decoder of the graph outputs of a model built as ``create_model(architecture, **kwargs)``."""
-    model_cls = get_preset(architecture).model_cls
-    if issubclass(model_cls, AdaFuse):
-        return AdaFuseDecoder(meta_twin(architecture, kwargs))
-    if issubclass(model_cls, Ada3D):
-        return Ada3DDecoder(meta_twin(architecture, kwargs))
+def decoder_for(
+    model: VideoClassifier, full_gflops: float, static_policy: Policy | None, graph: onnx.ModelProto | None = None
+) -> Decoder:
+    """The decoder of the outputs of ``graph``, an export of ``model`` (which it counts on a meta-device twin
+    of); AdaFuse reads its gated nodes' union thresholds from the graph."""
+    if isinstance(model, AdaFuse):
+        return AdaFuseDecoder(meta_twin(model), union_thresholds(graph))
+    if isinstance(model, Ada3D):
+        return Ada3DDecoder(meta_twin(model))
     return StaticDecoder(full_gflops, static_policy)

@@ -143,6 +143,6 @@ def graph_spec(model: VideoClassifier, plan: Plan | None = None) -> GraphSpec:
         blocks = len(model.gated_blocks())
         return GraphSpec(AdaFuseGraph(model).eval(), [LOGITS, *map(adafuse_codes_name, range(blocks))])
     if isinstance(model, Ada3D):
-        graph = Ada3DClipGraph(model, plan).eval()
+        graph = Ada3DClipGraph(model, plan or model.forced_plan()).eval()
         return GraphSpec(graph, [LOGITS, ADA3D_FRAMES, ADA3D_STAGES], per_clip=True)
     return GraphSpec(model, [LOGITS])

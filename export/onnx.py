@@ -34,10 +34,9 @@ from export.batching import loop_over_clips
 from export.graphs import GraphSpec, graph_spec
 from export.ops import ONNX_OPSET, attach_functions
 from export.runtime import CLIPS, META_ARCHITECTURE, META_STATIC_POLICY, META_WEIGHTS, MODEL_FILE, OnnxRunner
-from export.versions import load_version_dir
 from models.ada3d import Plan
 from models.base import VideoClassifier
-from models.checkpoint import LoadedVersion
+from models.checkpoint import LoadedVersion, load_version_dir
 
 RELATIVE_TOLERANCE = 1e-3
 
@@ -128,7 +127,7 @@ def verify(loaded: LoadedVersion, path: Path) -> None:
     config = loaded.model.config
     clips = torch.randn(2, 3, config.frames, config.size, config.size, generator=torch.Generator().manual_seed(0))
     expected = loaded.model.execute(clips)
-    got = OnnxRunner(path, loaded.manifest).execute(clips)
+    got = OnnxRunner(path, loaded).execute(clips)
     scale = expected.logits.abs().max().clamp_min(1e-12)
     error = ((got.logits - expected.logits).abs().max() / scale).item()
     if error > RELATIVE_TOLERANCE:

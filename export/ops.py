@@ -2,19 +2,21 @@
 
 Each operator is an ONNX function (written in onnxscript) stored in the model next to the graph that calls
 it. ONNX Runtime inlines the function body and runs it as it is; another runtime can bind its own kernel to
-the operator name instead (a TensorRT plugin, a GPU kernel). The bodies compute only what the policy keeps:
-weights are gathered by data-dependent indices (``NonZero`` → ``Gather``) and only the gathered channels go
-through ``Conv``; nothing is computed densely and masked afterwards.
+the operator name instead (a TensorRT plugin, a GPU kernel).
 
 * ``GatedConvPair(x, codes, w1, b1, w2, b2)`` — AdaFuse's conv1 → keep / reuse / skip → conv2 of a
   residual block (``models.adafuse.gated_conv_pair``). ``x``: (N·T, C_in, H, W) frames, clip-major;
   ``codes``: (N, T, C) int64 decisions per conv1 output channel (0 keep, 1 reuse, 2 skip; no reuse at a
   clip's first frame); ``w1``, ``b1`` and ``w2``, ``b2``: the two convolutions with their inference batch
-  norms folded in; a ReLU follows conv1. One ``Scan`` step per frame: conv1 computes only the channels kept
-  at t or reused at t+1 (gathered weight rows) and scatters them into the full-width map carried to the
-  next step; conv2 reads the kept channels of this frame and the reused ones of the frame before, nothing
-  else (gathered weight columns); a frame with nothing to compute runs no convolution (``If``). Output:
-  conv2's (N·T, C_out, H', W').
+  norms folded in; a ReLU follows conv1. Each convolution runs one of two computations, chosen by ``If``
+  on the decisions, the graph counterparts of ``models.gating``'s ``union`` and ``dense`` partitions:
+  *union* — only the channels some frame needs (conv1: kept at t or reused at t+1; conv2: kept or reused at
+  t), as one convolution with weights gathered by data-dependent indices (``NonZero`` → ``Gather``), none at
+  all when there are none; *dense* — every channel with the constant weights (which ONNX Runtime prepacks
+  into its fast kernels), the decisions applied to the result. A convolution runs *union* when its union
+  holds fewer than ``conv1_union_below`` (``conv2_union_below``) of its channels: thresholds calibrated per
+  node on the serving machine (``export.calibration``). Between the two, keep / reuse / skip fuse conv1's
+  output (``Where``). Output: conv2's (N·T, C_out, H', W').
 * ``SelectFrames(clip, keep)`` — Ada3D's frame selection: the frames of a (1, 3, T, H, W) clip flagged in
   the (1, T) boolean ``keep``, along the time axis.
 * ``SwitchableConv3d(x, weight, temporal)`` — a bias-free 3D convolution of an Ada3D stage: its whole
@@ -34,18 +36,21 @@ from collections.abc import Iterator, Sequence
 import onnx
 import torch
 import torch.nn.functional as F
-from onnxscript import BOOL, graph, script
+from onnxscript import BOOL, script
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 from torch import nn
 
 from models.adafuse import DECISIONS, KEEP, REUSE, fuse_masked
 from models.folding import FoldedConv
+from models.gating import PairCosts
 
 DOMAIN = "clipwise"
 DOMAIN_VERSION = 1
 ONNX_OPSET = 18  # the functions' standard opset; a model using them must import the same
 CLIPWISE = Opset(DOMAIN, DOMAIN_VERSION)
+DEFAULT_UNION_BELOW = 0.5  # a GatedConvPair convolution runs its union below this share of its channels
+UNION_ATTRIBUTES = ("conv1_union_below", "conv2_union_below")
 
 
 # --- ONNX functions ----------------------------------------------------------------------------------------
@@ -63,9 +68,12 @@ def GatedConvPair(  # noqa: N802 - ONNX operator names are CamelCase
     conv1_pads: list[int],
     conv2_strides: list[int],
     conv2_pads: list[int],
+    conv1_union_below: float,
+    conv2_union_below: float,
 ):
     axis_0 = op.Constant(value_ints=[0])
     axis_1 = op.Constant(value_ints=[1])
+    one = op.Constant(value_ints=[1])
     channels = op.Shape(codes, start=2)
     frame_rows = op.Concat(op.Constant(value_ints=[-1]), channels, axis=0)
     keep = op.Equal(codes, op.Constant(value_int=KEEP))
@@ -73,74 +81,73 @@ def GatedConvPair(  # noqa: N802 - ONNX operator names are CamelCase
     reused_next = op.Pad(
         op.Slice(reuse, axis_1, op.Constant(value_ints=[2**62]), axis_1), op.Constant(value_ints=[0, 0, 0, 0, 1, 0])
     )
-    needed = op.Reshape(op.Or(keep, reused_next), frame_rows)
+    needed = op.Reshape(op.Or(keep, reused_next), frame_rows)  # (frames, C): conv1 computes these
+    active = op.Reshape(op.Or(keep, reuse), frame_rows)  # (frames, C): conv2 reads these
+    map_axes = op.Constant(value_ints=[2, 3])
+    keep_map = op.Unsqueeze(op.Reshape(keep, frame_rows), map_axes)
+    reuse_map = op.Unsqueeze(op.Reshape(reuse, frame_rows), map_axes)
+    rows = op.Squeeze(op.NonZero(op.ReduceMax(op.Cast(needed, to=6), axis_0, keepdims=0)), axis_0)  # int32 any()
+    columns = op.Squeeze(op.NonZero(op.ReduceMax(op.Cast(active, to=6), axis_0, keepdims=0)), axis_0)
+    width = op.Cast(op.Squeeze(channels, axis_0), to=1)
+    union1 = op.Less(op.Cast(op.Size(rows), to=1), op.Mul(width, op.Constant(value_float=conv1_union_below)))
+    union2 = op.Less(op.Cast(op.Size(columns), to=1), op.Mul(width, op.Constant(value_float=conv2_union_below)))
 
-    # Output sizes, (in + pad_begin + pad_end - kernel) // stride + 1: a frame with nothing to compute skips its
-    # convolution (ONNX Runtime's CPU Conv does not return on zero channels) and gives zeros, or conv2's bias.
+    # Output sizes, (in + pad_begin + pad_end - kernel) // stride + 1: an empty channel set runs no convolution
+    # (ONNX Runtime's CPU Conv does not return on zero channels) and gives zeros, or conv2's bias.
     pads1, pads2 = op.Constant(value_ints=conv1_pads), op.Constant(value_ints=conv2_pads)
     extent1 = op.Sub(
         op.Add(op.Shape(x, start=2), op.Add(op.Slice(pads1, [0], [2]), op.Slice(pads1, [2], [4]))),
         op.Shape(w1, start=2),
     )
-    size1 = op.Add(op.Div(extent1, op.Constant(value_ints=conv1_strides)), op.Constant(value_ints=[1]))
+    size1 = op.Add(op.Div(extent1, op.Constant(value_ints=conv1_strides)), one)
     extent2 = op.Sub(op.Add(size1, op.Add(op.Slice(pads2, [0], [2]), op.Slice(pads2, [2], [4]))), op.Shape(w2, start=2))
-    size2 = op.Add(op.Div(extent2, op.Constant(value_ints=conv2_strides)), op.Constant(value_ints=[1]))
-    conv1_zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), x), op.Concat(channels, size1, axis=0))
-    bias_map = op.Unsqueeze(b2, op.Constant(value_ints=[1, 2]))
-    conv2_bias = op.Expand(bias_map, op.Concat(op.Shape(w2, end=1), size2, axis=0))
+    size2 = op.Add(op.Div(extent2, op.Constant(value_ints=conv2_strides)), one)
+    zero = op.CastLike(op.Constant(value_float=0.0), x)
+    frames = op.Shape(x, end=1)
 
-    @graph()
-    def frame_step(previous, frame, keep_row, reuse_row, needed_row):
-        # previous: conv1's output of the frame before, full width; only its channels reused here are read.
-        rows = op.Squeeze(op.NonZero(needed_row), axis_0)
+    # conv1: the union of the channels any frame needs (gathered weight rows), or all of them (constant weights).
+    if union1:
         if op.Greater(op.Size(rows), op.Constant(value_int=0)):
-            current = op.ScatterND(
-                previous,
-                op.Unsqueeze(rows, axis_1),
-                op.Squeeze(
-                    op.Relu(
-                        op.Conv(
-                            op.Unsqueeze(frame, axis_0),
-                            op.Gather(w1, rows, axis=0),
-                            op.Gather(b1, rows, axis=0),
-                            strides=conv1_strides,
-                            pads=conv1_pads,
-                        )
-                    ),
-                    axis_0,
-                ),
-            )
-        else:
-            current = op.Identity(previous)
-        kept = op.Squeeze(op.NonZero(keep_row), axis_0)
-        reused = op.Squeeze(op.NonZero(reuse_row), axis_0)
-        columns = op.Concat(kept, reused, axis=0)
-        if op.Greater(op.Size(columns), op.Constant(value_int=0)):
-            out = op.Squeeze(
+            compact = op.Relu(
                 op.Conv(
-                    op.Unsqueeze(
-                        op.Concat(op.Gather(current, kept, axis=0), op.Gather(previous, reused, axis=0), axis=0), axis_0
-                    ),
-                    op.Gather(w2, columns, axis=1),
-                    b2,
-                    strides=conv2_strides,
-                    pads=conv2_pads,
-                ),
-                axis_0,
+                    x, op.Gather(w1, rows, axis=0), op.Gather(b1, rows, axis=0), strides=conv1_strides, pads=conv1_pads
+                )
+            )
+            # channel c of the full width reads position[c] of [compact, one zero channel]
+            count = op.Size(rows)
+            position = op.ScatterElements(
+                op.Expand(count, channels), rows, op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1))
+            )
+            padded = op.Concat(compact, op.Expand(zero, op.Concat(frames, one, size1, axis=0)), axis=1)
+            conv1_out = op.Gather(padded, position, axis=1)
+        else:
+            conv1_out = op.Expand(zero, op.Concat(frames, channels, size1, axis=0))
+    else:
+        conv1_out = op.Relu(op.Conv(x, w1, b1, strides=conv1_strides, pads=conv1_pads))
+
+    # keep: conv1 at this frame; reuse: at the frame before (a clip's first frame reuses nothing); skip: zero.
+    before = op.Concat(
+        op.Expand(zero, op.Concat(one, channels, size1, axis=0)),
+        op.Slice(conv1_out, axis_0, op.Constant(value_ints=[-1]), axis_0),
+        axis=0,
+    )
+    fused = op.Where(keep_map, conv1_out, op.Where(reuse_map, before, zero))
+
+    # conv2: the union of the channels any frame reads (gathered weight columns), or all of them.
+    if union2:
+        if op.Greater(op.Size(columns), op.Constant(value_int=0)):
+            out = op.Conv(
+                op.Gather(fused, columns, axis=1),
+                op.Gather(w2, columns, axis=1),
+                b2,
+                strides=conv2_strides,
+                pads=conv2_pads,
             )
         else:
-            out = op.Identity(conv2_bias)
-        return current, out
-
-    last, out = op.Scan(
-        conv1_zeros,
-        x,
-        op.Reshape(keep, frame_rows),
-        op.Reshape(reuse, frame_rows),
-        needed,
-        body=frame_step,
-        num_scan_inputs=4,
-    )
+            bias_map = op.Unsqueeze(b2, op.Constant(value_ints=[0, 2, 3]))
+            out = op.Expand(bias_map, op.Concat(frames, op.Shape(w2, end=1), size2, axis=0))
+    else:
+        out = op.Conv(fused, w2, b2, strides=conv2_strides, pads=conv2_pads)
     return out
 
 
@@ -208,13 +215,13 @@ def _node(g, name: str, *inputs, **attributes):
 
 class _GatedConvPair(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, codes, w1, b1, w2, b2, conv1_strides, conv1_pads, conv2_strides, conv2_pads):
+    def forward(ctx, x, codes, w1, b1, w2, b2, conv1_strides, conv1_pads, conv2_strides, conv2_pads, below1, below2):
         conv1_out = F.conv2d(x, w1, b1, conv1_strides, conv1_pads[: len(conv1_pads) // 2]).relu()
         fused = fuse_masked(conv1_out, F.one_hot(codes, DECISIONS).to(x.dtype))
         return F.conv2d(fused, w2, b2, conv2_strides, conv2_pads[: len(conv2_pads) // 2])
 
     @staticmethod
-    def symbolic(g, x, codes, w1, b1, w2, b2, conv1_strides, conv1_pads, conv2_strides, conv2_pads):
+    def symbolic(g, x, codes, w1, b1, w2, b2, conv1_strides, conv1_pads, conv2_strides, conv2_pads, below1, below2):
         return _node(
             g,
             "GatedConvPair",
@@ -228,6 +235,8 @@ class _GatedConvPair(torch.autograd.Function):
             conv1_pads_i=conv1_pads,
             conv2_strides_i=conv2_strides,
             conv2_pads_i=conv2_pads,
+            conv1_union_below_f=below1,
+            conv2_union_below_f=below2,
         )
 
 
@@ -239,12 +248,14 @@ def gated_conv_pair(
     *,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    costs: PairCosts | None = None,
 ) -> torch.Tensor:
     """``models.adafuse.gated_conv_pair`` with one ``clipwise::GatedConvPair`` node for the gated part when traced
     (the residual sum and the ReLU after it stay standard nodes).
 
     Eagerly it computes densely (the masked reference): it exists to be traced. ``codes`` None (full compute)
-    is the dense pair, traced as plain convolutions.
+    is the dense pair, traced as plain convolutions. The node's union thresholds start at
+    ``DEFAULT_UNION_BELOW``; ``export.calibration`` sets them for the machine that serves the graph.
     """
     if codes is None:
         return second(first(x, relu=True), residual=residual, relu=relu)
@@ -261,6 +272,8 @@ def gated_conv_pair(
         _onnx_pads(first.padding),
         list(second.stride),
         _onnx_pads(second.padding),
+        DEFAULT_UNION_BELOW,
+        DEFAULT_UNION_BELOW,
     )
     if residual is not None:
         out = out + residual

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import onnx
 import torch
 from pydantic import TypeAdapter
 
 from export.decoding import decoder_for
 from models.adafuse import AdaFuse
 from models.base import Execution, VideoClassifier
-from models.checkpoint import LoadedVersion, Manifest
+from models.checkpoint import LoadedVersion
 from models.policy import Policy
 
 BACKENDS = ("torch", "onnxruntime")
@@ -49,6 +52,25 @@ class Runner(Protocol):
 
     def execute(self, clips: torch.Tensor) -> Execution: ...
 
+    def calibrate(self, clip_shape: Sequence[int]) -> float | None:
+        """Prepare to serve clips of ``clip_shape`` (C, T, H, W) on this machine; the milliseconds of one clip
+        through the full-compute path, or None where it cannot be timed. Called when a version loads."""
+        ...
+
+
+FULL_COMPUTE_REPEATS = 5
+
+
+def median_ms(call: Callable[[], object], repeats: int = FULL_COMPUTE_REPEATS) -> float:
+    """Median wall time of ``call`` in milliseconds, after one unmeasured call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
 
 class TorchRunner:
     """The model's own eager ``execute``; on CUDA, AdaFuse's gated pairs run as Triton kernels when Triton is
@@ -62,6 +84,14 @@ class TorchRunner:
     def execute(self, clips: torch.Tensor) -> Execution:
         with gpu_gating(self.model, clips):
             return self.model.execute(clips)
+
+    def calibrate(self, clip_shape: Sequence[int]) -> float:
+        """Calibrate the model's adaptive executor at this clip shape; time one clip through full compute."""
+        frames, size = clip_shape[1], clip_shape[-1]
+        self.model.calibrate(frames, size)
+        clip = torch.randn(1, *clip_shape, generator=torch.Generator().manual_seed(0))
+        with self.model.full_compute():
+            return median_ms(lambda: self.execute(clip))
 
 
 def gpu_gating(model: VideoClassifier, clips: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -85,14 +115,14 @@ def default_providers() -> list[str]:
 class OnnxRunner:
     """A version's exported graph in an ONNX Runtime session, reporting like ``VideoClassifier.execute``.
 
-    ``path`` must hold the export of the weights ``manifest`` describes (checked against the graph's
-    metadata); the manifest gives the architecture the decisions are decoded with and the full-compute cost.
+    ``path`` must hold the export of the weights of ``loaded`` (checked against the graph's metadata); its
+    model decodes the decisions (on a meta-device twin) and its manifest gives the full-compute cost.
     """
 
     name = "onnxruntime"
 
     def __init__(
-        self, path: Path, manifest: Manifest, *, providers: Sequence[str] | None = None, threads: int | None = None
+        self, path: Path, loaded: LoadedVersion, *, providers: Sequence[str] | None = None, threads: int | None = None
     ) -> None:
         if not path.is_file():
             raise BackendUnavailable(f"no {path}: run `clipwise export onnx --model-dir {path.parent}`")
@@ -106,23 +136,43 @@ class OnnxRunner:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle threads sleep instead of spinning: the service runs torch, decoding and other sessions beside it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = list(providers or default_providers())
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        self.options, self.providers_asked = options, list(providers or default_providers())
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=self.providers_asked)
         metadata = self.session.get_modelmeta().custom_metadata_map
+        manifest = loaded.manifest
         if metadata.get(META_WEIGHTS) != manifest.weights_sha256:
             raise BackendUnavailable(f"{path} was exported from other weights than its manifest's: export it again")
         static_policy = metadata.get(META_STATIC_POLICY)
+        self.graph = onnx.load(str(path)) if isinstance(loaded.model, AdaFuse) else None  # to recalibrate
+        self.model = loaded.model
         self.decoder = decoder_for(
-            manifest.architecture,
-            manifest.kwargs,
+            loaded.model,
             manifest.full_gflops,
             TypeAdapter(Policy).validate_json(static_policy) if static_policy else None,
+            self.graph,
         )
         self.full_gflops = manifest.full_gflops
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
+
+    def calibrate(self, clip_shape: Sequence[int]) -> None:
+        """An AdaFuse graph: time each gated node's two computations here and set its union thresholds
+        (``export.calibration``), then reopen the session on the calibrated graph. No full-compute graph exists
+        to time: an exported graph holds its policy path only."""
+        if self.graph is None:
+            return None
+        import onnxruntime
+
+        from export.calibration import calibrate_thresholds, set_union_thresholds
+
+        set_union_thresholds(self.graph, calibrate_thresholds(self.model, clip_shape[1], clip_shape[-1], self.options))
+        self.session = onnxruntime.InferenceSession(
+            self.graph.SerializeToString(), self.options, providers=self.providers_asked
+        )
+        self.decoder = decoder_for(self.model, self.full_gflops, None, self.graph)
+        return None
 
     def execute(self, clips: torch.Tensor) -> Execution:
         outputs = self.session.run(None, {CLIPS: clips.detach().cpu().float().contiguous().numpy()})
@@ -135,5 +185,5 @@ def open_runner(loaded: LoadedVersion, backend: str, **session_options) -> Runne
     if backend == "torch":
         return TorchRunner(loaded.model)
     if backend == "onnxruntime":
-        return OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest, **session_options)
+        return OnnxRunner(loaded.path / MODEL_FILE, loaded, **session_options)
     raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

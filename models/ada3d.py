@@ -29,14 +29,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import ClipModelConfig, Preprocessing, VideoClassifier
+from models.base import ClipModelConfig, Preprocessing, VideoClassifier, forced_on, forcing
 from models.flops import is_tracking, record_macs, track_macs
 from models.mobilenet import MobileNetV2Features
 from models.policy import Ada3DPolicy
@@ -51,6 +52,7 @@ class Ada3DConfig(ClipModelConfig):
     num_classes: int = 200
     size: int = 256
     backbone: str = "i3d_r50"  # a models.resnet3d preset; num_classes, frames and size are passed to it
+    backbone_args: dict[str, Any] = field(default_factory=dict)  # other fields of the backbone preset's config
     selection_width: float = 1.0  # MobileNetV2 width multiplier
     selection_size: int = 112  # frames are resized to this square before the selection net
     sample_stride: int = 8  # the backbone's dense sampling stride
@@ -63,12 +65,13 @@ class Plan:
     frames: tuple[int, ...]
     stages_3d: tuple[bool, ...]
 
-    def policy(self, total_frames: int) -> Ada3DPolicy:
+    def policy(self, total_frames: int, gflops: float) -> Ada3DPolicy:
         return Ada3DPolicy(
             frames_kept=list(self.frames),
             stages_3d=list(self.stages_3d),
             frame_fraction=len(self.frames) / total_frames,
             stage_fraction=sum(self.stages_3d) / len(self.stages_3d),
+            gflops=gflops,
         )
 
 
@@ -182,6 +185,7 @@ def build_backbone(config: Ada3DConfig) -> ResNet3D:
         frames=config.frames,
         size=config.size,
         sample_stride=config.sample_stride,
+        **config.backbone_args,
     )
     if not isinstance(backbone, ResNet3D):
         raise TypeError(f"Ada3D needs a models.resnet3d backbone, {config.backbone!r} is {type(backbone).__name__}")
@@ -212,8 +216,7 @@ class Ada3D(VideoClassifier):
         self.backbone = build_backbone(config)
         self.num_stages = len(self.backbone.switchable_stages)
         self.selection = SelectionNet(config.frames, self.num_stages, config.selection_width, config.selection_size)
-        self._forced_plan: Plan | None = None
-        self._backbone_costs_cache: dict[tuple[bool, ...], tuple[float, float]] = {}
+        self._backbone_costs_cache: dict[tuple[int, int], dict[tuple[bool, ...], tuple[float, float]]] = {}
 
     # --- inference -------------------------------------------------------------------------------------------
 
@@ -251,7 +254,8 @@ class Ada3D(VideoClassifier):
 
     def _infer(self, clips: Tensor) -> tuple[Tensor, list[Plan]]:
         selection = self.select(clips)
-        plans = [self._forced_plan] * clips.shape[0] if self._forced_plan is not None else selection.greedy().plans()
+        forced = self.forced_plan()
+        plans = [forced] * clips.shape[0] if forced is not None else selection.greedy().plans()
         return self.run_backbone(clips, plans), plans
 
     def forward(self, clips: Tensor) -> Tensor:
@@ -259,7 +263,26 @@ class Ada3D(VideoClassifier):
 
     def forward_with_policy(self, clips: Tensor) -> tuple[Tensor, list[Ada3DPolicy]]:
         logits, plans = self._infer(clips)
-        return logits, [plan.policy(clips.shape[2]) for plan in plans]
+        return logits, self.policies(plans, clips.shape[2], clips.shape[-1])
+
+    def policies(self, plans: Sequence[Plan], frames: int, size: int) -> list[Ada3DPolicy]:
+        """The policy records of ``plans`` on clips of ``frames`` × ``size``², each with its GMACs."""
+        return [plan.policy(frames, self.plan_gflops(plan, frames, size)) for plan in plans]
+
+    def plan_gflops(self, plan: Plan, frames: int | None = None, size: int | None = None) -> float:
+        """GMACs of one clip under ``plan`` by the paper's count: the selection net on every frame, the backbone
+        on the kept frames with the plan's stages 3D (counted on a meta-device twin, cached)."""
+        frames, size = frames or self.config.frames, size or self.config.size
+        costs = self._backbone_costs(frames, size)
+        one, every = costs[plan.stages_3d]
+        # Every conv of the backbone costs in proportion to the frames and its classifier does not:
+        # interpolating between 1 and T frames is exact.
+        backbone = one + (every - one) * (len(plan.frames) - 1) / max(frames - 1, 1)
+        return self.full_gflops(frames, size) - costs[self.full_plan().stages_3d][1] + backbone
+
+    def calibrate(self, frames: int | None = None, size: int | None = None) -> None:
+        """Count every plan's cost at this input size now (at load), not on the request path."""
+        self._backbone_costs(frames or self.config.frames, size or self.config.size)
 
     def preprocessing(self) -> Preprocessing:
         return self.backbone.preprocessing()
@@ -270,51 +293,59 @@ class Ada3D(VideoClassifier):
         return Plan(tuple(range(self.config.frames)), (True,) * self.num_stages)
 
     def full_compute(self) -> contextlib.AbstractContextManager:
-        return self._forcing(self.full_plan())
+        return self.follow_plan(self.full_plan())
 
     def force_saving(self, fraction: float) -> contextlib.AbstractContextManager:
-        return self._forcing(self.saving_plan(fraction).plan)
+        return self.follow_plan(self.saving_plan(fraction).plan)
 
-    @contextlib.contextmanager
-    def _forcing(self, plan: Plan) -> Iterator[None]:
-        previous, self._forced_plan = self._forced_plan, plan
-        try:
-            yield
-        finally:
-            self._forced_plan = previous
+    def forced_plan(self) -> Plan | None:
+        """The plan this context forces (``follow_plan``, ``full_compute``, ``force_saving``), or None."""
+        return forced_on(self)
+
+    def follow_plan(self, plan: Plan) -> contextlib.AbstractContextManager:
+        """Run every clip under ``plan`` inside the block (in this context only); the selection net still runs."""
+        return forcing({self: plan})
 
     def saving_plan(self, fraction: float) -> SavingPlan:
         """The plan (evenly spaced frames, some stages 2D) whose saving of the full-compute MACs at the
         configured input is closest to ``fraction``; the selection net always runs and always counts."""
-        frames, costs = self.config.frames, self._backbone_costs()
-        full_backbone = costs[self.full_plan().stages_3d][1]
-        full = self.full_gflops()
-
-        def saved(kept: int, stages_3d: tuple[bool, ...]) -> float:
-            # Every conv of the backbone costs in proportion to the frames and its classifier does not:
-            # interpolating between 1 and T frames is exact.
-            one, every = costs[stages_3d]
-            return (full_backbone - one - (every - one) * (kept - 1) / max(frames - 1, 1)) / full
-
-        candidates = (
-            SavingPlan(Plan(evenly_spaced_frames(kept, frames), stages_3d), saved(kept, stages_3d))
+        frames, full = self.config.frames, self.full_gflops()
+        plans = (
+            Plan(evenly_spaced_frames(kept, frames), stages_3d)
             for kept in range(1, frames + 1)
-            for stages_3d in costs
+            for stages_3d in itertools.product((True, False), repeat=self.num_stages)
         )
+        candidates = (SavingPlan(plan, 1 - self.plan_gflops(plan) / full) for plan in plans)
         return min(candidates, key=lambda candidate: abs(candidate.saved_fraction - fraction))
 
-    def _backbone_costs(self) -> dict[tuple[bool, ...], tuple[float, float]]:
-        """Backbone GMACs on 1 and on T frames for every setting of the switchable stages, counted once on a
-        meta-device twin of the backbone."""
-        if not self._backbone_costs_cache:
+    def random_plan(self, saving: float, seed: int = 0, tolerance: float = 0.03) -> Plan:
+        """A plan drawn at random (each frame kept and each stage 3D with probabilities that vary from draw to
+        draw) whose saving of the full-compute MACs is within ``tolerance`` of ``saving``: the first such draw."""
+        generator = torch.Generator().manual_seed(seed)
+        full, frames = self.full_gflops(), self.config.frames
+        for _ in range(10_000):
+            keep, on = torch.rand(2, generator=generator).tolist()
+            kept = torch.rand(frames, generator=generator) < keep
+            if not kept.any():
+                continue
+            stages = tuple((torch.rand(self.num_stages, generator=generator) < on).tolist())
+            plan = Plan(tuple(kept.nonzero().flatten().tolist()), stages)
+            if abs(1 - self.plan_gflops(plan) / full - saving) <= tolerance:
+                return plan
+        raise ValueError(f"no random plan saves {saving:.0%} within {tolerance:.0%}")
+
+    def _backbone_costs(self, frames: int, size: int) -> dict[tuple[bool, ...], tuple[float, float]]:
+        """Backbone GMACs on 1 and on ``frames`` frames of ``size``² for every setting of the switchable stages,
+        counted once per input size on a meta-device twin of the backbone."""
+        key = (frames, size)
+        if key not in self._backbone_costs_cache:
             with torch.device("meta"):
                 twin = build_backbone(self.config).eval()
-            for stages_3d in itertools.product((True, False), repeat=self.num_stages):
-                self._backbone_costs_cache[stages_3d] = (
-                    _meta_gflops(twin, 1, self.config.size, stages_3d),
-                    _meta_gflops(twin, self.config.frames, self.config.size, stages_3d),
-                )
-        return self._backbone_costs_cache
+            self._backbone_costs_cache[key] = {
+                stages_3d: (_meta_gflops(twin, 1, size, stages_3d), _meta_gflops(twin, frames, size, stages_3d))
+                for stages_3d in itertools.product((True, False), repeat=self.num_stages)
+            }
+        return self._backbone_costs_cache[key]
 
     def static_backbone(self, plan: Plan) -> ResNet3D:
         """A copy of the backbone as ``plan`` runs it: stages off hold real 1×k×k convs with the centre

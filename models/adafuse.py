@@ -43,21 +43,33 @@ not skipped at t), on top of the layers the policy does not touch and the policy
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.base import forced_on, forcing
 from models.flops import conv_macs, count_flops, record_macs
 from models.folding import FoldCache, FoldedConv, conv_output_size
+from models.gating import (
+    KEEP,
+    PARTITIONS,
+    REUSE,
+    SKIP,
+    Decisions,
+    PairCosts,
+    calibrate_pair,
+    run_pair,
+    uncalibrated_costs,
+)
 from models.policy import AdaFusePolicy, ChannelUsage
 from models.registry import register_preset
 from models.tsn import TSN, Bottleneck, ResidualBlock, ResNet2D, TSNConfig, build_backbone
 
-KEEP, REUSE, SKIP = 0, 1, 2
 DECISIONS = 3
 
 
@@ -70,6 +82,7 @@ class AdaFuseConfig(TSNConfig):
     hidden_width: int = 0  # ... unless this is set (TSM+Last: 1024)
     share_policy_fcs: bool = True  # blocks of a stage with equal dimensions share the policy FCs
     tau: float = 0.67  # Gumbel-softmax temperature in training
+    decision_group: int = 1  # channels per decision: 1 is the paper's; groups make sets an executor can exploit
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,25 +98,22 @@ class AdaFuseConfig(TSNConfig):
 
 @dataclass(frozen=True)
 class _Directive:
+    """What one gated block does in the current context (``models.base.forcing``)."""
+
     keep_all: bool = False  # full compute: dense conv1 and conv2, nothing gated
     masked: bool = False  # run the dense masked formulation at inference too (the reference)
-    forced: dict[nn.Module, torch.Tensor] | None = None  # decision codes per gated block
+    codes: torch.Tensor | None = None  # forced decision codes, (T, C) or (N, T, C)
+    partitions: tuple[str, str] | None = None  # forced executor partitions (conv1, conv2): tests, benchmarks
+    calibrate: bool = False  # time the executor's candidates at this input and keep the fitted costs
 
 
-_directive: ContextVar[_Directive | None] = ContextVar("adafuse_directive", default=None)
+def _directive_of(block: nn.Module) -> _Directive:
+    return forced_on(block) or _Directive()
 
 
-def _current_directive() -> _Directive:
-    return _directive.get() or _Directive()
-
-
-@contextlib.contextmanager
-def _directing(**changes: object) -> Iterator[None]:
-    token = _directive.set(replace(_current_directive(), **changes))
-    try:
-        yield
-    finally:
-        _directive.reset(token)
+def _directing(changes: Mapping[nn.Module, dict[str, object]]) -> contextlib.AbstractContextManager:
+    """Apply each block's changes to its directive inside the block, in this context only."""
+    return forcing({block: replace(_directive_of(block), **change) for block, change in changes.items()})
 
 
 @dataclass
@@ -113,6 +123,9 @@ class BlockDecisions:
     masks: torch.Tensor  # (N, T, C, 3) one-hot keep / reuse / skip; straight-through gradients in training
     conv1_macs: int  # conv1 over all its output channels, one frame
     conv2_macs: int  # conv2 over all its input channels, one frame
+    input_size: tuple[int, int] = (0, 0)  # spatial size of the block's input
+    partitions: tuple[str, str] | None = None  # how the executor ran conv1 and conv2 (models.gating)
+    probabilities: torch.Tensor | None = None  # training: (N, T, C, 3) softmax of the logits the masks were drawn from
 
     def saved_macs(self) -> torch.Tensor:
         """Per-clip MACs that Eq. 5 saves against computing every channel (differentiable in the masks)."""
@@ -130,18 +143,30 @@ class PolicyRecord:
     size: int
     blocks: list[BlockDecisions] = field(default_factory=list)
 
-    def policies(self) -> list[AdaFusePolicy]:
-        """Keep / reuse / skip fractions per clip: overall, per block, per frame."""
+    def policy_gflops(self, full_gflops: float) -> torch.Tensor:
+        """GFLOPs per clip of these decisions by Eq. 5 (``full_gflops`` minus what they save), differentiable."""
+        saved = torch.stack([block.saved_macs() for block in self.blocks]).sum(0)
+        return full_gflops - saved / 1e9
+
+    def policies(self, full_gflops: float) -> list[AdaFusePolicy]:
+        """Keep / reuse / skip fractions per clip (overall, per block, per frame), its Eq. 5 GFLOPs and how the
+        executor ran each block."""
         counts = torch.stack([b.masks.detach().sum(2) for b in self.blocks], 1).double()  # (N, B, T, 3)
         channels = torch.tensor([b.masks.shape[2] for b in self.blocks], dtype=torch.float64)
         per_block = counts.sum(2) / (channels[:, None] * self.frames)
         per_frame = counts.sum(1) / channels.sum()
         overall = counts.sum((1, 2)) / (channels.sum() * self.frames)
+        gflops = self.policy_gflops(full_gflops).detach().tolist()
+        executed = (
+            [] if any(b.partitions is None for b in self.blocks) else ["/".join(b.partitions) for b in self.blocks]
+        )
         return [
             AdaFusePolicy(
                 overall=_usage(overall[n]),
                 blocks=[_usage(row) for row in per_block[n]],
                 frames=[_usage(row) for row in per_frame[n]],
+                gflops=gflops[n],
+                executed=executed,
             )
             for n in range(counts.shape[0])
         ]
@@ -170,14 +195,18 @@ def _recording(frames: int, size: int) -> Iterator[PolicyRecord]:
 
 
 class PolicyNet(nn.Module):
-    """Keep / reuse / skip logits per output channel of conv1 from the pooled input of frames t−1 and t."""
+    """Keep / reuse / skip logits per group of ``group`` output channels of conv1 (1: per channel, the paper's)
+    from the pooled input of frames t−1 and t."""
 
-    def __init__(self, in_channels: int, width: int, hidden: int) -> None:
+    def __init__(self, in_channels: int, width: int, hidden: int, group: int = 1) -> None:
         super().__init__()
+        if width % group:
+            raise ValueError(f"decision groups of {group} channels do not divide a block of width {width}")
+        self.group = group
         self.fc_in = nn.Linear(2 * in_channels, hidden)
         self.bn = nn.BatchNorm1d(hidden)
         self.relu = nn.ReLU(inplace=True)
-        self.fc_out = nn.Linear(hidden, DECISIONS * width)
+        self.fc_out = nn.Linear(hidden, DECISIONS * (width // group))
         for fc in (self.fc_in, self.fc_out):
             nn.init.normal_(fc.weight, std=0.001)
             nn.init.zeros_(fc.bias)
@@ -188,7 +217,7 @@ class PolicyNet(nn.Module):
             mine.weight, mine.bias = theirs.weight, theirs.bias
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """(N·T, C_in, H, W) block input → logits (N, T, width, 3)."""
+        """(N·T, C_in, H, W) block input → logits (N, T, width / group, 3)."""
         pooled = x.mean((2, 3)).view(-1, frames, x.shape[1])
         previous = F.pad(pooled, (0, 0, 1, 0))[:, :-1]
         hidden = self.relu(self.bn(self.fc_in(torch.cat([previous, pooled], -1).flatten(0, 1))))
@@ -216,9 +245,10 @@ class AdaFuseBlock(ResidualBlock):
         self.policy = policy
         self.tau = tau
         self._folded = FoldCache()
+        self._costs: dict[tuple[int, int], PairCosts] = {}  # calibrated, by spatial input size
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        directive = _current_directive()
+        directive = _directive_of(self)
         if self.training or directive.masked:
             return super().forward(x, frames)
         shifted = x if self.shift is None else self.shift(x, frames)
@@ -226,37 +256,58 @@ class AdaFuseBlock(ResidualBlock):
         masks = self._decide(shifted, frames, directive)
         codes = None if directive.keep_all else masks.argmax(-1)
         first, second = self._folded(self.conv1, self.bn1), self._folded(self.conv2, self.bn2)
-        pair = _pair_executor.get()
+        epilogue = {"relu": True} if self.bottleneck else {"residual": shortcut, "relu": True}
+        size = (shifted.shape[-2], shifted.shape[-1])
+        if directive.calibrate:
+            self._costs[size] = calibrate_pair(shifted, frames, first, second, **epilogue)
+        costs = self.pair_costs(size, first, second)
+        if directive.partitions is not None:
+            costs = replace(costs, forced=directive.partitions)
+        out = _pair_executor.get()(shifted, codes, first, second, costs=costs, **epilogue)
         if not self.bottleneck:
-            return pair(shifted, codes, first, second, residual=shortcut, relu=True)
-        out = pair(shifted, codes, first, second, relu=True)
+            return out
         return self._folded(self.conv3, self.bn3).dense(out, residual=shortcut, relu=True)
+
+    def pair_costs(self, size: tuple[int, int], first: FoldedConv, second: FoldedConv) -> PairCosts:
+        """The executor's cost models at this spatial input size: calibrated, or from MACs where never timed."""
+        return self._costs.get(size) or uncalibrated_costs(size, self.conv1.in_channels, first, second)
+
+    def calibrated_sizes(self) -> list[tuple[int, int]]:
+        """The spatial input sizes this block's executor has timed its candidates at."""
+        return sorted(self._costs)
 
     def branch(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """The residual branch with the dense masked fusion: training, and the reference at inference."""
-        masks = self._decide(x, frames, _current_directive())
+        masks = self._decide(x, frames, _directive_of(self))
         out = self.bn2(self.conv2(fuse_masked(self.relu(self.bn1(self.conv1(x))), masks)))
         return self.bn3(self.conv3(self.relu(out))) if self.bottleneck else out
 
     def _decide(self, x: torch.Tensor, frames: int, directive: _Directive) -> torch.Tensor:
         """Run the policy net on the branch input and record the decisions it (or the directive) makes."""
-        masks = self._masks(self.policy(x, frames), directive)
-        self._record(masks, x)
+        logits = self.policy(x, frames)
+        masks = self._masks(logits, directive)
+        probabilities = None
+        if self.training:
+            probabilities = (logits / self.tau).softmax(-1).repeat_interleave(self.policy.group, dim=2)
+        self._record(masks, x, probabilities)
         return masks
 
     def _masks(self, logits: torch.Tensor, directive: _Directive) -> torch.Tensor:
-        """One-hot keep / reuse / skip per (clip, frame, channel), no reuse at the first frame."""
+        """One-hot keep / reuse / skip per (clip, frame, channel), no reuse at the first frame; the policy net
+        decides per group of channels, and every channel of a group follows its group's decision."""
+        width = self.conv1.out_channels
         if directive.keep_all:
-            codes = torch.zeros_like(logits[..., 0], dtype=torch.long)
-        elif directive.forced is not None:
-            codes = directive.forced[self].to(logits.device).expand(logits.shape[:-1])
+            codes = torch.zeros((*logits.shape[:2], width), dtype=torch.long, device=logits.device)
+        elif directive.codes is not None:
+            codes = directive.codes.to(logits.device).expand((*logits.shape[:2], width))
         elif self.training:
-            return _first_frame_reuse_is_skip(F.gumbel_softmax(logits, tau=self.tau, hard=True))
+            masks = F.gumbel_softmax(logits, tau=self.tau, hard=True).repeat_interleave(self.policy.group, dim=2)
+            return _first_frame_reuse_is_skip(masks)
         else:
-            codes = logits.argmax(-1)
+            codes = logits.argmax(-1).repeat_interleave(self.policy.group, dim=2)
         return _first_frame_reuse_is_skip(F.one_hot(codes, DECISIONS).to(logits.dtype))
 
-    def _record(self, masks: torch.Tensor, x: torch.Tensor) -> None:
+    def _record(self, masks: torch.Tensor, x: torch.Tensor, probabilities: torch.Tensor | None) -> None:
         record = _recorder.get()
         if record is None:
             return
@@ -265,7 +316,8 @@ class AdaFuseBlock(ResidualBlock):
         width = self.conv1.out_channels
         conv1_macs = conv_macs((width, *size1), self.conv1.in_channels, self.conv1.kernel_size)
         conv2_macs = conv_macs((self.conv2.out_channels, *size2), width, self.conv2.kernel_size)
-        record.blocks.append(BlockDecisions(masks, conv1_macs, conv2_macs))
+        size = (x.shape[-2], x.shape[-1])
+        record.blocks.append(BlockDecisions(masks, conv1_macs, conv2_macs, size, probabilities=probabilities))
 
 
 def _first_frame_reuse_is_skip(masks: torch.Tensor) -> torch.Tensor:
@@ -285,80 +337,7 @@ def fuse_masked(conv1_out: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Gated execution: only the channels the policy keeps.
-
-
-@dataclass
-class _ChannelPlan:
-    """Per frame (clip-major): conv1's output channels in execution order, and where its parts end.
-
-    Order: kept and not reused next, kept and reused next, reused next only. The kept channels are then a
-    prefix and those that frame t+1 reuses a suffix of what conv1 computes at t: both are slices.
-    """
-
-    order: torch.Tensor  # (N·T, C) int64, on the CPU
-    kept_only_end: list[int]
-    kept_end: list[int]
-    needed_end: list[int]
-    clips: int
-    frames: int
-
-    @staticmethod
-    def of(codes: torch.Tensor) -> _ChannelPlan:
-        keep, reuse = codes == KEEP, codes == REUSE
-        reused_next = F.pad(reuse[:, 1:], (0, 0, 0, 1))
-        rank = torch.where(keep, reused_next.long(), torch.where(reused_next, 2, 3)).flatten(0, 1).cpu()
-        order = torch.argsort(rank, dim=-1, stable=True)
-        ends = [(rank <= r).sum(-1).tolist() for r in range(3)]
-        return _ChannelPlan(order, *ends, clips=codes.shape[0], frames=codes.shape[1])
-
-    @property
-    def total_frames(self) -> int:
-        return len(self.order)
-
-    def conv1_channels(self, frame: int) -> torch.Tensor:
-        return self.order[frame, : self.needed_end[frame]]
-
-    def reused_slice(self, frame: int) -> slice:
-        """Where the channels that ``frame`` reuses lie in conv1's output of the frame before it."""
-        if frame % self.frames == 0:
-            return slice(0, 0)
-        return slice(self.kept_only_end[frame - 1], self.needed_end[frame - 1])
-
-    def reuses(self, frame: int) -> bool:
-        reused = self.reused_slice(frame)
-        return reused.stop > reused.start
-
-    def conv2_channels(self, frame: int) -> torch.Tensor:
-        """conv2's input channels at ``frame``: the kept ones, then the reused ones, in conv1's order."""
-        kept = self.order[frame, : self.kept_end[frame]]
-        if not self.reuses(frame):
-            return kept
-        return torch.cat([kept, self.order[frame - 1, self.reused_slice(frame)]])
-
-    def clip_counts(self, group: tuple[int, ...]) -> torch.Tensor:
-        """How many frames of each clip a group of frames holds."""
-        return torch.bincount(torch.tensor(group) // self.frames, minlength=self.clips).double()
-
-
-def _group_frames(channel_sets: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
-    """Frames grouped by identical channel lists, each group in frame order."""
-    groups: dict[bytes, list[int]] = {}
-    for frame, channels in enumerate(channel_sets):
-        groups.setdefault(channels.numpy().tobytes(), []).append(frame)
-    return [tuple(frames) for frames in groups.values()]
-
-
-def _frame_index(frames: tuple[int, ...], device: torch.device) -> slice | torch.Tensor:
-    """Index of a group of frames: a (strided) slice, i.e. a view, when they are evenly spaced."""
-    step = frames[1] - frames[0] if len(frames) > 1 else 1
-    if all(b - a == step for a, b in zip(frames, frames[1:], strict=False)):
-        return slice(frames[0], frames[-1] + 1, step)
-    return torch.tensor(frames, device=device)
-
-
-def _channels_last_empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+# Gated execution: the eager executor, and the signature every executor shares.
 
 
 def gated_conv_pair(
@@ -369,105 +348,63 @@ def gated_conv_pair(
     *,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    costs: PairCosts | None = None,
 ) -> torch.Tensor:
-    """``second(fuse(relu(first(x))), residual, relu)`` computing only what the decisions keep (inference).
+    """``second(fuse(relu(first(x))), residual, relu)`` under the decisions, computed the cheapest way the cost
+    models predict (``models.gating``); reports the MACs it ran per clip.
 
     x: (N·T, C_in, H, W) frames, clip-major. codes: (N, T, C) keep / reuse / skip per output channel of
     ``first``, no reuse at a clip's first frame; None keeps everything (no data-dependent step, so it also
-    runs on the meta device). Equal to the masked formulation; reports its MACs per clip.
+    runs on the meta device). ``costs``: the pair's cost models at this input size (None: from MACs).
     """
     if codes is None:
         y = first(x, relu=True)
         out = second(y, residual=residual, relu=relu)
         record_macs(x.shape[0] * (first.macs(y, x.shape[1]) + second.macs(out, y.shape[1])))
         return out
-    plan = _ChannelPlan.of(codes)
-    conv1_out, conv1_batches, conv1_macs = _gated_first(x, plan, first)
-    out, conv2_macs = _gated_second(conv1_out, conv1_batches, plan, second, residual, relu)
-    record_macs(conv1_macs + conv2_macs)
+    costs = costs or uncalibrated_costs(x.shape[-2:], x.shape[1], first, second)
+    out, run = run_pair(x, Decisions.of(codes), first, second, costs, residual=residual, relu=relu)
+    record_macs(run.macs)
+    record = _recorder.get()
+    if record is not None and record.blocks:
+        record.blocks[-1].partitions = (run.conv1, run.conv2)
     return out
 
 
-def _gated_first(
-    x: torch.Tensor, plan: _ChannelPlan, first: FoldedConv
-) -> tuple[list[torch.Tensor], dict[tuple[int, ...], torch.Tensor], torch.Tensor]:
-    """relu(first(x)) of every frame over the channels it needs, frames with equal needs as one batch.
+class GatedPairExecutor(Protocol):
+    """How a gated block's conv pair runs at inference: ``second(fuse(relu(first(x))), residual, relu)`` where
+    ``fuse`` applies the keep / reuse / skip ``codes`` (N, T, C) to conv1's output (None: keep everything).
 
-    Returns each frame's output (needed, H, W), each batch's output, and the MACs per clip.
+    Implemented by ``gated_conv_pair`` (eager, the default), ``export.ops.gated_conv_pair`` (one ONNX node when
+    traced) and ``export.triton_gating.gated_conv_pair`` (CUDA kernels); ``costs`` is the eager executor's
+    calibrated cost models, which the others may ignore.
     """
-    size = conv_output_size(first, x.shape[-2:])
-    batches, macs = {}, torch.zeros(plan.clips, dtype=torch.float64)
-    channel_sets = [plan.conv1_channels(f) for f in range(plan.total_frames)]
-    for group in _group_frames(channel_sets):
-        channels = channel_sets[group[0]]
-        if len(channels):
-            y = first(x[_frame_index(group, x.device)], outputs=channels, relu=True)
-        else:
-            y = _channels_last_empty(x, len(group), 0, *size)
-        batches[group] = y
-        macs += plan.clip_counts(group) * first.macs(y, x.shape[1])
-    per_frame = [x] * plan.total_frames
-    for group, y in batches.items():
-        for position, frame in enumerate(group):
-            per_frame[frame] = y[position]
-    return per_frame, batches, macs
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        codes: torch.Tensor | None,
+        first: FoldedConv,
+        second: FoldedConv,
+        *,
+        residual: torch.Tensor | None = None,
+        relu: bool = False,
+        costs: PairCosts | None = None,
+    ) -> torch.Tensor: ...
 
 
-def _gated_second(
-    conv1_out: list[torch.Tensor],
-    conv1_batches: dict[tuple[int, ...], torch.Tensor],
-    plan: _ChannelPlan,
-    second: FoldedConv,
-    residual: torch.Tensor | None,
-    relu: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """second() of every frame over its kept and reused channels only; the output and the MACs per clip."""
-    like = conv1_out[0]
-    size = conv_output_size(second, like.shape[-2:])
-    out_channels = second.weight.shape[0]
-    channel_sets = [plan.conv2_channels(f) for f in range(plan.total_frames)]
-    groups = _group_frames(channel_sets)
-    out = None if len(groups) == 1 else _channels_last_empty(like, plan.total_frames, out_channels, *size)
-    macs = torch.zeros(plan.clips, dtype=torch.float64)
-    for group in groups:
-        channels = channel_sets[group[0]]
-        group_residual = None if residual is None else residual[_frame_index(group, residual.device)]
-        if len(channels):
-            fused = _fused_input(group, len(channels), plan, conv1_out, conv1_batches)
-            z = second(fused, inputs=channels, residual=group_residual, relu=relu)
-        else:  # every channel skipped: a convolution of zeros, i.e. its bias
-            z = _channels_last_empty(like, len(group), out_channels, *size)
-            z.copy_(second.bias[:, None, None].expand_as(z[0]))
-            if group_residual is not None:
-                z += group_residual
-            if relu:
-                z.relu_()
-        macs += plan.clip_counts(group) * second.macs(z, len(channels))
-        if out is None:  # a single group: every frame, in order
-            out = z
-        else:
-            out[_frame_index(group, z.device)] = z
-    return out, macs
+_pair_executor: ContextVar[GatedPairExecutor] = ContextVar("adafuse_pair", default=gated_conv_pair)
 
 
-def _fused_input(
-    group: tuple[int, ...],
-    channels: int,
-    plan: _ChannelPlan,
-    conv1_out: list[torch.Tensor],
-    conv1_batches: dict[tuple[int, ...], torch.Tensor],
-) -> torch.Tensor:
-    """The second conv's input for a group of frames: each frame's kept channels, then those it reuses."""
-    batch = conv1_batches.get(group)
-    if batch is not None and not any(plan.reuses(f) for f in group):
-        return batch[:, :channels]  # the first conv ran these frames together and nothing is reused: a view
-    fused = _channels_last_empty(conv1_out[group[0]], len(group), channels, *conv1_out[group[0]].shape[-2:])
-    for position, frame in enumerate(group):
-        kept = plan.kept_end[frame]
-        fused[position, :kept] = conv1_out[frame][:kept]
-        if kept < channels:
-            fused[position, kept:] = conv1_out[frame - 1][plan.reused_slice(frame)]
-    return fused
+@contextlib.contextmanager
+def executing_gated_pairs(executor: GatedPairExecutor) -> Iterator[None]:
+    """Run every gated pair of inference with ``executor`` instead of ``gated_conv_pair``: an ONNX custom op to
+    trace, or a GPU kernel. Per context, so concurrent requests are unaffected."""
+    token = _pair_executor.set(executor)
+    try:
+        yield
+    finally:
+        _pair_executor.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -485,7 +422,7 @@ def build_adafuse_backbone(config: AdaFuseConfig) -> ResNet2D:
         stage = stages[index - 1]
         for position, block in enumerate(stage):
             dims = (block.conv1.in_channels, block.conv1.out_channels)
-            policy = PolicyNet(*dims, config.policy_hidden(dims[1]))
+            policy = PolicyNet(*dims, config.policy_hidden(dims[1]), config.decision_group)
             if config.share_policy_fcs:
                 policy.tie_fcs(shared.setdefault(dims, policy))
             stage[position] = AdaFuseBlock(block, policy, config.tau)
@@ -521,7 +458,7 @@ class AdaFuse(TSN):
     def forward_with_policy(self, clips: torch.Tensor) -> tuple[torch.Tensor, list[AdaFusePolicy]]:
         with _recording(clips.shape[2], clips.shape[-1]) as record:
             logits = self(clips)
-        return logits, record.policies()
+        return logits, record.policies(self.full_gflops(record.frames, record.size))
 
     def policy_gflops(self) -> torch.Tensor:
         """GFLOPs per clip of the last forward pass's policy by Eq. 5, differentiable in the policy.
@@ -532,15 +469,68 @@ class AdaFuse(TSN):
         record = self.last_record
         if record is None:
             raise RuntimeError("policy_gflops() describes the last forward pass: run one first")
-        saved = torch.stack([block.saved_macs() for block in record.blocks]).sum(0)
-        return self.full_gflops(record.frames, record.size) - saved / 1e9
+        return record.policy_gflops(self.full_gflops(record.frames, record.size))
+
+    def policy_time_ratio(self) -> torch.Tensor:
+        """Per clip, the predicted time of the last forward pass's gated pairs under its decisions over their
+        time with every channel, differentiable in the decisions: the latency-aware cost term of training.
+
+        Each pair is predicted as the executor runs a clip alone with the ``union`` partition: conv1 over the
+        channels any frame needs, conv2 over those any frame reads, by the block's cost models
+        (``models.gating``; ``calibrate`` first, else they come from MACs). In training the channel counts are
+        expected ones under the policy's probabilities (frames drawn independently): channel c is in the union
+        with probability 1 − Π_t (1 − p_t,c), so a channel a policy uses at one frame costs as much as one it
+        uses at all, and the term rewards skipping the same channels at every frame — what execution can turn
+        into time. At inference it counts the decisions themselves.
+        """
+        record = self.last_record
+        if record is None:
+            raise RuntimeError("policy_time_ratio() describes the last forward pass: run one first")
+        predicted = full = 0.0
+        for block, decisions in zip(self.gated_blocks(), record.blocks, strict=True):
+            first, second = block._folded(block.conv1, block.bn1), block._folded(block.conv2, block.bn2)
+            costs = block.pair_costs(decisions.input_size, first, second)
+            chances = decisions.masks if decisions.probabilities is None else decisions.probabilities
+            keep, reuse, _ = _first_frame_reuse_is_skip(chances).unbind(-1)
+            reused_next = F.pad(reuse[:, 1:], (0, 0, 0, 1))
+            needed = 1 - (1 - keep) * (1 - reused_next)
+            union1 = 1 - (1 - needed).prod(1)  # (N, C)
+            union2 = 1 - (1 - keep - reuse).prod(1)
+            frames = record.frames
+            predicted = predicted + costs.conv1.gathered_time(frames, union1.sum(-1))
+            predicted = predicted + costs.conv2.gathered_time(frames, union2.sum(-1))
+            full += costs.conv1.predict(frames, None) + costs.conv2.predict(frames, None)
+        return predicted / full
 
     def full_compute(self) -> contextlib.AbstractContextManager:
-        return _directing(keep_all=True)
+        return _directing(dict.fromkeys(self.gated_blocks(), {"keep_all": True}))
+
+    def executing_partitions(self, conv1: str, conv2: str) -> contextlib.AbstractContextManager:
+        """Run every gated pair's conv1 and conv2 with the named partitions of ``models.gating.PARTITIONS``
+        (where the candidate exists) instead of the cheapest predicted: tests and benchmarks."""
+        for name in (conv1, conv2):
+            if name not in PARTITIONS:
+                raise ValueError(f"unknown partition {name!r}; known: {', '.join(PARTITIONS)}")
+        return _directing(dict.fromkeys(self.gated_blocks(), {"partitions": (conv1, conv2)}))
+
+    @torch.inference_mode()
+    def calibrate(self, frames: int | None = None, size: int | None = None) -> None:
+        """Time every gated pair's candidate computations on this machine at this input size (default: the
+        configured one) and keep the fitted cost models, by which the executor then chooses. Runs one forward
+        pass of a random clip; call it when a version loads, never on the request path."""
+        frames, size = frames or self.config.frames, size or self.config.size
+        clip = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0))
+        training = self.training
+        self.eval()  # the executor runs in eval mode (training calibrates for the latency-aware cost)
+        try:
+            with _directing(dict.fromkeys(self.gated_blocks(), {"calibrate": True, "keep_all": True})):
+                self(clip.to(self.fc.weight.device))
+        finally:
+            self.train(training)
 
     def masked_execution(self) -> contextlib.AbstractContextManager:
         """Run the dense masked formulation (training's) at inference too: the reference for gated execution."""
-        return _directing(masked=True)
+        return _directing(dict.fromkeys(self.gated_blocks(), {"masked": True}))
 
     def follow_policy(self, decisions: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
         """Use the given decisions instead of the policy nets': per gated block, a (T, C) or (N, T, C) tensor
@@ -554,7 +544,7 @@ class AdaFuse(TSN):
                     f"decisions for a block of width {block.conv1.out_channels} must be int64 "
                     f"(..., {block.conv1.out_channels}), got {codes.dtype} {tuple(codes.shape)}"
                 )
-        return _directing(forced=dict(zip(blocks, decisions, strict=True)))
+        return _directing({block: {"codes": codes} for block, codes in zip(blocks, decisions, strict=True)})
 
     @contextlib.contextmanager
     def force_saving(self, fraction: float, *, reuse: bool = True) -> Iterator[float]:
@@ -568,7 +558,7 @@ class AdaFuse(TSN):
         if not 0 <= fraction < 1:
             raise ValueError(f"fraction must be in [0, 1), got {fraction}")
         frames, size = self.config.frames, self.config.size
-        costs = self._block_costs(frames, size)
+        costs = self.block_costs(frames, size)
         full = self.full_gflops(frames, size) * 1e9
 
         def saved(share: float) -> float:
@@ -585,22 +575,73 @@ class AdaFuse(TSN):
         with self.follow_policy(decisions):
             yield achieved / full
 
-    def execution_of(
-        self, codes: Sequence[torch.Tensor], frames: int, size: int
-    ) -> tuple[list[float], list[AdaFusePolicy]]:
-        """Executed GFLOPs per clip (Eq. 5, as the gated blocks execute it) and the policies of given decisions:
-        per gated block, (N, T, C) keep / reuse / skip codes, as an exported graph outputs them."""
-        costs = self._block_costs(frames, size)
-        blocks = [
-            BlockDecisions(_one_hot(block_codes.long()), cost.conv1_macs, cost.conv2_macs)
-            for block_codes, cost in zip(codes, costs, strict=True)
+    def random_decisions(
+        self, saving: float, *, clips: int = 1, reuse_share: float = 0.25, seed: int = 0
+    ) -> list[torch.Tensor]:
+        """Decisions drawn independently per (clip, frame, channel) whose Eq. 5 saving of the full-compute MACs
+        at the configured input is about ``saving``: each channel skipped with one probability (found by
+        bisection), else reused with ``reuse_share`` and kept otherwise. Per gated block, (N, T, C) codes, for
+        ``follow_policy``: the case benchmarks measure beside learned policies."""
+        frames, size = self.config.frames, self.config.size
+        costs = self.block_costs(frames, size)
+        full = self.full_gflops(frames, size)
+        uniforms = [
+            torch.rand(clips, frames, block.masks.shape[2], generator=torch.Generator().manual_seed(seed + index))
+            for index, block in enumerate(costs)
         ]
-        saved = torch.stack([block.saved_macs() for block in blocks]).sum(0)
-        gflops = (self.full_gflops(frames, size) - saved / 1e9).tolist()
-        return gflops, PolicyRecord(frames, size, blocks).policies()
 
-    def _block_costs(self, frames: int, size: int) -> list[BlockDecisions]:
-        """Every gated block's per-frame conv costs (with keep-everything masks), from a meta pass."""
+        def draw(skip: float) -> list[torch.Tensor]:
+            decisions = []
+            for uniform in uniforms:
+                codes = torch.full(uniform.shape, KEEP, dtype=torch.long)
+                codes[uniform < skip + (1 - skip) * reuse_share] = REUSE
+                codes[uniform < skip] = SKIP
+                codes[:, 0][codes[:, 0] == REUSE] = SKIP  # nothing to reuse before a clip's first frame
+                decisions.append(codes)
+            return decisions
+
+        def saved(skip: float) -> float:
+            blocks = [
+                BlockDecisions(_one_hot(codes), cost.conv1_macs, cost.conv2_macs)
+                for codes, cost in zip(draw(skip), costs, strict=True)
+            ]
+            return 1 - PolicyRecord(frames, size, blocks).policy_gflops(full).mean().item() / full
+
+        low, high = 0.0, 1.0
+        for _ in range(30):
+            middle = (low + high) / 2
+            low, high = (middle, high) if saved(middle) < saving else (low, middle)
+        return draw((low + high) / 2)
+
+    def execution_of(
+        self, codes: Sequence[torch.Tensor], frames: int, size: int, union_below: Sequence[tuple[float, float]]
+    ) -> tuple[list[float], list[AdaFusePolicy]]:
+        """Executed GFLOPs per clip and the policies (with their Eq. 5 GFLOPs) of the decisions an exported graph
+        ran: per gated block its (N, T, C) keep / reuse / skip codes and the (conv1, conv2) union thresholds of
+        its node. A convolution ran the union of the channels its frames need when that union held fewer than
+        its threshold of the channels, and every channel otherwise (``export.ops.GatedConvPair``)."""
+        costs = self.block_costs(frames, size)
+        blocks, saved = [], 0.0
+        for block_codes, cost, (below1, below2) in zip(codes, costs, union_below, strict=True):
+            decisions = Decisions.of(block_codes.long())
+            names = []
+            for mask, macs, below in (
+                (decisions.needed, cost.conv1_macs, below1),
+                (decisions.active, cost.conv2_macs, below2),
+            ):
+                channels, union = mask.shape[1], int(mask.any(0).sum())
+                ran_union = union < below * channels
+                saved += frames * (channels - union) * macs / channels if ran_union else 0.0
+                names.append("union" if ran_union else "dense")
+            masks = _one_hot(block_codes.long())
+            blocks.append(BlockDecisions(masks, cost.conv1_macs, cost.conv2_macs, cost.input_size, tuple(names)))
+        record = PolicyRecord(frames, size, blocks)
+        full = self.full_gflops(frames, size)
+        return [full - saved / 1e9] * len(codes[0]), record.policies(full)
+
+    def block_costs(self, frames: int, size: int) -> list[BlockDecisions]:
+        """Every gated block's per-frame conv costs and input size (with keep-everything masks), from a meta
+        pass."""
         with _recording(frames, size) as record:
             count_flops(self, frames, size)
         return record.blocks
@@ -633,20 +674,6 @@ def _saving_pattern(channels: int, frames: int, share: float, reuse: bool, seed:
     codes[:, chosen[:skipped]] = SKIP
     codes[1::2, chosen[skipped : skipped + alternating]] = REUSE
     return codes
-
-
-_pair_executor: ContextVar[Callable[..., torch.Tensor]] = ContextVar("adafuse_pair", default=gated_conv_pair)
-
-
-@contextlib.contextmanager
-def executing_gated_pairs(executor: Callable[..., torch.Tensor]) -> Iterator[None]:
-    """Run every gated pair of inference with ``executor`` instead of ``gated_conv_pair`` (same signature):
-    an ONNX custom op to trace, or a GPU kernel. Per context, so concurrent requests are unaffected."""
-    token = _pair_executor.set(executor)
-    try:
-        yield
-    finally:
-        _pair_executor.reset(token)
 
 
 def _register_presets() -> None:

@@ -9,7 +9,10 @@ models).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +20,26 @@ from torch import nn
 
 from models.flops import count_flops, track_macs
 from models.policy import Policy
+
+_forced: ContextVar[Mapping[nn.Module, Any]] = ContextVar("clipwise_forced", default=MappingProxyType({}))
+
+
+@contextlib.contextmanager
+def forcing(forced: Mapping[nn.Module, Any]) -> Iterator[None]:
+    """Inside the block, ``forced_on(module)`` is what ``forced`` maps ``module`` to: how adaptive models force a
+    policy (full compute, a fixed plan, a strategy). Per context, like a context variable: other threads and
+    asyncio tasks running the same model meanwhile see none of it, so concurrent requests stay correct."""
+    token = _forced.set(MappingProxyType({**_forced.get(), **forced}))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced_on(module: nn.Module) -> Any | None:
+    """What the innermost ``forcing`` of this context maps ``module`` to, or None."""
+    return _forced.get().get(module)
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,9 +60,16 @@ class Execution:
     """What one inference pass computed and what it cost."""
 
     logits: torch.Tensor
-    executed_gflops: list[float]
-    full_gflops: float
+    executed_gflops: list[float]  # per clip: the MACs of what ran (padding and dense fallbacks included)
+    full_gflops: float  # one clip with nothing skipped
     policy: list[Policy] | None = None
+    policy_gflops: list[float] | None = None  # per clip: what the policy's decisions cost by the paper's count
+
+    def __post_init__(self) -> None:
+        if self.policy_gflops is None:
+            costs = [getattr(entry, "gflops", None) for entry in self.policy or []]
+            known = self.policy is not None and all(cost is not None for cost in costs)
+            self.policy_gflops = costs if known else list(self.executed_gflops)
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,10 @@ class VideoClassifier(nn.Module):
         """Context in which an adaptive model keeps everything; static models need nothing."""
         return contextlib.nullcontext()
 
+    def calibrate(self, frames: int | None = None, size: int | None = None) -> None:
+        """Time, on this machine, the computations an adaptive model chooses between at run time, at this input
+        size (default: the configured one); call it when a version loads. Static models have none."""
+
     def force_saving(self, fraction: float) -> contextlib.AbstractContextManager:
         """Context in which an adaptive model follows a fixed policy that skips about ``fraction`` of its
         full-compute MACs, the same for every clip (benchmarks and tests). Static models have no policy."""
@@ -108,4 +142,3 @@ class VideoClassifier(nn.Module):
             short_side=round(size * 256 / 224),
             crop_size=size,
         )
-

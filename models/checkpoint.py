@@ -125,9 +125,7 @@ def list_model_names(repository: Path) -> list[str]:
     """Model directories of a repository that hold at least one version."""
     if not repository.is_dir():
         return []
-    return sorted(
-        p.name for p in repository.iterdir() if NAME_PATTERN.fullmatch(p.name) and list_versions(p)
-    )
+    return sorted(p.name for p in repository.iterdir() if NAME_PATTERN.fullmatch(p.name) and list_versions(p))
 
 
 def check_inside(repository: Path, version_dir: Path) -> None:
@@ -241,3 +239,21 @@ def save_version(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def version_path(path: Path) -> Path:
+    """The version directory ``path`` names: itself when it is ``REPO/NAME/VERSION``, else the newest of
+    ``REPO/NAME``."""
+    path = path.resolve()
+    if path.name.isdigit() and path.is_dir():
+        return path
+    versions = list_versions(path)
+    if not versions:
+        raise CheckpointError(f"{path} is neither a version directory nor a model directory with versions")
+    return path / str(versions[-1])
+
+
+def load_version_dir(path: Path) -> LoadedVersion:
+    """Load the version ``path`` names (see ``version_path``) with every check of a server load."""
+    version_dir = version_path(path)
+    return load_version(version_dir.parent.parent, version_dir.parent.name, int(version_dir.name))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator
@@ -144,19 +145,19 @@ def count_params(model: nn.Module) -> int:
 
 
 def meta_twin(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` on the meta device (shapes, no storage); the live model is never touched.
+    """A copy of ``model`` on the meta device (shapes, no storage), in eval mode; the live model is never touched.
 
-    Zoo models are rebuilt from their config, which costs nothing; a module whose structure its config
-    does not describe (edited after construction, or no config at all) is copied, then moved.
+    A model built from a config (``type(model)(model.config)``, every zoo model) is rebuilt from it on the meta
+    device, which costs nothing; a module whose structure its config does not describe (edited after
+    construction, or with no config) is copied, then moved.
     """
-    from models.base import VideoClassifier
-
-    if isinstance(model, VideoClassifier):
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config):
         with torch.device("meta"):
-            twin = type(model)(model.config)
+            twin = type(model)(config)
         if _shapes(twin) == _shapes(model):
-            return twin.train(model.training)
-    return copy.deepcopy(model).to("meta")
+            return twin.eval()
+    return copy.deepcopy(model).to("meta").eval()
 
 
 def _shapes(model: nn.Module) -> dict[str, torch.Size]:
@@ -169,11 +170,9 @@ def count_flops(model: nn.Module, frames: int, size: int, channels: int = 3) -> 
     Runs a meta-device twin of the model, so it is safe while the model serves requests. Adaptive models
     run with their keep-everything policy (``full_compute``): the figure an executed count is compared with.
     """
-    from models.base import VideoClassifier
-
-    twin = meta_twin(model).eval()
-    full_compute = twin.full_compute() if isinstance(twin, VideoClassifier) else contextlib.nullcontext()
+    twin = meta_twin(model)
+    full_compute = getattr(twin, "full_compute", contextlib.nullcontext)  # adaptive models keep everything
     clip = torch.empty(1, channels, frames, size, size, device="meta")
-    with torch.no_grad(), full_compute, track_macs(1) as tracker:
+    with torch.no_grad(), full_compute(), track_macs(1) as tracker:
         twin(clip)
     return FlopCount(gflops=tracker.per_clip.item() / 1e9, params_m=count_params(model) / 1e6)

@@ -98,6 +98,27 @@ class FoldedConv:
         """MACs per sample of a call that gave ``output`` from ``in_channels`` inputs."""
         return conv_macs(output.shape[1:], in_channels, self.kernel_size)
 
+    def macs_per_frame(self, size: Sequence[int], in_channels: int, out_channels: int) -> int:
+        """MACs per sample of a call from ``in_channels`` to ``out_channels`` with an output of spatial ``size``."""
+        return conv_macs((out_channels, *size), in_channels, self.kernel_size)
+
+    def bias_only(
+        self,
+        like: torch.Tensor,
+        frames: int,
+        size: Sequence[int],
+        *,
+        residual: torch.Tensor | None = None,
+        relu: bool = False,
+    ) -> torch.Tensor:
+        """What a call over no input channel gives, without a convolution: ``relu(bias + residual)``."""
+        out = torch.empty((frames, len(self.bias), *size), dtype=like.dtype, device=like.device)
+        out = out.contiguous(memory_format=torch.channels_last)
+        out.copy_(self.bias[:, None, None].expand_as(out[0]))
+        if residual is not None:
+            out += residual
+        return out.relu_() if relu else out
+
     def dense(self, x: torch.Tensor, *, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         """All channels, its MACs reported (it runs outside the nn.Conv2d that the counter sees)."""
         out = self(x, residual=residual, relu=relu)

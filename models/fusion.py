@@ -54,7 +54,7 @@ import itertools
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import RelaxedBernoulli
 
-from models.base import ClipModelConfig, VideoClassifier
+from models.base import ClipModelConfig, VideoClassifier, forced_on, forcing
 from models.layers import FrameConv3d
 from models.policy import FusionPolicy
 from models.registry import register_preset
@@ -292,7 +292,6 @@ class FusionTemplate(DenseNet3D):
         super().__init__(config, ["S+ST"] * config.num_layers, dropout=0.0)
         p = config.initial_drop_rate
         self.drop_logits = nn.Parameter(torch.full((config.num_layers, len(PATHS)), math.log(p / (1 - p))))
-        self._forced: tuple[Unit, ...] | None = None
 
     def drop_rates(self) -> torch.Tensor:
         """p per (layer, path), shape (layers, 2), columns in ``PATHS`` order."""
@@ -347,26 +346,22 @@ class FusionTemplate(DenseNet3D):
         entropy_term = p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)
         return (weight_term + entropy_term).sum() / dataset_size
 
-    @contextlib.contextmanager
-    def use_strategy(self, strategy: str | Sequence[str]) -> Iterator[None]:
-        """Inside the block, every forward pass runs ``strategy``'s paths only, unscaled (hard masks)."""
-        previous, self._forced = self._forced, tuple(parse_strategy(strategy, len(self.layers)))
-        try:
-            yield
-        finally:
-            self._forced = previous
+    def use_strategy(self, strategy: str | Sequence[str]) -> contextlib.AbstractContextManager:
+        """Inside the block (in this context only), every forward pass runs ``strategy``'s paths only, unscaled."""
+        return forcing({self: tuple(parse_strategy(strategy, len(self.layers)))})
 
     def full_compute(self) -> contextlib.AbstractContextManager:
         return self.use_strategy("S+ST")
 
     def active_strategy(self) -> list[Unit]:
         """A forced strategy; else every path in training (relaxed masks); else the most probable strategy."""
-        if self._forced is not None:
-            return list(self._forced)
+        forced = forced_on(self)
+        if forced is not None:
+            return list(forced)
         return super().active_strategy() if self.training else self.most_probable_strategy()
 
     def path_weights(self, clips: int) -> list[PathWeights]:
-        if not self.training or self._forced is not None:
+        if not self.training or forced_on(self) is not None:
             return super().path_weights(clips)
         masks = self.sample_keep_masks(clips).view(clips, -1, len(PATHS), 1, 1, 1, 1)
         return [{path: masks[:, layer, column] for column, path in enumerate(PATHS)} for layer in range(masks.shape[1])]

@@ -25,6 +25,13 @@ class AdaFusePolicy(BaseModel):
     overall: ChannelUsage = Field(description="over all gated channels, blocks and frames")
     blocks: list[ChannelUsage] = Field(description="one entry per gated block, input to output")
     frames: list[ChannelUsage] = Field(description="one entry per input frame")
+    gflops: float = Field(ge=0, description="GMACs of this clip's decisions by the paper's count (Eq. 5)")
+    executed: list[str] = Field(
+        default_factory=list,
+        description="per gated block, how the executor ran conv1 / conv2 for this clip's batch: 'dense' (every "
+        "channel, the policy applied to the result), 'union' (the channels any frame needs), 'clips' (per clip), "
+        "'sets' (frames with equal channel sets together); empty where an exported graph ran",
+    )
 
 
 class Ada3DPolicy(BaseModel):
@@ -35,6 +42,11 @@ class Ada3DPolicy(BaseModel):
     stages_3d: list[bool] = Field(description="per switchable stage: true = 3D kernels, false = centre slice")
     frame_fraction: float = Field(ge=0, le=1, description="kept frames / sampled frames")
     stage_fraction: float = Field(ge=0, le=1, description="3D stages on / switchable stages")
+    gflops: float = Field(
+        ge=0,
+        description="GMACs of this plan by the paper's count: the selection net, the backbone on the kept "
+        "frames with the chosen stages 3D",
+    )
 
 
 class FusionPolicy(BaseModel):

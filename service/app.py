@@ -16,9 +16,8 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
-from clipwise import __version__
 from service.api.main import api_router
-from service.config import Settings
+from service.config import VERSION, Settings
 from service.errors import install_error_handlers
 from service.lifecycle import load_model, watch_repository
 from service.middleware import RequestContextMiddleware
@@ -83,7 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A Clipwise app for ``settings`` (default: from the environment)."""
-    app = FastAPI(title="Clipwise", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Clipwise", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     settings = settings or Settings()
     app.state.service = ServiceState.from_settings(settings)
     app.add_middleware(RequestContextMiddleware, drain_bytes=settings.max_upload_bytes + FRAMING_ALLOWANCE)

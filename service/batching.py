@@ -184,6 +184,7 @@ def split_execution(execution: Execution, sizes: list[int]) -> list[Execution]:
             executed_gflops=execution.executed_gflops[start:end],
             full_gflops=execution.full_gflops,
             policy=None if policy is None else policy[start:end],
+            policy_gflops=execution.policy_gflops[start:end],
         )
         for logits, (start, end) in zip(execution.logits.split(sizes), bounds, strict=True)
     ]

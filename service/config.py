@@ -7,12 +7,14 @@ nothing heavy: the command line reads it to build its flags.
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+VERSION = version("clipwise")  # the one source is pyproject.toml
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 MIB = 1 << 20
 MIN_TOKEN_LENGTH = 16

@@ -35,9 +35,15 @@ def top_classes(logits: torch.Tensor, labels: list[str], k: int) -> list[ClassSc
 
 
 def flops_report(execution: Execution) -> FlopsReport:
-    executed = sum(execution.executed_gflops)
+    executed, policy = sum(execution.executed_gflops), sum(execution.policy_gflops)
     full = execution.full_gflops * len(execution.executed_gflops)
-    return FlopsReport(executed_gflops=executed, full_gflops=full, saving=1 - executed / full if full else 0.0)
+    return FlopsReport(
+        executed_gflops=executed,
+        policy_gflops=policy,
+        full_gflops=full,
+        saving=1 - executed / full if full else 0.0,
+        policy_saving=1 - policy / full if full else 0.0,
+    )
 
 
 def video_report(views: LoadedClips) -> VideoReport:

@@ -3,8 +3,11 @@
 * ``clipwise_requests_total{model, version, backend, status}``: inference requests (v1 and v2) by outcome;
 * ``clipwise_requests_in_progress``: inference requests held now (``service.runner.Admission``);
 * ``clipwise_stage_seconds{model, stage}``: histogram of each stage (decode, preprocess, queue, inference);
-* ``clipwise_executed_gflops_total{model}`` and ``clipwise_full_gflops_total{model}``: GMACs executed, and
-  what the same clips cost with nothing skipped;
+* ``clipwise_executed_gflops_total{model}``, ``clipwise_policy_gflops_total{model}`` and
+  ``clipwise_full_gflops_total{model}``: GMACs of what really ran, what the policies' decisions cost by the
+  paper's count, and what the same clips cost with nothing skipped;
+* ``clipwise_full_compute_seconds{model, backend}``: one view through the full-compute path, timed when the
+  version loaded (the time a FLOPs saving is compared with);
 * ``clipwise_policy_fraction{model, measure}``: histogram per clip of ``models.policy.policy_fractions``:
   AdaFuse's keep / reuse / skip, Ada3D's frame_fraction / stage_fraction, the fusion units' S / ST / S+ST;
 * ``clipwise_batch_requests{model}``: histogram, per request, of the requests in its forward pass;
@@ -12,7 +15,8 @@
 * ``clipwise_model_loaded{model, version, backend}``: 1 per served model, its version and default backend.
 
 Only requests for a served model are counted, so label values come from the repository, never from what a
-client makes up. ``1 - rate(executed) / rate(full)`` is the compute the policies saved.
+client makes up. ``1 - rate(executed) / rate(full)`` is the compute really saved, ``1 - rate(policy) /
+rate(full)`` what the policies asked for.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class ServedModelsCollector(Collector):
-    """``clipwise_model_loaded``, read from the store at every scrape."""
+    """``clipwise_model_loaded`` and ``clipwise_full_compute_seconds``, read from the store at every scrape."""
 
     def __init__(self, store: ModelStore) -> None:
         self.store = store
@@ -48,9 +52,17 @@ class ServedModelsCollector(Collector):
             "1 per served model: its version and default backend",
             labels=["model", "version", "backend"],
         )
+        full_compute = GaugeMetricFamily(
+            "clipwise_full_compute_seconds",
+            "one view through the full-compute path, timed when the version loaded",
+            labels=["model", "backend"],
+        )
         for served in self.store.served():
             gauge.add_metric([served.name, str(served.version), served.manifest.backend], 1)
+            for backend, milliseconds in served.full_compute_ms.items():
+                full_compute.add_metric([served.name, backend], milliseconds / 1000)
         yield gauge
+        yield full_compute
 
 
 class ServiceMetrics:
@@ -75,6 +87,12 @@ class ServiceMetrics:
             registry=registry,
         )
         self.executed_gflops = Counter("clipwise_executed_gflops", "GMACs executed", ["model"], registry=registry)
+        self.policy_gflops = Counter(
+            "clipwise_policy_gflops",
+            "GMACs the policies' decisions cost by the paper's count",
+            ["model"],
+            registry=registry,
+        )
         self.full_gflops = Counter("clipwise_full_gflops", "GMACs with nothing skipped", ["model"], registry=registry)
         self.policy_fraction = Histogram(
             "clipwise_policy_fraction",
@@ -116,6 +134,7 @@ class ServiceMetrics:
     def observe_execution(self, model: str, execution: Execution, batch_requests: int) -> None:
         """FLOPs, policy usage and batch size of one request's share of a forward pass."""
         self.executed_gflops.labels(model).inc(sum(execution.executed_gflops))
+        self.policy_gflops.labels(model).inc(sum(execution.policy_gflops))
         self.full_gflops.labels(model).inc(execution.full_gflops * len(execution.executed_gflops))
         self.batch_requests.labels(model).observe(batch_requests)
         for policy in execution.policy or []:

@@ -14,7 +14,7 @@ moment.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -65,6 +65,7 @@ class ServedModel:
 
     loaded: LoadedVersion
     backends: Backends
+    full_compute_ms: dict[str, float] = field(default_factory=dict)  # per backend, one view, timed at load
 
     @property
     def name(self) -> str:
@@ -228,7 +229,9 @@ def open_version(repository: Path, name: str, version: int) -> ServedModel:
 
 def warm_up(served: ServedModel, backend: Runner) -> None:
     """One inference on a blank clip, so the first request does not pay for lazy initialisation; it checks the
-    logits have one entry per label. Raises ``InvalidVersion`` if the backend fails.
+    logits have one entry per label. Then the backend calibrates (an adaptive model's executor times its
+    candidate computations on this machine) and the full-compute path of one view is timed. Raises
+    ``InvalidVersion`` if the backend fails.
 
     On torch it also caches the model's full-compute GFLOPs at the served input size: counting them runs the
     model with its parameters swapped for meta tensors, which must not happen while requests run on it.
@@ -241,3 +244,9 @@ def warm_up(served: ServedModel, backend: Runner) -> None:
         raise InvalidVersion(f"{where}: the warm-up inference failed: {error}") from None
     if tuple(logits.shape) != (1, classes):
         raise InvalidVersion(f"{where}: logits of shape {tuple(logits.shape)}, not (1, {classes}) for its labels")
+    try:
+        full_compute_ms = backend.calibrate(served.clip_shape)
+    except Exception as error:
+        raise InvalidVersion(f"{where}: calibrating failed: {error}") from None
+    if full_compute_ms is not None:
+        served.full_compute_ms[backend.name] = full_compute_ms

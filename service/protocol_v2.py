@@ -102,7 +102,8 @@ class InferResponse(BaseModel):
     model_version: str = Field(description="the version that ran")
     id: str | None = Field(None, description="the request's id")
     parameters: dict[str, Parameter] = Field(
-        description="backend, executed_gflops, full_gflops, saving (over all clips), batch_size, policy (JSON)"
+        description="backend, executed_gflops, policy_gflops, full_gflops, saving and policy_saving (over all "
+        "clips), batch_size, policy (JSON)"
     )
     outputs: list[InferOutput] = Field(description="the requested outputs")
 
@@ -304,8 +305,10 @@ def response_parameters(execution: Execution, backend: str, batch_size: int) -> 
     parameters: dict[str, Parameter] = {
         "backend": backend,
         "executed_gflops": flops.executed_gflops,
+        "policy_gflops": flops.policy_gflops,
         "full_gflops": flops.full_gflops,
         "saving": flops.saving,
+        "policy_saving": flops.policy_saving,
         "batch_size": batch_size,
     }
     if execution.policy is not None:

@@ -51,9 +51,19 @@ class ClassScore(BaseModel):
 class FlopsReport(BaseModel):
     """Compute of this request, in GFLOPs as the papers count them (multiply-accumulates), summed over views."""
 
-    executed_gflops: float = Field(ge=0, description="GMACs the model actually executed, all views together")
+    executed_gflops: float = Field(
+        ge=0,
+        description="GMACs of the computations that actually ran, all views together: for adaptive models what "
+        "the executor chose to run, padding channels and dense fallbacks included",
+    )
+    policy_gflops: float = Field(
+        ge=0,
+        description="GMACs the policy's decisions cost by the paper's count (AdaFuse: Eq. 5; Ada3D: the selection "
+        "net and the backbone on the kept frames and stages), all views together; executed_gflops for static models",
+    )
     full_gflops: float = Field(ge=0, description="GMACs with nothing skipped, all views together")
-    saving: float = Field(le=1, description="1 - executed / full: the fraction of compute the policy skipped")
+    saving: float = Field(le=1, description="1 - executed / full: the fraction of compute really skipped")
+    policy_saving: float = Field(le=1, description="1 - policy / full: the fraction the policy asked to skip")
 
 
 class VideoReport(BaseModel):
@@ -104,6 +114,11 @@ class PredictResponse(BaseModel):
     timing_ms: TimingReport = Field(description="wall time of each stage, milliseconds")
     backend: BackendName = Field(description="runtime that executed the model")
     batch_size: int = Field(ge=1, description="requests that ran in the same forward pass as this one (1: alone)")
+    full_compute_ms_per_view: float | None = Field(
+        description="time of one view through this model's full-compute path (nothing skipped) on this backend, "
+        "measured on this server when the version loaded: compare it with timing_ms.inference / views to see "
+        "what a FLOPs saving saves in time; null where the backend was not timed"
+    )
     request_id: str = Field(description="id of this request, also in the X-Request-ID header and the logs")
 
 
@@ -138,6 +153,10 @@ class ModelDetail(ModelSummary):
     backends: list[BackendName] = Field(description="runtimes the version can run on (query parameter 'backend')")
     created_at: datetime = Field(description="when the version was written")
     weights_sha256: str = Field(description="sha256 of weights.safetensors, checked at load time")
+    full_compute_ms: dict[str, float] = Field(
+        description="per backend, the time of one view through the full-compute path, measured on this server "
+        "when the version loaded (after calibrating the adaptive executor)"
+    )
 
 
 class LoadResponse(BaseModel):

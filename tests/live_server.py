@@ -13,7 +13,7 @@ import pytest
 import torch
 from fastapi import FastAPI
 
-from service.local import serve_in_thread
+from service.local import serve_in_thread, wait_until_ready
 from service.schemas import ErrorResponse
 
 
@@ -22,7 +22,7 @@ def serving(app: FastAPI, *, ready: bool = True) -> Iterator[httpx.Client]:
     """``app`` under uvicorn in a thread on a free loopback port; a client for it (after /readyz is 200)."""
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         if ready:
-            wait_for(lambda: client.get("/readyz").status_code == 200, "readiness")
+            wait_until_ready(url)
         yield client
 
 

@@ -195,7 +195,13 @@ def test_concurrent_predictions_over_http_match_unbatched_ones(repository: Path,
         together = list(pool.map(lambda _: predict(client), range(4)))
     assert max(body["batch_size"] for body in together) > 1
     for body in together:
-        assert body["flops"] == alone["flops"] and body["policy"] == alone["policy"]
+        # The same decisions and what they cost by the paper's count; what ran may differ, since the executor
+        # computes the channels of the whole batch together when its cost model says that is faster.
+        flops, alone_flops = body["flops"], alone["flops"]
+        for key in ("policy_gflops", "full_gflops", "policy_saving"):
+            assert flops[key] == alone_flops[key]
+        assert flops["policy_gflops"] <= flops["executed_gflops"] * (1 + 1e-9) <= flops["full_gflops"]
+        assert [{**p, "executed": []} for p in body["policy"]] == [{**p, "executed": []} for p in alone["policy"]]
         assert [p["index"] for p in body["predictions"]] == [p["index"] for p in alone["predictions"]]
         scores = [p["score"] for p in body["predictions"]]
         assert scores == pytest.approx([p["score"] for p in alone["predictions"]], abs=1e-5)

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import torch
 from torch import nn
 
 from clipwise.commands import export as export_command
+from export.calibration import set_union_thresholds
 from export.graphs import ADA3D_FRAMES, ADA3D_STAGES, LOGITS
 from export.onnx import export_version, save_onnx, to_onnx
 from export.ops import DOMAIN, attach_functions, gated_conv_pair
-from export.runtime import MODEL_FILE, BackendUnavailable, OnnxRunner, TorchRunner, open_runner
-from export.tensorrt import expand_gating
+from export.runtime import CLIPS, MODEL_FILE, BackendUnavailable, OnnxRunner, TorchRunner, open_runner
+from export.tensorrt import ENGINE_FILE, expand_gating
 from models import Execution, VideoClassifier, create_model
 from models.adafuse import REUSE, SKIP, AdaFuse
 from models.adafuse import gated_conv_pair as eager_gated_conv_pair
@@ -81,12 +83,20 @@ def real_clips(loaded: LoadedVersion, video: Path, clips: int = 2) -> torch.Tens
     return load_clips(video.read_bytes(), spec, clips=clips).clips
 
 
-def assert_same_execution(got: Execution, expected: Execution) -> None:
+def assert_same_execution(got: Execution, expected: Execution, *, executed: bool = True) -> None:
+    """The same logits, policies and FLOPs; ``executed`` False: the two ran the policy differently (AdaFuse's
+    torch executor and its graph choose their computations each by its own calibration), so only what the
+    policy asked for must agree."""
     scale = expected.logits.abs().max()
     assert (got.logits - expected.logits).abs().max() <= RELATIVE * scale
-    assert got.executed_gflops == pytest.approx(expected.executed_gflops, rel=1e-9)
+    if executed:
+        assert got.executed_gflops == pytest.approx(expected.executed_gflops, rel=1e-9)
+    assert got.policy_gflops == pytest.approx(expected.policy_gflops, rel=1e-6)
     assert got.full_gflops == pytest.approx(expected.full_gflops, rel=1e-9)
-    assert got.policy == expected.policy
+    without_execution = {"executed", "gflops"}  # gflops: compared as policy_gflops, within float error
+    assert [p.model_dump(exclude=without_execution) for p in got.policy or []] == [
+        p.model_dump(exclude=without_execution) for p in expected.policy or []
+    ]
 
 
 def onnx_model(loaded: LoadedVersion) -> onnx.ModelProto:
@@ -113,7 +123,7 @@ def test_static_family_exports_with_dynamic_batch_and_matches_pytorch_on_real_cl
     assert max(entry.version for entry in model.opset_import if entry.domain == "") >= 17
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     clips = real_clips(loaded, h264_video)
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = TorchRunner(loaded.model).execute(clips)
     assert_same_execution(got, expected)
     assert got.executed_gflops == [loaded.manifest.full_gflops] * len(clips)
@@ -158,10 +168,10 @@ def test_onnx_runner_refuses_a_graph_exported_from_other_weights(tsn_version, tm
     torch.manual_seed(1)
     other = save(create_model("tsn_r18_tiny"), tmp_path)
     with pytest.raises(BackendUnavailable, match="clipwise export onnx"):
-        OnnxRunner(other.path / MODEL_FILE, other.manifest)
+        OnnxRunner(other.path / MODEL_FILE, other)
     shutil.copy(tsn_version.path / MODEL_FILE, other.path / MODEL_FILE)
     with pytest.raises(BackendUnavailable, match="other weights"):
-        OnnxRunner(other.path / MODEL_FILE, other.manifest)
+        OnnxRunner(other.path / MODEL_FILE, other)
 
 
 # --- the gating operators ---------------------------------------------------------------------------------
@@ -197,7 +207,8 @@ def random_folded(in_channels: int, out_channels: int, kernel: int, stride: int,
     return FoldedConv(weight, bias, (stride, stride), (kernel // 2, kernel // 2), (1, 1))
 
 
-def test_gated_conv_pair_operator_computes_what_the_eager_gating_computes():
+@pytest.mark.parametrize("union_below", [0.0, 0.5, 1.01])  # always dense, the default, always the union
+def test_gated_conv_pair_operator_computes_what_the_eager_gating_computes(union_below):
     first, second = random_folded(8, 6, 1, 1, seed=0), random_folded(6, 10, 3, 2, seed=1)
     clips, frames = 2, 4
     x = torch.randn(clips * frames, 8, 9, 9, generator=torch.Generator().manual_seed(2))
@@ -205,8 +216,11 @@ def test_gated_conv_pair_operator_computes_what_the_eager_gating_computes():
     codes[0, 2] = 2  # a frame that skips every channel: conv2 gives its bias
     codes[1, 1] = 1  # a frame that reuses every channel
     codes[1, 2] = 0  # one that keeps every channel
+    codes[:, :, 5] = 2  # a channel no frame needs: the union leaves it out
     codes[:, 0][codes[:, 0] == REUSE] = SKIP  # nothing to reuse before a clip's first frame
-    graph = gated_pair_graph(first, second, x, codes)
+    model = onnx.load_from_string(gated_pair_graph(first, second, x, codes))
+    set_union_thresholds(model, [(union_below, union_below)])
+    graph = model.SerializeToString()
     session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
     got = session.run(None, {"x": x.numpy(), "codes": codes.numpy()})[0]
     with torch.no_grad():
@@ -218,21 +232,32 @@ def test_gated_conv_pair_operator_computes_what_the_eager_gating_computes():
     np.testing.assert_allclose(session.run(None, {"x": x.numpy(), "codes": codes.numpy()})[0], got, rtol=1e-6)
 
 
-def test_gated_conv_pair_function_gathers_weights_instead_of_masking():
+def test_gated_conv_pair_everything_skipped_runs_no_convolution():
+    first, second = random_folded(8, 6, 1, 1, seed=0), random_folded(6, 10, 3, 2, seed=1)
+    x = torch.randn(4, 8, 9, 9, generator=torch.Generator().manual_seed(2))
+    codes = torch.full((1, 4, 6), SKIP)
+    model = onnx.load_from_string(gated_pair_graph(first, second, x, codes))
+    set_union_thresholds(model, [(1.01, 1.01)])  # an empty union is below any threshold
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.numpy(), "codes": codes.numpy()})[0]
+    np.testing.assert_allclose(got, second.bias.view(1, -1, 1, 1).expand(4, -1, 5, 5).numpy(), rtol=1e-6)
+
+
+def test_gated_conv_pair_function_chooses_gathered_or_dense_convolutions():
     function = next(f for f in onnx.load_from_string(gated_pair_graph(*_pair_for_structure())).functions)
     assert function.domain == DOMAIN and function.name == "GatedConvPair"
-    (scan,) = [node for node in function.node if node.op_type == "Scan"]  # one step per frame
-    body = subgraph(scan, "body")
-    assert "NonZero" in [node.op_type for node in body.node]
-    branches = [node for node in body.node if node.op_type == "If"]
-    assert len(branches) == 2  # conv1, then conv2, each run only when the frame has channels for it
-    for branch in branches:
-        computing = subgraph(branch, "then_branch")
+    assert "Scan" not in [node.op_type for node in function.node]  # no loop over frames
+    branches = [node for node in function.node if node.op_type == "If"]
+    assert len(branches) == 2  # conv1, then conv2: each runs its union or every channel
+    for branch, weight in zip(branches, ("w1", "w2"), strict=True):
+        (dense,) = [node for node in subgraph(branch, "else_branch").node if node.op_type == "Conv"]
+        assert dense.input[1] == weight  # every channel: the constant weight itself
+        (nonempty,) = [node for node in subgraph(branch, "then_branch").node if node.op_type == "If"]
+        computing = subgraph(nonempty, "then_branch")
         (conv,) = [node for node in computing.node if node.op_type == "Conv"]
         weight_producer = next(node for node in computing.node if conv.input[1] in node.output)
-        assert weight_producer.op_type == "Gather"  # the conv's weight is gathered by the policy's indices
-        assert "Conv" not in [node.op_type for node in subgraph(branch, "else_branch").node]
-    assert "Mul" not in [node.op_type for node in function.node]
+        assert weight_producer.op_type == "Gather" and weight_producer.input[0] == weight  # gathered by index
+        assert "Conv" not in [node.op_type for node in subgraph(nonempty, "else_branch").node]
 
 
 def _pair_for_structure() -> tuple[FoldedConv, FoldedConv, torch.Tensor, torch.Tensor]:
@@ -240,6 +265,7 @@ def _pair_for_structure() -> tuple[FoldedConv, FoldedConv, torch.Tensor, torch.T
     return first, second, torch.randn(2, 4, 5, 5), torch.zeros(1, 2, 4, dtype=torch.long)
 
 
+@pytest.mark.gpu_only
 @pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("triton") is None, reason="needs CUDA and Triton"
 )
@@ -302,22 +328,38 @@ def test_adafuse_graph_runs_each_gated_pair_as_one_clipwise_operator(adafuse_ver
 
 def test_adafuse_graph_matches_pytorch_decisions_logits_and_flops_on_real_clips(adafuse_version):
     loaded, clips = adafuse_version
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = loaded.model.execute(clips)
-    assert_same_execution(got, expected)
+    assert_same_execution(got, expected, executed=False)
     usage = got.policy[0].overall
     assert min(usage.keep, usage.reuse, usage.skip) > 0.05  # every kind of decision was exercised
-    assert max(got.executed_gflops) < got.full_gflops
+    assert max(got.policy_gflops) < got.full_gflops
+
+
+@pytest.mark.parametrize(("union_below", "partition"), [(0.0, "dense"), (1.01, "union")])
+def test_adafuse_graph_reports_what_its_nodes_ran(adafuse_version, tmp_path, union_below, partition):
+    """Thresholds that make every node run dense, or its union: the graph's executed GFLOPs are then those of
+    the torch executor running that partition (which fvcore checks in test_models_adafuse)."""
+    loaded, clips = adafuse_version
+    graph = onnx_model(loaded)
+    set_union_thresholds(graph, [(union_below, union_below)] * len(loaded.model.gated_blocks()))
+    got = OnnxRunner(save_onnx(graph, tmp_path / MODEL_FILE), loaded).execute(clips)
+    with loaded.model.executing_partitions(partition, partition):
+        expected = loaded.model.execute(clips)
+    assert_same_execution(got, expected)
+    assert {entry for policy in got.policy for entry in policy.executed} == {f"{partition}/{partition}"}
 
 
 def test_adafuse_graph_exported_under_a_forced_saving_executes_it(adafuse_version, tmp_path):
     loaded, clips = adafuse_version
     model = loaded.model
-    with model.force_saving(0.4) as saved:
+    with model.force_saving(0.4, reuse=False) as saved:
         proto = to_onnx(model, weights_sha256=loaded.manifest.weights_sha256)
         expected = model.execute(clips)
-    got = OnnxRunner(save_onnx(proto, tmp_path / MODEL_FILE), loaded.manifest).execute(clips)
-    assert_same_execution(got, expected)
+    set_union_thresholds(proto, [(1.01, 1.01)] * len(model.gated_blocks()))  # every node runs its union
+    got = OnnxRunner(save_onnx(proto, tmp_path / MODEL_FILE), loaded).execute(clips)
+    assert_same_execution(got, expected, executed=False)
+    # skipping the same channels at every frame, the union is exactly the policy
     assert got.executed_gflops[0] / got.full_gflops == pytest.approx(1 - saved, abs=1e-6)
 
 
@@ -358,7 +400,7 @@ def test_ada3d_graph_selects_with_clipwise_operators_in_a_loop_over_clips(ada3d_
 
 def test_ada3d_graph_matches_pytorch_plans_logits_and_flops_on_real_clips(ada3d_version):
     loaded, clips = ada3d_version
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded.manifest).execute(clips)
+    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = loaded.model.execute(clips)
     assert_same_execution(got, expected)
     first, second = got.policy
@@ -438,7 +480,28 @@ def test_export_fusion_freezes_a_named_strategy_that_runs_as_the_template_did(te
 # --- TensorRT -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_tensorrt_export_says_clearly_that_tensorrt_is_missing(tsn_version):
+@pytest.mark.gpu_only
+def test_tensorrt_export_builds_an_engine_that_computes_what_onnx_runtime_computes(tsn_version, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="needs TensorRT (an NVIDIA GPU with CUDA)")
+    version = tmp_path / "version"
+    shutil.copytree(tsn_version.path, version)  # the engine is written beside model.onnx
+    assert cli("tensorrt", "--model-dir", str(version), "--max-batch", "2") == 0
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((version / ENGINE_FILE).read_bytes())
+    context = engine.create_execution_context()
+    clips = torch.randn(2, *tuple(engine.get_tensor_shape(CLIPS))[1:])
+    context.set_input_shape(CLIPS, tuple(clips.shape))
+    on_gpu = clips.cuda().contiguous()
+    logits = torch.empty(tuple(context.get_tensor_shape(LOGITS)), device="cuda")
+    context.set_tensor_address(CLIPS, on_gpu.data_ptr())
+    context.set_tensor_address(LOGITS, logits.data_ptr())
+    stream = torch.cuda.Stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    expected = open_runner(tsn_version, "onnxruntime").execute(clips).logits
+    torch.testing.assert_close(logits.cpu(), expected, rtol=1e-2, atol=1e-2)  # TensorRT may use TF32
+
+
+def test_tensorrt_export_says_clearly_that_tensorrt_is_missing(tsn_version, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails, installed or not
     with pytest.raises(SystemExit, match="TensorRT is not installed: `pip install tensorrt`"):
         cli("tensorrt", "--model-dir", str(tsn_version.path))

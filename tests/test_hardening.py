@@ -1,7 +1,7 @@
 """Hardening through a real server: odd and broken videos, limits enforced before work is spent, hostile
 names, versions and checkpoints, the token, and what the logs keep.
 
-The server decodes under ``video.edge_cases.LIMITS`` (a low pixel limit, so the "oversized" video is small)
+The server decodes under ``edge_cases.LIMITS`` (a low pixel limit, so the "oversized" video is small)
 with a 1 MiB upload limit. A prediction is checked against the served version's model run in-process on the
 same views. Upload limits are checked over raw sockets: the client sends part of a body, or declares more
 than it sends, and the server must answer without the rest.
@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import torch
+from edge_cases import EDGE_CASES, LIMITS
 from live_server import assert_error, serving, wait_for
 
 from models import create_model
@@ -34,7 +35,6 @@ from service.log import RequestIdFilter
 from service.schemas import PredictResponse
 from service.upload import FRAMING_ALLOWANCE
 from video import ClipSpec, load_clips
-from video.edge_cases import EDGE_CASES, LIMITS
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(5)]

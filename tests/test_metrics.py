@@ -76,8 +76,14 @@ def test_metrics_count_what_the_responses_report(repository: Path, h264_video: P
         v2_gflops = v2["executed_gflops"] if model == STATIC else 0.0
         executed = sum(body["flops"]["executed_gflops"] for body in answered) + v2_gflops
         full = sum(body["flops"]["full_gflops"] for body in answered) + (v2["full_gflops"] if model == STATIC else 0)
+        policy = sum(body["flops"]["policy_gflops"] for body in answered) + v2_gflops
         assert value(metrics, "clipwise_executed_gflops_total", model=model) == pytest.approx(executed)
+        assert value(metrics, "clipwise_policy_gflops_total", model=model) == pytest.approx(policy)
         assert value(metrics, "clipwise_full_gflops_total", model=model) == pytest.approx(full)
+        per_view = {body["full_compute_ms_per_view"] for body in answered}
+        assert len(per_view) == 1 and None not in per_view  # timed once, at load
+        full_compute_s = value(metrics, "clipwise_full_compute_seconds", model=model, backend="torch")
+        assert full_compute_s == pytest.approx(per_view.pop() / 1000)
         decoded = 3 if model == STATIC else 2  # the v2 request has its tensor parsed in the decode stage
         assert value(metrics, "clipwise_stage_seconds_count", model=model, stage="decode") == decoded
         assert value(metrics, "clipwise_stage_seconds_count", model=model, stage="preprocess") == 2

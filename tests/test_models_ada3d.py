@@ -114,7 +114,7 @@ def test_model_follows_its_selection_heads_greedily():
     clips = clips_for(model, 2)
     with model.full_compute():
         _, forced = model.forward_with_policy(clips)
-    assert forced == [model.full_plan().policy(model.config.frames)] * 2
+    assert forced == [model.full_plan().policy(model.config.frames, model.full_gflops())] * 2
     _, policies = model.forward_with_policy(clips)
     for policy in policies:
         assert policy.frames_kept == [0, 2, 5, 7]
@@ -227,7 +227,7 @@ def test_force_saving_runs_a_fixed_plan_saving_about_the_fraction():
         assert abs(target.saved_fraction - fraction) < 0.03
         for executed, policy in zip(execution.executed_gflops, execution.policy, strict=True):
             assert 1 - executed / execution.full_gflops == pytest.approx(target.saved_fraction, rel=1e-9)
-            assert policy == target.plan.policy(model.config.frames)
+            assert policy == target.plan.policy(model.config.frames, model.plan_gflops(target.plan))
 
 
 def test_paper_preset_saving_plans_land_within_a_percent():

@@ -13,6 +13,7 @@ from flops_reference import fvcore_gflops
 from clipwise.cli import main as clipwise_main
 from models import count_flops, create_model, track_macs
 from models.adafuse import KEEP, REUSE, SKIP, AdaFuse, AdaFuseBlock, FoldedConv, fuse_masked, gated_conv_pair
+from models.gating import PARTITIONS, ConvCost, PairCosts
 from models.policy import AdaFusePolicy
 from models.tsn import BasicBlock, Bottleneck
 
@@ -71,6 +72,31 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
+PARTITION_PAIRS = [(conv1, conv2) for conv1 in PARTITIONS for conv2 in PARTITIONS]
+ANY_COST = ConvCost(dense=(1.0, 1.0), gathered=(1.0, 1.0, 1.0))
+
+
+def forced_costs(conv1: str, conv2: str) -> PairCosts:
+    """Cost models that make the executor run the named partitions."""
+    return PairCosts(ANY_COST, ANY_COST, calibrated=False, forced=(conv1, conv2))
+
+
+def computed_channels(mask: torch.Tensor, partition: str) -> torch.Tensor:
+    """(N, T) channels a partition computes at each frame, for a (N, T, C) mask of what each frame needs:
+    dense every channel, union those any frame of the batch needs, clips those any frame of the clip needs,
+    sets each frame's own (the partitions' definitions, counted here channel by channel)."""
+    n, t, c = mask.shape
+    if partition == "dense":
+        return torch.full((n, t), c)
+    if partition == "union":
+        return torch.full((n, t), int(mask.any(0).any(0).sum()))
+    if partition == "clips" and n > 1:
+        return mask.any(1).sum(-1, keepdim=True).expand(n, t)
+    if partition == "clips":  # one clip: the same as the union
+        return computed_channels(mask, "union")
+    return mask.sum(-1)
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_presets_run_and_report_their_policy(name):
     model = create_model(name).eval()
@@ -96,7 +122,8 @@ def test_paper_presets_count_on_the_meta_device(name):
     ("block", "stride"), [(BasicBlock(8, 16, stride=2), 2), (Bottleneck(32, 16, stride=2), 2), (Bottleneck(64, 16), 1)]
 )
 @pytest.mark.parametrize("kind", ["random", "keep", "skip", "reuse", "edges"])
-def test_gated_pair_equals_the_masked_reference(block, stride, kind):
+@pytest.mark.parametrize(("conv1", "conv2"), PARTITION_PAIRS)
+def test_gated_pair_equals_the_masked_reference(block, stride, kind, conv1, conv2):
     randomise_batch_norms(block.eval())
     clips, frames, width = 3, 4, block.conv1.out_channels
     generator = torch.Generator().manual_seed(1)
@@ -109,20 +136,43 @@ def test_gated_pair_equals_the_masked_reference(block, stride, kind):
         expected = block.bn2(block.conv2(fuse_masked(block.relu(block.bn1(block.conv1(x))), masks)))
         first, second = FoldedConv.of(block.conv1, block.bn1), FoldedConv.of(block.conv2, block.bn2)
         with track_macs(clips) as tracker:
-            actual = gated_conv_pair(x, codes, first, second)
+            actual = gated_conv_pair(x, codes, first, second, costs=forced_costs(conv1, conv2))
 
     assert actual.shape == expected.shape == (clips * frames, block.conv2.out_channels, 12 // stride, 12 // stride)
     assert actual.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(actual, expected) < 1e-4
-    # Executed MACs, counted per conv call, against Eq. 5 counted channel by channel here.
-    keep, reuse, skip = (codes == KEEP), (codes == REUSE), (codes == SKIP)
-    needed = keep | F.pad(reuse[:, 1:], (0, 0, 0, 1))
+    # Executed MACs, counted per conv call, against the channels each partition computes counted here (for
+    # "sets", every frame its own channels: Eq. 5).
+    keep, reuse = (codes == KEEP), (codes == REUSE)
+    needed, active = keep | F.pad(reuse[:, 1:], (0, 0, 0, 1)), keep | reuse
     per_channel_first = (
         block.conv1.in_channels * math.prod(block.conv1.kernel_size) * (12 // block.conv1.stride[0]) ** 2
     )
     per_channel_second = block.conv2.out_channels * 9 * (12 // stride) ** 2
-    eq5 = needed.sum((1, 2)) * per_channel_first + (~skip).sum((1, 2)) * per_channel_second
-    assert tracker.per_clip.tolist() == eq5.double().tolist()
+    expected_macs = (
+        computed_channels(needed, conv1).sum(1) * per_channel_first
+        + computed_channels(active, conv2).sum(1) * per_channel_second
+    )
+    assert tracker.per_clip.tolist() == expected_macs.double().tolist()
+
+
+def test_a_gated_pair_computed_by_hand():
+    """Two frames, four channels, 1×1 convs on one pixel: conv1 gives channel c of frame t as w_c · x_t, the
+    decisions fuse them, conv2 sums the fused channels plus 0.5. Written out: frame 0 keeps channels 0 and
+    2 (1 + 3); frame 1 reuses channel 0 (1, from frame 0), keeps channel 1 (20), skips 2, reuses channel 3
+    (4, from frame 0, which computed it only to pass it on)."""
+    first = FoldedConv(torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1), torch.zeros(4), (1, 1), (0, 0), (1, 1))
+    second = FoldedConv(torch.ones(1, 4, 1, 1), torch.tensor([0.5]), (1, 1), (0, 0), (1, 1))
+    x = torch.tensor([1.0, 10.0]).view(2, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+    codes = torch.tensor([[[KEEP, SKIP, KEEP, SKIP], [REUSE, KEEP, SKIP, REUSE]]])
+    # MACs: conv1 computes {0, 2, 3} at frame 0 and {1} at frame 1 under "sets"; conv2 reads {0, 2}, then
+    # {0, 1, 3}; "dense" and "union" (every channel is needed somewhere) compute 4 + 4 for each conv.
+    macs = {"sets": 3 + 1 + 2 + 3, "dense": 16, "union": 16, "clips": 16}
+    for partition, expected_macs in macs.items():
+        with torch.inference_mode(), track_macs(1) as tracker:
+            out = gated_conv_pair(x, codes, first, second, costs=forced_costs(partition, partition))
+        assert out.flatten().tolist() == [4.5, 25.5], partition
+        assert tracker.per_clip.tolist() == [expected_macs], partition
 
 
 @pytest.mark.parametrize(
@@ -145,30 +195,36 @@ def test_model_gated_execution_equals_masked_and_eq5(name, kind):
     with torch.inference_mode(), model.follow_policy(forced):
         with model.masked_execution():
             expected = model.frame_logits(x)
-        execution = model.execute(x)
-        actual = model.frame_logits(x)
         model(x)
-        eq5 = model.policy_gflops()
-    assert relative_error(actual, expected) < 1e-4
-    assert torch.allclose(execution.logits, actual.mean(1))
-    assert execution.executed_gflops == pytest.approx(eq5.tolist(), rel=1e-6)
+        eq5 = model.policy_gflops().tolist()
+        for conv1, conv2 in PARTITION_PAIRS:
+            with model.executing_partitions(conv1, conv2):
+                execution = model.execute(x)
+                actual = model.frame_logits(x)
+            assert relative_error(actual, expected) < 1e-4, (conv1, conv2)
+            assert torch.allclose(execution.logits, actual.mean(1))
+            assert execution.policy_gflops == pytest.approx(eq5, rel=1e-6)  # what the policy asked, however run
+            assert all(e >= p * (1 - 1e-6) for e, p in zip(execution.executed_gflops, eq5, strict=True))
+            if (conv1, conv2) == ("sets", "sets"):  # every frame computes its own channels: Eq. 5 exactly
+                assert execution.executed_gflops == pytest.approx(eq5, rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["adafuse_tsn_r18_tiny", "adafuse_tsm_r50_tiny"])
-def test_executed_gflops_equal_fvcore_of_the_executed_graph(name):
+@pytest.mark.parametrize("partition", PARTITIONS)
+def test_executed_gflops_equal_fvcore_of_the_executed_graph(name, partition):
     """fvcore traces the gated forward under a fixed random policy: the traced graph is the static network
     of exactly those gathered convolutions, and fvcore counts it independently of ``record_macs``."""
     frames, size = 4, 32
     model = create_model(name, frames=frames, size=size).eval()
     generator = torch.Generator().manual_seed(3)
     forced = [decisions("random", 1, frames, b.conv1.out_channels, generator) for b in model.gated_blocks()]
-    with model.follow_policy(forced):
+    with model.follow_policy(forced), model.executing_partitions(partition, partition):
         executed = model.execute(random_clips(1, frames, size)).executed_gflops[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing warns about the data-dependent channel plans
             reference = fvcore_gflops(model, frames, size)
     assert executed == pytest.approx(reference, rel=1e-9)
-    assert executed < model.full_gflops(frames, size)
+    assert executed <= model.full_gflops(frames, size)
 
 
 def test_policy_net_decisions_cost_what_eq5_says():
@@ -177,10 +233,11 @@ def test_policy_net_decisions_cost_what_eq5_says():
         for fc in (block.policy.fc_in, block.policy.fc_out):
             torch.nn.init.normal_(fc.weight)
     clips = random_clips(3, 4, 64)
-    with torch.inference_mode(), track_macs(3) as tracker:
+    with torch.inference_mode(), model.executing_partitions("sets", "sets"), track_macs(3) as tracker:
         model(clips)
     policy = model.forward_with_policy(clips)[1]
     assert tracker.gflops == pytest.approx(model.policy_gflops().tolist(), rel=1e-6)
+    assert [p.gflops for p in policy] == pytest.approx(model.policy_gflops().tolist(), rel=1e-9)
     assert all(0.05 < p.overall.keep < 0.95 and p.overall.skip > 0.05 and p.overall.reuse > 0.05 for p in policy)
 
 
@@ -240,9 +297,12 @@ def test_force_saving_is_one_fixed_policy_executing_what_it_claims(fraction, reu
     with torch.inference_mode(), model.force_saving(fraction, reuse=reuse) as saved:
         execution = model.execute(random_clips(2, 8, 64))
         second = model.execute(random_clips(2, 8, 64, seed=1))
+        with model.executing_partitions("sets", "sets"):
+            per_frame = model.execute(random_clips(2, 8, 64))
     assert saved == pytest.approx(fraction, abs=0.02)
     full = execution.full_gflops
-    assert execution.executed_gflops == pytest.approx([full * (1 - saved)] * 2, rel=1e-9)
+    assert execution.policy_gflops == pytest.approx([full * (1 - saved)] * 2, rel=1e-6)  # float32 masks
+    assert per_frame.executed_gflops == pytest.approx([full * (1 - saved)] * 2, rel=1e-9)
     assert execution.policy[0] == execution.policy[1] == second.policy[0]
     usage = execution.policy[0].overall
     assert usage.skip > 0 and (usage.reuse > 0) == reuse

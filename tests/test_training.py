@@ -11,21 +11,17 @@ from clipwise.cli import main as clipwise
 from models import create_model
 from models.checkpoint import list_versions, load_version, save_version
 from models.fusion import FusionTemplate
-from training.common import (
-    Phase,
-    Processes,
-    RunLog,
-    Schedule,
-    build_model,
-    make_optimizer,
-    objective_phases,
-    train_epoch,
-)
 from training.config import TrainConfig
 from training.data import Batch
+from training.distributed import Processes
 from training.evaluate import ClassTotals, Evaluation, evaluate_version
+from training.optim import Schedule, make_optimizer
+from training.phase import Phase
+from training.run_log import RunLog
+from training.setup import build_model
 from training.synthetic import CLASSES
 from training.train_ada3d import leave_one_out_baseline
+from training.trainer import objective_phases, train_epoch
 
 
 def options(**values: object) -> list[str]:
@@ -302,9 +298,11 @@ def test_eval_reports_accuracy_flops_and_policy_per_class(synth, tmp_path, name,
         path, label = line.rsplit(maxsplit=1)
         execution = _execute_as_served(model, synth / path, spec)
         hits += int(execution.logits.argmax() == int(label))
-        gflops += execution.executed_gflops
+        gflops += execution.policy_gflops
     assert report["top1"] == pytest.approx(hits / len(CLASSES))
-    assert report["mean_executed_gflops"] == pytest.approx(sum(gflops) / len(gflops))
+    # the decisions' cost (the executed one depends on what the batch ran together)
+    assert report["mean_policy_gflops"] == pytest.approx(sum(gflops) / len(gflops))
+    assert report["mean_policy_gflops"] <= report["mean_executed_gflops"] * (1 + 1e-9)
 
 
 def _execute_as_served(model, path: Path, spec):
@@ -314,8 +312,9 @@ def _execute_as_served(model, path: Path, spec):
 
 
 def test_evaluation_sums_classes_and_leaves_out_empty_ones():
-    per_class = [ClassTotals(clips=2, top1=1, top5=2, gflops=2.0), ClassTotals(1, 1, 1, 1.0), ClassTotals()]
+    per_class = [ClassTotals(2, 1, 2, gflops=2.0, policy_gflops=1.5), ClassTotals(1, 1, 1, 1.0, 0.6), ClassTotals()]
     evaluation = Evaluation(["a", "b", "c"], full_gflops=2.0, per_class=per_class, skipped=1)
-    assert evaluation.over(["a", "b"]).means() == {"clips": 3, "top1": 2 / 3, "top5": 1.0, "mean_executed_gflops": 1.0}
+    expected = {"clips": 3, "top1": 2 / 3, "top5": 1.0, "mean_executed_gflops": 1.0, "mean_policy_gflops": 0.7}
+    assert evaluation.over(["a", "b"]).means() == pytest.approx(expected)
     report = evaluation.report()
     assert (report["saving"], report["skipped"], list(report["per_class"])) == (0.5, 1, ["a", "b"])

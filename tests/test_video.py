@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from edge_cases import EDGE_CASES, LIMITS, coded_video, vfr_timestamps
 
 import video.decode
 from video import (
@@ -25,7 +26,6 @@ from video import (
     segment_indices,
 )
 from video.decode import PacketInfo
-from video.edge_cases import EDGE_CASES, LIMITS, coded_video, vfr_timestamps
 from video.parallel import ThreadBudget
 from video.synthetic import encode_video, index_coded_frames, read_frame_index
 from video.transforms import crop_origins, resize_short_side

@@ -41,6 +41,8 @@ class TrainConfig:
     flip: bool = False  # horizontal flip; refused for direction-sensitive labels
     resume: bool = False  # continue the run in run_dir from its latest epoch
     flops_weight: float = 0.1  # AdaFuse: λ of Eq. 6, per GFLOP
+    cost: Literal["flops", "latency"] = "flops"  # AdaFuse: Eq. 6's cost term, GFLOPs or predicted time
+    latency_weight: float = 1.0  # AdaFuse with cost "latency": λ per unit of gated time (1: full compute)
     policy_lr_scale: float = 1.0  # AdaFuse: the policy nets' learning rate, as a multiple of lr
     gamma: float = 1.0  # Ada3D: penalty of a wrong prediction in the reward (Eq. 4)
     policy_epochs: int = 10  # Ada3D stage 1: selection net alone, backbone frozen
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ConfigError(f"missing training options: {', '.join(missing)}")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"schedule must be cosine or step, not {self.schedule!r}")
+        if self.cost not in ("flops", "latency"):
+            raise ConfigError(f"cost must be flops or latency, not {self.cost!r}")
         return dataclasses.replace(self, run_dir=self.run_dir or default_run_dir(self.out))
 
 

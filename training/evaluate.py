@@ -10,6 +10,7 @@ AdaFuse's channels kept, reused and skipped, Ada3D's frames kept and 3D stages o
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from models.base import VideoClassifier
 from models.checkpoint import MANIFEST_FILE, LoadedVersion, load_version
+from models.latency import time_against_full
 from models.policy import policy_fractions
 from training.data import AnnotationError, DatasetFiles, VideoDataset, eval_loader, read_annotations, read_labels
 from video import ClipSpec
@@ -36,6 +38,7 @@ class ClassTotals:
     top1: int = 0
     top5: int = 0
     gflops: float = 0.0
+    policy_gflops: float = 0.0
     policy: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def add(self, other: ClassTotals) -> None:
@@ -43,6 +46,7 @@ class ClassTotals:
         self.top1 += other.top1
         self.top5 += other.top5
         self.gflops += other.gflops
+        self.policy_gflops += other.policy_gflops
         for key, value in other.policy.items():
             self.policy[key] += value
 
@@ -53,6 +57,7 @@ class ClassTotals:
             "top1": self.top1 / clips,
             "top5": self.top5 / clips,
             "mean_executed_gflops": self.gflops / clips,
+            "mean_policy_gflops": self.policy_gflops / clips,
         }
         if self.policy:
             report["policy"] = {key: value / clips for key, value in self.policy.items()}
@@ -96,7 +101,8 @@ class Evaluation:
     def metrics(self) -> dict[str, float]:
         """Flat numbers for a checkpoint manifest and the metrics log."""
         report = self.report()
-        flat = {key: float(report[key]) for key in ("top1", "top5", "mean_executed_gflops", "saving", "clips")}
+        keys = ("top1", "top5", "mean_executed_gflops", "mean_policy_gflops", "saving", "clips")
+        flat = {key: float(report[key]) for key in keys}
         flat.update({f"policy_{key}": value for key, value in report.get("policy", {}).items()})
         return flat
 
@@ -134,6 +140,7 @@ def evaluate(
             totals.top1 += int(top1[clip])
             totals.top5 += int(top5[clip])
             totals.gflops += execution.executed_gflops[clip]
+            totals.policy_gflops += execution.policy_gflops[clip]
             if execution.policy is not None:
                 for key, value in policy_fractions(execution.policy[clip]).items():
                     totals.policy[key] += value
@@ -183,11 +190,14 @@ def evaluate_version(
     data_root: Path | None = None,
     batch_size: int = 8,
     workers: int = 2,
+    latency_clips: int = 0,
 ) -> dict[str, Any]:
     """Load a version as the service does (``REPO/NAME/VERSION``, or ``REPO/NAME`` for the newest) and
     evaluate it on a list of a dataset directory; returns the JSON report.
 
-    The dataset's labels are matched to the model's by name, so their order may differ.
+    The dataset's labels are matched to the model's by name, so their order may differ. ``latency_clips``: also
+    time that many clips of the list one at a time, as the service runs them (the model calibrated first),
+    against the model's full-compute path (``models.latency``): the report's ``latency``.
     """
     version = int(model_dir.name) if (model_dir / MANIFEST_FILE).is_file() else None
     name_dir = model_dir.parent if version is not None else model_dir
@@ -198,8 +208,32 @@ def evaluate_version(
         loaded.model, loader, loaded.manifest.labels, progress=f"eval {loaded.name} v{loaded.version}"
     )
     model = {"name": loaded.name, "version": loaded.version, "architecture": loaded.manifest.architecture}
-    return {
+    report = {
         "model": {**model, "path": str(loaded.path)},
         "data": {"list": str(files.split(split)), "clips": len(loader.dataset)},
         **evaluation.report(),
+    }
+    if latency_clips:
+        report["latency"] = measure_latency(loaded.model, loader.dataset, latency_clips)
+    return report
+
+
+def measure_latency(model: VideoClassifier, dataset: VideoDataset, clips: int, repeats: int = 5) -> dict[str, float]:
+    """Median milliseconds of one clip under the model's own decisions and under full compute, over the first
+    ``clips`` readable clips of ``dataset`` (each timed ``repeats`` times, interleaved), and the median ratio."""
+    model.eval().calibrate()
+    timings = []
+    for index in range(len(dataset)):
+        if len(timings) == clips:
+            break
+        item = dataset[index]
+        if item is None:  # unreadable: the loader skips it too
+            continue
+        timings.append(time_against_full(model, item.clip[None], repeats=repeats))
+    return {
+        "clips": len(timings),
+        "policy_ms": statistics.median(t.policy_ms for t in timings),
+        "full_compute_ms": statistics.median(t.full_ms for t in timings),
+        "time_ratio": statistics.median(t.ratio for t in timings),
+        "max_time_ratio": max(t.ratio for t in timings),
     }

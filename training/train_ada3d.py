@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.ada3d import Ada3D, ada3d_rewards
-from training.common import Phase, StepOutput
 from training.config import TrainConfig
+from training.phase import Phase, StepOutput
 from training.train_classifier import CrossEntropy
 
 

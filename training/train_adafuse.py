@@ -11,6 +11,12 @@ The paper's schedule: SGD, lr 0.002 ×0.1 at epochs 20 and 40 of 50 (``--schedul
 ImageNet weights; ``--init`` starts from a trained TSN / TSM version of the same backbone instead (their
 weights load as they are; only the policy nets start new).
 
+``--cost latency`` (issue 12) replaces the GFLOPs by the executor's predicted time of the gated pairs, as a
+fraction of full compute, weighted by ``--latency-weight``: the model is calibrated on the training machine
+first, and the term counts a channel used at any frame of a clip as computed for all of them (the executor's
+``union``), so it rewards policies that skip the same channels across frames. ``decision_group`` in
+``--model-args`` makes the policy decide per group of channels.
+
 ``policy_lr_scale`` trains the policy nets at a multiple of the learning rate (the paper and the authors'
 code use one rate). Inference here takes the argmax decision, where the authors' code keeps sampling; a policy
 trained for few epochs stays near uniform (its FCs start at N(0, 0.001)) and its argmax is then an arbitrary
@@ -26,28 +32,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.adafuse import AdaFuse
-from training.common import Phase, StepOutput
 from training.config import TrainConfig
+from training.phase import Phase, StepOutput
 
 
-class CrossEntropyAndFlops(nn.Module):
-    """Eq. 6: mean cross-entropy + ``flops_weight`` · mean GFLOPs of the policy the forward pass drew."""
+class CrossEntropyAndCost(nn.Module):
+    """Eq. 6: mean cross-entropy + ``flops_weight`` · mean GFLOPs of the policy the forward pass drew, or, with
+    ``latency_weight``, + λ · the mean predicted time of the gated pairs as a fraction of full compute
+    (``AdaFuse.policy_time_ratio``, the executor's calibrated cost models in place of the GFLOPs)."""
 
-    def __init__(self, model: AdaFuse, flops_weight: float) -> None:
+    def __init__(self, model: AdaFuse, flops_weight: float, latency_weight: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.flops_weight = flops_weight
+        self.latency_weight = latency_weight
 
     def forward(self, clips: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         logits = self.model(clips)
         cross_entropy = F.cross_entropy(logits, labels)
         gflops = self.model.policy_gflops().mean()
         stats = {"cross_entropy": cross_entropy.detach(), "gflops": gflops.detach()}
-        return StepOutput(cross_entropy + self.flops_weight * gflops, logits, stats)
+        if self.latency_weight is None:
+            return StepOutput(cross_entropy + self.flops_weight * gflops, logits, stats)
+        time_ratio = self.model.policy_time_ratio().mean()
+        stats["time_ratio"] = time_ratio.detach()
+        return StepOutput(cross_entropy + self.latency_weight * time_ratio, logits, stats)
 
 
 def phases(model: AdaFuse, config: TrainConfig, train_clips: int) -> list[Phase]:
     policy_nets = {id(p): p for block in model.gated_blocks() for p in block.policy.parameters()}  # FCs shared
-    objective = CrossEntropyAndFlops(model, config.flops_weight)
+    if config.cost == "latency":
+        model.calibrate()  # the cost models of this machine: the latency term predicts what the executor runs
+    latency_weight = config.latency_weight if config.cost == "latency" else None
+    objective = CrossEntropyAndCost(model, config.flops_weight, latency_weight)
     scaled = list(policy_nets.values())
     return [Phase("train", config.epochs, objective, config.lr, scaled=scaled, lr_scale=config.policy_lr_scale)]

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.fusion import PATHS, FusionTemplate
-from training.common import Phase, StepOutput
 from training.config import TrainConfig
+from training.phase import Phase, StepOutput
 
 
 class WithoutDropPath(nn.Module):

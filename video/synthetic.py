@@ -5,7 +5,7 @@ large black/white cells at the top (each cell at least 8×8 pixels, so the code 
 compression), over a textured background that drifts one pixel a frame so the encoder has real motion to
 code. ``read_frame_index`` reads the code back from a decoded RGB frame: tests can check exactly which
 frames a decoder returned. ``write_video`` encodes any (T, H, W, 3) uint8 frames with a fixed keyframe
-interval, any timestamps and a display rotation; the synthetic datasets and ``video.edge_cases`` reuse it.
+interval, any timestamps and a display rotation; the synthetic datasets and the tests' ``edge_cases`` reuse it.
 """
 
 from __future__ import annotations

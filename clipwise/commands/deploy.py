@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 def checked_source(source: Path) -> Path:
     """The version directory ``source`` names, after the server's own checks of a version."""
-    from export.versions import version_path
-    from models.checkpoint import CheckpointError
+    from models.checkpoint import CheckpointError, version_path
     from service.model_store import InvalidVersion, open_version
 
     try:

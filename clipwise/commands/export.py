@@ -62,9 +62,9 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 
 def run_fusion(args: argparse.Namespace) -> int:
-    from export.fusion import CHART_FILE, RANKING_FILE, export_fusion
     from models.checkpoint import CheckpointError
     from training.data import AnnotationError
+    from training.fusion_ranking import CHART_FILE, RANKING_FILE, export_fusion
 
     try:
         frozen = export_fusion(
@@ -93,8 +93,7 @@ def run_fusion(args: argparse.Namespace) -> int:
 def run_tensorrt(args: argparse.Namespace) -> int:
     from export.runtime import MODEL_FILE
     from export.tensorrt import ENGINE_FILE, TensorRTUnavailable, build_engine
-    from export.versions import version_path
-    from models.checkpoint import CheckpointError
+    from models.checkpoint import CheckpointError, version_path
 
     try:
         version_dir = version_path(args.model_dir)

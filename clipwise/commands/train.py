@@ -31,11 +31,14 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "clip_grad_norm": ("clip the gradient norm to this (0: off)", "NORM"),
     "frames": ("frames per clip (default: the preset's)", "T"),
     "size": ("crop size in pixels (default: the preset's)", "S"),
+    "model_args": ('other fields of the preset\'s config, as JSON, e.g. \'{"decision_group": 8}\'', "JSON"),
     "workers": ("DataLoader worker processes per training process", "N"),
     "seed": ("random seed", "S"),
     "flip": ("random horizontal flips (refused for direction-sensitive labels)", None),
     "resume": ("continue the run in --run-dir from its last epoch", None),
     "flops_weight": ("AdaFuse: lambda of Eq. 6, per GFLOP", "LAMBDA"),
+    "cost": ("AdaFuse: Eq. 6's cost term: flops, or latency (the executor's calibrated time)", "{flops,latency}"),
+    "latency_weight": ("AdaFuse with --cost latency: lambda per unit of the gated pairs' time", "LAMBDA"),
     "gamma": ("Ada3D: reward of a wrong prediction is -gamma (Eq. 4)", "GAMMA"),
     "policy_epochs": ("Ada3D: epochs of selection-net training, backbone frozen", "N"),
     "joint_epochs": ("Ada3D: epochs of joint fine-tuning", "N"),
@@ -82,7 +85,19 @@ def _value_type(name: str, default: Any) -> type:
         return Path
     if name in ("frames", "size") or isinstance(default, tuple):
         return int
+    if isinstance(default, dict):
+        return _json_object
     return type(default)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def config_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,9 +121,9 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from training.common import fit
     from training.config import ConfigError, TrainConfig
     from training.data import AnnotationError
+    from training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -43,6 +43,7 @@ def model_detail(served: ServedModel, versions: list[int]) -> ModelDetail:
         backends=sorted(served.backends.available),
         created_at=manifest.created_at,
         weights_sha256=manifest.weights_sha256,
+        full_compute_ms=served.full_compute_ms,
     )
 
 

@@ -99,6 +99,7 @@ async def predict(
         timing_ms=timing,
         backend=backend.name,
         batch_size=batch.batch_size,
+        full_compute_ms_per_view=served.full_compute_ms.get(backend.name),
         request_id=REQUEST_ID.get(),
     )
     log_prediction(response, views.clips.shape[0])
@@ -108,7 +109,8 @@ async def predict(
 def log_prediction(response: PredictResponse, views: int) -> None:
     best = response.predictions[0]
     logger.info(
-        "predict %s v%d on %s views=%d top1=%s (%.3f) gflops=%.3f/%.3f batch=%d total=%.1f ms",
+        "predict %s v%d on %s views=%d top1=%s (%.3f) gflops executed/policy/full=%.3f/%.3f/%.3f batch=%d "
+        "total=%.1f ms",
         response.model,
         response.version,
         response.backend,
@@ -116,6 +118,7 @@ def log_prediction(response: PredictResponse, views: int) -> None:
         best.label,
         best.score,
         response.flops.executed_gflops,
+        response.flops.policy_gflops,
         response.flops.full_gflops,
         response.batch_size,
         response.timing_ms.total,

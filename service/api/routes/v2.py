@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from clipwise import __version__
 from service.api.routes.models import ModelName
 from service.backends import BackendName
+from service.config import VERSION
 from service.deps import StateDep
 from service.errors import ApiError
 from service.model_store import ServedModel
@@ -77,7 +77,7 @@ INFER_ANSWER: dict[str, Any] = {
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="clipwise", version=__version__, extensions=["binary_tensor_data"])
+    return ServerMetadata(name="clipwise", version=VERSION, extensions=["binary_tensor_data"])
 
 
 @router.get("/health/live", summary="The process is alive")

@@ -1,4 +1,5 @@
-"""Odd and broken uploads, made with PyAV, and what decoding each must give.
+"""Odd and broken uploads, made with PyAV, and what decoding each must give (test support: the service never
+uses it, so it lives beside the tests; ``benchmarks/load.py`` imports it from here too).
 
 The hardening tests send every one through a real server, and the load benchmark mixes them into its
 traffic. ``EDGE_CASES`` maps a name to an ``EdgeCase``: a function making its bytes (deterministic, well

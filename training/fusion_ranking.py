@@ -1,5 +1,8 @@
-"""Freeze a fusion strategy: ``clipwise export fusion --model-dir REPO/NAME/VERSION --data VAL --samples N
---out REPO/NAME_FROZEN``.
+"""Rank and freeze fusion strategies: ``clipwise export fusion --model-dir REPO/NAME/VERSION --data VAL
+--samples N --out REPO/NAME_FROZEN``.
+
+Ranking evaluates strategies on a labelled dataset, so it is training-time work and lives here; the command
+stays under ``clipwise export`` because what it produces is a frozen, servable version.
 
 The version must hold a v-DropPath template (``models.fusion.FusionTemplate``). As in the paper's
 network-level analysis (Sec. 3.3, Eq. 6), N strategies are sampled from the learned drop rates (seeded;
@@ -32,8 +35,7 @@ import numpy
 import torch
 from torch.utils.data import DataLoader
 
-from export.versions import load_version_dir
-from models.checkpoint import LoadedVersion, save_version
+from models.checkpoint import LoadedVersion, load_version_dir, save_version
 from models.fusion import UNITS, FusionTemplate, format_strategy, freeze, parse_strategy
 from training.data import DatasetFiles
 from training.evaluate import evaluate, version_loader

@@ -1,0 +1,471 @@
+"""AdaFuse's gated conv pairs at inference, run the cheapest way that gives the masked result.
+
+A gated pair is ``second(fuse(relu(first(x))), residual, relu)``: ``fuse`` applies a keep / reuse / skip
+decision per (frame, conv1 output channel) to conv1's output — keep: the channel as computed at frame t,
+reuse: as computed at frame t−1, skip: zeros. Only two things are ever needed: conv1's output channel c at
+frame t when it is kept there or reused at t+1 (*needed*), and conv2's input channel c at frame t when it is
+kept or reused there (*active*).
+
+A learned policy chooses different channels at different frames, so no single computation is best for
+every decision. Each convolution of a pair runs as *groups*: a group is a set of frames and the channels
+computed for all of them (conv1: output channels, conv2: input channels), one gathered convolution call
+per group. The candidate partitions:
+
+* ``dense``: one group, every frame, every channel: the plain convolution with constant weights, the
+  policy applied afterwards (skipped channels zeroed, reused ones copied). Nothing saved, nothing lost.
+* ``union``: one group, every frame, the union of the channels any frame needs.
+* ``clips``: one group per clip of the batch, each over its clip's union (batched requests whose clips
+  chose different channels).
+* ``sets``: frames with identical channel sets together (a policy repeating a pattern over frames).
+
+conv1's and conv2's partitions are chosen apart, each the one of least predicted time (``PairCosts``): a cost
+model of each convolution calibrated on this machine when a model version loads (``calibrate_pair``, the
+way cuDNN's benchmark mode times its kernels), per spatial input size, and never on the request path; a
+size never calibrated is predicted from its MACs. Whatever runs, the output equals the dense masked
+reference, and the MACs reported (``models.flops.record_macs``, per clip) are those of the convolutions
+that ran — padding channels and dense fallbacks included — not the policy's count (Eq. 5).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from models.folding import FoldedConv, conv_output_size
+
+KEEP, REUSE, SKIP = 0, 1, 2
+PARTITIONS = ("dense", "union", "clips", "sets")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decisions and groups.
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """One pair's decisions over a batch of ``clips × frames`` frames (clip-major), as (frames, C) masks."""
+
+    keep: torch.Tensor
+    reuse: torch.Tensor  # never at a clip's first frame
+    needed: torch.Tensor  # conv1 computes it: kept here, or reused by the next frame of the clip
+    active: torch.Tensor  # conv2 reads it: kept or reused here
+    clips: int
+    frames: int
+
+    @staticmethod
+    def of(codes: torch.Tensor) -> Decisions:
+        """From (N, T, C) keep / reuse / skip codes; a reuse at a clip's first frame is a skip."""
+        n, t, c = codes.shape
+        codes = codes.cpu()
+        keep = codes == KEEP
+        reuse = codes == REUSE
+        reuse[:, 0] = False
+        reused_next = F.pad(reuse[:, 1:], (0, 0, 0, 1))
+        flat = {name: mask.reshape(n * t, c) for name, mask in (("keep", keep), ("reuse", reuse))}
+        return Decisions(
+            needed=(keep | reused_next).reshape(n * t, c),
+            active=(keep | reuse).reshape(n * t, c),
+            clips=n,
+            frames=t,
+            **flat,
+        )
+
+    @property
+    def total_frames(self) -> int:
+        return self.keep.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.keep.shape[1]
+
+    def clip_counts(self, frames: torch.Tensor | slice) -> torch.Tensor | int:
+        """How many of ``frames`` each clip holds, for per-clip MACs: a number when every clip holds all its
+        frames (``record_macs`` shares a number evenly), else a float64 tensor."""
+        if isinstance(frames, slice) and frames == slice(0, self.total_frames):
+            return self.total_frames
+        index = torch.arange(self.total_frames)[frames]
+        return torch.bincount(index // self.frames, minlength=self.clips).double()
+
+
+@dataclass(frozen=True)
+class Group:
+    """Frames computed in one call and the channels computed for all of them (None: every channel, dense)."""
+
+    frames: slice | torch.Tensor  # into the batch's frames: a slice where they are evenly spaced
+    size: int
+    channels: torch.Tensor | None
+
+
+def _index_of(frames: Sequence[int]) -> slice | torch.Tensor:
+    step = frames[1] - frames[0] if len(frames) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in zip(frames, frames[1:], strict=False)):
+        return slice(frames[0], frames[-1] + 1, step)
+    return torch.tensor(frames)
+
+
+def _channels_of(mask: torch.Tensor) -> torch.Tensor | None:
+    """The channels a (C,) mask selects; None when it is every channel."""
+    return None if bool(mask.all()) else mask.nonzero().flatten()
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What each partition of one convolution computes: per group, (frames, channels or None for all); the
+    groups themselves are built only for the partition chosen (``groups``)."""
+
+    mask: torch.Tensor  # (clips·frames, C): what each frame needs
+    clips: int
+    frames: int
+    counts: dict[str, list[tuple[int, int | None]]]
+    rows: torch.Tensor | None  # "sets": the distinct rows of the mask ...
+    row_of_frame: torch.Tensor | None  # ... and which one each frame has
+
+    @staticmethod
+    def of(mask: torch.Tensor, clips: int, frames: int) -> Candidates:
+        total, channels = mask.shape
+        union = int(mask.any(0).sum())
+        counts: dict[str, list[tuple[int, int | None]]] = {
+            "dense": [(total, None)],
+            "union": [(total, None if union == channels else union)],
+        }
+        if clips > 1:
+            per_clip = mask.view(clips, frames, channels).any(1).sum(-1).tolist()
+            counts["clips"] = [(frames, None if count == channels else count) for count in per_clip]
+        rows, row_of_frame, sizes = torch.unique(mask.to(torch.uint8), dim=0, return_inverse=True, return_counts=True)
+        if len(rows) > 1:
+            per_row = rows.sum(-1).tolist()
+            counts["sets"] = [
+                (size, None if count == channels else count)
+                for size, count in zip(sizes.tolist(), per_row, strict=True)
+            ]
+        return Candidates(mask, clips, frames, counts, rows.bool(), row_of_frame)
+
+    def predicted(self, name: str, cost: ConvCost) -> float:
+        return sum(cost.predict(frames, channels) for frames, channels in self.counts[name])
+
+    def choose(self, cost: ConvCost, forced: str | None = None) -> str:
+        """The partition of least predicted time (ties: the earlier, the simpler), or ``forced`` if it exists."""
+        if forced is not None and forced in self.counts:
+            return forced
+        return min(self.counts, key=lambda name: self.predicted(name, cost))
+
+    def groups(self, name: str) -> list[Group]:
+        total = self.mask.shape[0]
+        if name == "dense":
+            return [Group(slice(0, total), total, None)]
+        if name == "union":
+            return [Group(slice(0, total), total, _channels_of(self.mask.any(0)))]
+        if name == "clips":
+            t = self.frames
+            return [
+                Group(slice(n * t, (n + 1) * t), t, _channels_of(self.mask[n * t : (n + 1) * t].any(0)))
+                for n in range(self.clips)
+            ]
+        groups = []
+        for index, row in enumerate(self.rows):
+            members = (self.row_of_frame == index).nonzero().flatten().tolist()
+            groups.append(Group(_index_of(members), len(members), _channels_of(row)))
+        return groups
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cost model.
+
+
+@dataclass(frozen=True)
+class ConvCost:
+    """Predicted seconds of one convolution call over ``frames`` frames: dense, ``a + b·frames``; gathered to
+    ``k`` of its gated channels, ``c0 + c1·k + c2·frames·k`` (a call's overhead, the weight gather ∝ k, the
+    work ∝ frames·k)."""
+
+    dense: tuple[float, float]
+    gathered: tuple[float, float, float]
+
+    def predict(self, frames: int, channels: int | None) -> float:
+        if channels is None:
+            a, b = self.dense
+            return a + b * frames
+        if channels == 0:
+            return 0.0
+        return float(self.gathered_time(frames, torch.tensor(float(channels))))
+
+    def gathered_time(self, frames: int, channels: torch.Tensor) -> torch.Tensor:
+        """The gathered prediction for a tensor of (possibly fractional, differentiable) channel counts."""
+        c0, c1, c2 = self.gathered
+        return c0 + (c1 + c2 * frames) * channels
+
+    @staticmethod
+    def from_macs(macs_per_frame: float, channels: int) -> ConvCost:
+        """Without a calibration: time ∝ MACs, a gathered call 1.4× dearer per MAC plus a fixed overhead."""
+        per_channel = macs_per_frame / channels
+        return ConvCost(dense=(0.0, macs_per_frame), gathered=(0.02 * macs_per_frame, 0.0, 1.4 * per_channel))
+
+
+@dataclass
+class PairCosts:
+    """A pair's two cost models at one spatial input size, and how they were made."""
+
+    conv1: ConvCost
+    conv2: ConvCost
+    calibrated: bool
+    forced: tuple[str, str] | None = None  # (conv1, conv2) partitions to run where they exist: tests, benchmarks
+
+
+def _least_squares(points: list[tuple[list[float], float]]) -> list[float]:
+    """Non-negative coefficients of a linear fit (clamped: a cost never falls as work grows)."""
+    design = torch.tensor([row for row, _ in points], dtype=torch.float64)
+    target = torch.tensor([value for _, value in points], dtype=torch.float64)[:, None]
+    solution = torch.linalg.lstsq(design, target).solution.flatten()
+    return solution.clamp(min=0).tolist()
+
+
+def fit_cost(dense: list[tuple[int, float]], gathered: list[tuple[int, int, float]]) -> ConvCost:
+    """A ``ConvCost`` from timings: (frames, seconds) dense, (frames, channels, seconds) gathered."""
+    dense_fit = _least_squares([([1.0, f], s) for f, s in dense])
+    gathered_fit = _least_squares([([1.0, k, f * k], s) for f, k, s in gathered])
+    return ConvCost(dense=(dense_fit[0], dense_fit[1]), gathered=tuple(gathered_fit))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Execution.
+
+
+@dataclass
+class PairRun:
+    """What one gated pair ran: the partitions chosen and the MACs (per clip, or a number all clips share)."""
+
+    conv1: str
+    conv2: str
+    macs: torch.Tensor | float
+
+
+def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+
+
+def _gathered(tensor: torch.Tensor, channels: torch.Tensor | None) -> torch.Tensor:
+    """Channels of a (frames, C, H, W) channels_last map (all of it when None)."""
+    if channels is None:
+        return tensor
+    return tensor.permute(0, 2, 3, 1)[..., channels.to(tensor.device)].permute(0, 3, 1, 2)
+
+
+@dataclass
+class _Conv1Output:
+    """conv1's output for every frame, ``values`` (frames, C', H, W): C' the channels listed in ``channels``
+    in that order (None: all C in their order). Whatever a frame does not need holds zeros or its value."""
+
+    values: torch.Tensor
+    channels: torch.Tensor | None
+
+    def full_width(self, total_channels: int) -> torch.Tensor:
+        """``values`` over all C channels, zeros where nothing was computed."""
+        if self.channels is None:
+            return self.values
+        frames, _, height, width = self.values.shape
+        full = _empty(self.values, frames, total_channels, height, width).zero_()
+        full.permute(0, 2, 3, 1)[..., self.channels.to(full.device)] = self.values.permute(0, 2, 3, 1)
+        return full
+
+
+def run_conv1(
+    x: torch.Tensor, groups: list[Group], first: FoldedConv, decisions: Decisions
+) -> tuple[_Conv1Output, torch.Tensor]:
+    """relu(first(x)) of every group over its channels; the output and the MACs per clip."""
+    channels = first.weight.shape[0]
+    size = conv_output_size(first, x.shape[-2:])
+    macs: torch.Tensor | float = 0.0
+    if len(groups) == 1:  # one call: its output is conv1's output, in the group's channel order
+        group = groups[0]
+        count = channels if group.channels is None else len(group.channels)
+        values = first(x, outputs=group.channels, relu=True) if count else _empty(x, x.shape[0], 0, *size)
+        macs += decisions.clip_counts(group.frames) * first.macs_per_frame(size, x.shape[1], count)
+        return _Conv1Output(values, group.channels), macs
+    values = _empty(x, x.shape[0], channels, *size).zero_()  # what no group computes is never read
+    for group in groups:
+        if group.channels is not None and not len(group.channels):
+            continue
+        y = first(x[_on(group.frames, x)], outputs=group.channels, relu=True)
+        _scatter(values, group, y)
+        count = channels if group.channels is None else len(group.channels)
+        macs += decisions.clip_counts(group.frames) * first.macs_per_frame(size, x.shape[1], count)
+    return _Conv1Output(values, None), macs
+
+
+def _scatter(values: torch.Tensor, group: Group, y: torch.Tensor) -> None:
+    """Write a group's output (its frames, its channels) into the full-width map ``values`` (channels_last)."""
+    target, source = values.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)
+    frames = _on(group.frames, values)
+    if group.channels is None:
+        target[frames] = source
+    elif isinstance(frames, slice):
+        target[frames][..., group.channels.to(values.device)] = source
+    else:  # both indexed: the indexed shape is (frames, channels, H, W)
+        target[frames[:, None], :, :, group.channels.to(values.device)[None, :]] = source.permute(0, 3, 1, 2)
+
+
+def _on(frames: slice | torch.Tensor, like: torch.Tensor) -> slice | torch.Tensor:
+    return frames if isinstance(frames, slice) else frames.to(like.device)
+
+
+def _source(conv1: _Conv1Output, group: Group, total_channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The map a group's channels are read from, and their positions in it (None: all of it, in order)."""
+    if conv1.channels is None:
+        return conv1.values, group.channels
+    if group.channels is None:  # every channel, from a conv1 that computed some: widen it with zeros
+        return conv1.full_width(total_channels), None
+    if len(group.channels) == len(conv1.channels):  # the same sorted channels (what is read was computed)
+        return conv1.values, None
+    return conv1.values, torch.searchsorted(conv1.channels, group.channels)
+
+
+def fused_input(conv1: _Conv1Output, group: Group, decisions: Decisions) -> torch.Tensor:
+    """conv2's input for a group: kept channels from conv1 at t, reused ones from t−1, zeros elsewhere."""
+    channels = slice(None) if group.channels is None else group.channels
+    keep = decisions.keep[group.frames][:, channels]
+    reuse = decisions.reuse[group.frames][:, channels]
+    values, positions = _source(conv1, group, decisions.channels)
+    whole = isinstance(group.frames, slice) and group.frames == slice(0, decisions.total_frames)
+    current = _gathered(values if whole else values[_on(group.frames, values)], positions)
+    reuses = bool(reuse.any())
+    if not reuses and bool(keep.all()):
+        return current
+    fused = current * _as_map(keep, values)
+    if reuses:
+        if whole:  # the frame before is the previous row (a clip's first frame reuses nothing)
+            fused[1:].addcmul_(current[:-1], _as_map(reuse[1:], values))
+        else:
+            before = (torch.arange(decisions.total_frames)[group.frames] - 1).clamp(min=0)
+            fused.addcmul_(_gathered(values[before.to(values.device)], positions), _as_map(reuse, values))
+    return fused
+
+
+def _as_map(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (frames, C) mask as a (frames, C, 1, 1) multiplier of ``like``'s type."""
+    return mask.to(device=like.device, dtype=like.dtype)[:, :, None, None]
+
+
+def run_conv2(
+    conv1: _Conv1Output,
+    groups: list[Group],
+    second: FoldedConv,
+    decisions: Decisions,
+    residual: torch.Tensor | None,
+    relu: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """second() of every group over its input channels, with the residual and ReLU; output, MACs per clip."""
+    values = conv1.values
+    size = conv_output_size(second, values.shape[-2:])
+    out_channels, in_channels = second.weight.shape[:2]
+    macs: torch.Tensor | float = 0.0
+    single = len(groups) == 1
+    out = None if single else _empty(values, decisions.total_frames, out_channels, *size)
+    for group in groups:
+        count = in_channels if group.channels is None else len(group.channels)
+        group_residual = None if residual is None else residual[_on(group.frames, residual)]
+        if count:
+            z = second(fused_input(conv1, group, decisions), inputs=group.channels, residual=group_residual, relu=relu)
+        else:
+            z = second.bias_only(values, group.size, size, residual=group_residual, relu=relu)
+        macs += decisions.clip_counts(group.frames) * second.macs_per_frame(size, count, out_channels)
+        if single:
+            out = z
+        else:
+            out[_on(group.frames, z)] = z
+    return out, macs
+
+
+def run_pair(
+    x: torch.Tensor,
+    decisions: Decisions,
+    first: FoldedConv,
+    second: FoldedConv,
+    costs: PairCosts,
+    *,
+    residual: torch.Tensor | None = None,
+    relu: bool = False,
+) -> tuple[torch.Tensor, PairRun]:
+    """The pair under ``decisions``, each convolution by the partition ``costs`` predicts fastest (or the
+    partitions ``costs.forced`` names, where the candidate exists)."""
+    forced = costs.forced or (None, None)
+    candidates1 = Candidates.of(decisions.needed, decisions.clips, decisions.frames)
+    candidates2 = Candidates.of(decisions.active, decisions.clips, decisions.frames)
+    name1 = candidates1.choose(costs.conv1, forced[0])
+    name2 = candidates2.choose(costs.conv2, forced[1])
+    conv1, macs1 = run_conv1(x, candidates1.groups(name1), first, decisions)
+    out, macs2 = run_conv2(conv1, candidates2.groups(name2), second, decisions, residual, relu)
+    return out, PairRun(name1, name2, macs1 + macs2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration.
+
+CALIBRATION_SHARES = (0.25, 0.5, 0.75)  # of the gated channels, timed gathered
+CALIBRATION_REPEATS = 5
+
+
+def _seconds(call: Callable[[], object], repeats: int = CALIBRATION_REPEATS) -> float:
+    """The fastest of ``repeats`` calls after a warm-up call (oneDNN builds its primitive for the shape): the
+    minimum, not the median, since what else runs on the machine only ever adds time."""
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def _random_channels(channels: int, share: float, generator: torch.Generator) -> torch.Tensor:
+    count = max(1, round(share * channels))
+    return torch.randperm(channels, generator=generator)[:count].sort().values
+
+
+def calibrate_pair(
+    x: torch.Tensor,
+    frames: int,
+    first: FoldedConv,
+    second: FoldedConv,
+    *,
+    residual: torch.Tensor | None = None,
+    relu: bool = False,
+) -> PairCosts:
+    """Time conv1 and conv2 of a pair on inputs like ``x`` ((≥ frames, C_in, H, W), channels_last), dense and
+    gathered to a few shares of the channels, at 1 and ``frames`` frames, and fit their cost models.
+
+    conv2 is timed with its input fusion (kept and reused channels mixed) included, as ``run_conv2`` runs it."""
+    generator = torch.Generator().manual_seed(0)
+    channels = first.weight.shape[0]
+    conv1_full = first(x[:frames], relu=True)
+    dense1, gathered1, dense2, gathered2 = [], [], [], []
+    for count in (1, frames):
+        inputs = x[:count]
+        conv1 = _Conv1Output(conv1_full[:count], None)
+        mixed = Decisions.of(torch.randint(KEEP, REUSE + 1, (1, count, channels), generator=generator))
+        tail = None if residual is None else residual[:count]
+        dense1.append((count, _seconds(partial(first, inputs, relu=True))))
+        every = [Group(slice(0, count), count, None)]
+        dense2.append((count, _seconds(partial(run_conv2, conv1, every, second, mixed, tail, relu))))
+        for share in CALIBRATION_SHARES:
+            rows = _random_channels(channels, share, generator)
+            gathered1.append((count, len(rows), _seconds(partial(first, inputs, outputs=rows, relu=True))))
+            some = [Group(slice(0, count), count, rows)]
+            gathered2.append((count, len(rows), _seconds(partial(run_conv2, conv1, some, second, mixed, tail, relu))))
+    return PairCosts(fit_cost(dense1, gathered1), fit_cost(dense2, gathered2), calibrated=True)
+
+
+def uncalibrated_costs(x_size: Sequence[int], in_channels: int, first: FoldedConv, second: FoldedConv) -> PairCosts:
+    """Cost models from MACs alone, for an input size no calibration has timed."""
+    size1 = conv_output_size(first, x_size)
+    size2 = conv_output_size(second, size1)
+    channels = first.weight.shape[0]
+    return PairCosts(
+        ConvCost.from_macs(first.macs_per_frame(size1, in_channels, channels), channels),
+        ConvCost.from_macs(second.macs_per_frame(size2, channels, second.weight.shape[0]), channels),
+        calibrated=False,
+    )
