@@ -66,7 +66,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from functools import partial
-from itertools import count, pairwise
+from itertools import chain, count, pairwise
 from typing import Literal, get_args
 
 import av
@@ -482,15 +482,20 @@ def _read_runs_in_parallel(
             runs.sort(key=lambda run: reader.index.keyframe_before(run[0]) - run[-1])
         helpers = [partial(_read_runs_elsewhere, reader, data, limits) for _ in range(count - 1)]
         for helper in share_work(runs, [reader.read_runs, *helpers])[1:]:
-            reader.absorb(helper)
+            if helper is not None:
+                reader.absorb(helper)
 
 
 def _read_runs_elsewhere(
     reader: _FrameReader, data: bytes, limits: DecodeLimits, runs: Iterator[list[int]]
-) -> _FrameReader:
-    """``reader.read_runs`` through a container of its own; returns the reader that holds the frames."""
+) -> _FrameReader | None:
+    """``reader.read_runs`` through a container of its own, opened only if a run is left to take; returns the
+    reader that holds the frames (None when the others had taken every run)."""
+    first = next(runs, None)
+    if first is None:
+        return None
     with _open_video(data, limits) as (container, stream, _):
-        return reader.sibling(container, stream).read_runs(runs)
+        return reader.sibling(container, stream).read_runs(chain([first], runs))
 
 
 def _converted_size(header: VideoInfo, short_side: int | None) -> tuple[int, int]:
