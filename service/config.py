@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_concurrent_inferences: int = Field(
         2, ge=1, description="jobs (decoding one upload, or running one batch) at the same time; the others wait"
     )
+    decode_threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads decoding may use at once across requests; a request decodes on its own thread plus "
+        "helpers while some are free, one per run of frames between seeks (default: the CPUs this process may use)",
+    )
     max_pending_requests: int = Field(
         16,
         ge=1,

@@ -1,5 +1,5 @@
 """What one running app holds: its settings, the model store, the admission count, the worker pool, the
-batcher, its metrics and its startup status."""
+batcher, its metrics, the decoding threads' budget and its startup status."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.model_store import ModelStore
 from service.runner import Admission, InferenceRunner
+from video.parallel import ThreadBudget, usable_cpus
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ServiceState:
     runner: InferenceRunner
     batcher: Batcher
     metrics: ServiceMetrics
+    decode_threads: ThreadBudget
     startup: Startup = field(default_factory=Startup)
 
     @classmethod
@@ -55,4 +57,5 @@ class ServiceState:
             runner=runner,
             batcher=Batcher(runner, settings),
             metrics=ServiceMetrics(store, admission),
+            decode_threads=ThreadBudget(settings.decode_threads or usable_cpus()),
         )

@@ -26,6 +26,7 @@ from video import (
     segment_indices,
 )
 from video.decode import PacketInfo
+from video.parallel import ThreadBudget
 from video.synthetic import encode_video, index_coded_frames, read_frame_index
 from video.transforms import crop_origins, resize_short_side
 
@@ -162,10 +163,12 @@ def test_returned_frames_are_the_sampled_frames(variant_bytes: bytes, spec: Clip
 def test_seeking_returns_the_decode_all_frames_pixel_for_pixel(variant_bytes: bytes, plan: list[list[int]]):
     reference = decode_all(variant_bytes)
     decoded = read_frames(variant_bytes, lambda _: plan)
+    parallel = read_frames(variant_bytes, lambda _: plan, threads=ThreadBudget(3))
     forward = read_frames(variant_bytes, lambda _: plan, seek=False)
     for index in plan[0]:
-        assert np.array_equal(decoded.frames[index], reference[index])
-        assert np.array_equal(forward.frames[index], reference[index])
+        for read in (decoded, parallel, forward):
+            assert np.array_equal(read.frames[index], reference[index])
+    assert parallel.frames_decoded == decoded.frames_decoded  # the same runs, each decoded once
 
 
 def test_seeking_skips_the_groups_of_pictures_between_wanted_frames(h264_video: Path, vp9_video: Path):
@@ -232,16 +235,19 @@ def test_load_clips_shapes_clip_major_views(h264_video: Path):
     assert clips.decode_ms > 0 and clips.preprocess_ms > 0 and clips.frames_decoded >= 16
 
 
-def test_load_clips_matches_transforming_the_reference_frames(h264_video: Path):
+def test_load_clips_scales_the_frames_close_to_resizing_the_reference_frames(h264_video: Path):
+    # load_clips scales while converting to RGB (swscale); the reference resizes full-size RGB frames (torch)
+    spec = dataclasses.replace(DENSE_SPEC, short_side=60, crop_size=48)
     data = h264_video.read_bytes()
-    clips = load_clips(data, DENSE_SPEC)
+    clips = load_clips(data, spec)
     reference = decode_all(data)
-    indices = clips.frame_indices[0]
-    frames = torch.from_numpy(np.stack([reference[i] for i in indices])).permute(0, 3, 1, 2).float()
-    resized = torch.nn.functional.interpolate(frames, size=(128, 170), mode="bilinear", antialias=True)
-    crop = resized[..., 8:120, 29:141].transpose(0, 1) / 255  # ceil((128 - 112) / 2), ceil((170 - 112) / 2)
-    expected = (crop - torch.tensor(MEAN).view(3, 1, 1, 1)) / torch.tensor(STD).view(3, 1, 1, 1)
-    assert torch.allclose(clips.clips[0], expected, atol=2 / 255 / min(STD))  # uint8 rounding after the resize
+    frames = torch.from_numpy(np.stack([reference[i] for i in clips.frame_indices[0]])).permute(0, 3, 1, 2).float()
+    resized = torch.nn.functional.interpolate(frames, size=(60, 80), mode="bilinear", antialias=True)
+    expected = resized[..., 6:54, 16:64].transpose(0, 1)  # ceil((60 - 48) / 2), ceil((80 - 48) / 2)
+    std, mean = torch.tensor(STD).view(3, 1, 1, 1), torch.tensor(MEAN).view(3, 1, 1, 1)
+    difference = ((clips.clips[0] * std + mean) * 255 - expected).abs()
+    # measured: mean 3.7, max 26 levels; swscale's other filters differ more (area 4.9 / 42, fast bilinear 7.7 / 190)
+    assert difference.mean() < 4.5 and difference.max() < 36
 
 
 def test_normalise_maps_the_mean_colour_to_zero_and_one_std_up_to_one():
@@ -328,6 +334,15 @@ def test_odd_input_decodes_to_its_frames(edge_case_bytes: dict[str, bytes], name
     if case.index_coded:
         assert upright_codes(decoded.frames, info.rotation) == {index: index for index in decoded.frames}
     assert load_clips(edge_case_bytes[name], TSN_SPEC, limits=LIMITS).clips.shape == (1, 3, 8, 112, 112)
+    parallel = read_frames(
+        edge_case_bytes[name],
+        TSN_SPEC.frame_indices,
+        limits=LIMITS,
+        min_frames=TSN_SPEC.frames,
+        threads=ThreadBudget(2),
+    )
+    assert (parallel.info, parallel.frame_indices, parallel.truncated) == (info, decoded.frame_indices, case.truncated)
+    assert all(np.array_equal(parallel.frames[index], frame) for index, frame in decoded.frames.items())
 
 
 @pytest.mark.parametrize(("name", "image"), [("png", "PNG"), ("jpeg", "JPEG")])
@@ -395,6 +410,11 @@ def test_a_cut_that_leaves_holes_in_presentation_order_ends_the_video_at_the_fir
         decoded = read_frames(faststart_mp4[:end], lambda num_frames: [list(range(num_frames))])
         assert decoded.truncated
         assert codes(decoded.frames) == {index: index for index in range(decoded.info.num_frames)}
+        # sampled frames in two groups of pictures: decoded at once, they are the same
+        plan = DENSE_SPEC.frame_indices
+        alone, parallel = (read_frames(faststart_mp4[:end], plan, threads=ThreadBudget(n)) for n in (1, 2))
+        assert (parallel.info, parallel.frame_indices, parallel.truncated) == (alone.info, alone.frame_indices, True)
+        assert codes(parallel.frames) == {index: index for index in parallel.frames}
 
 
 def test_every_bit_of_the_frame_code_survives_compression():

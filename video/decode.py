@@ -16,17 +16,23 @@ A request goes through four steps, all inside one container that is closed on ev
    a timestamp and packets before the first keyframe are not frames the decoder returns, so they are not
    counted. The duration limit is checked again against the timestamps as they come.
 3. **Sample**: the plan (a sampler) picks frame indices from that exact frame count.
-4. **Decode**: seek to the keyframe before the next wanted frame when that keyframe lies beyond the
-   decoder's position, decode forward otherwise, stop after the last wanted frame. Seeks go to the
-   keyframe's dts (never after its pts): where the demuxer lands before the keyframe, the packets up to
-   it are skipped undecoded; where it lands past it (seeking by bisection), it is sent back to the first
-   frame and skips forward from there. For FFmpeg's decoders of codecs
-   with B-frames, frames that are neither wanted nor a reference for others are not decoded at all
+4. **Decode**: the wanted frames are split into *runs* where decoding seeks: a new run starts at a wanted
+   frame whose keyframe lies beyond the frame after the previous wanted one (decoding forward is cheaper
+   otherwise). A run is decoded from its keyframe and stops with the last packet its frames need: the
+   decoder is then drained of the frames it holds back for reordering rather than fed more. Runs share no
+   decoding work, so they are decoded at once on as many threads as the caller's ``ThreadBudget``
+   (``video.parallel``) spares, each thread with its own demuxer and decoder over the same bytes (PyAV
+   releases the GIL while FFmpeg decodes), taking the next run when done with its last; each decoder runs
+   on one thread. Seeks go to the keyframe's dts (never after its pts): where the demuxer lands before the
+   keyframe, the packets up to it are skipped undecoded; where it lands past it (seeking by bisection), it
+   is sent back to the first frame and skips forward from there. For FFmpeg's decoders of codecs with
+   B-frames, frames that are neither wanted nor a reference for others are not decoded at all
    (``skip_frame``, set packet by packet). Decoded frames are matched to indices by their pts; only wanted
-   frames are converted to RGB, by one ``VideoReformatter`` reused for the whole request. Containers
-   such as AVI store no presentation timestamps and FFmpeg makes pts up from the decode order: when the
-   codec reorders frames but the packets' pts never go back, frames are counted in decoder output order
-   from the start instead, without seeking.
+   frames are converted to RGB, by one ``VideoReformatter`` per thread, and when the caller names a short
+   side (``load_clips``: the model's) they are scaled to it in the same conversion, never made full-size
+   RGB first. Containers such as AVI store no presentation timestamps and FFmpeg makes pts up from the
+   decode order: when the codec reorders frames but the packets' pts never go back, frames are counted in
+   decoder output order from the start instead, without seeking.
 
 Rotation: frames are turned upright as their display matrix says (phones store portrait video as
 landscape frames plus a rotation; players, and ``ffmpeg``, turn them). The rotation of the first decoded
@@ -56,19 +62,21 @@ import contextlib
 import dataclasses
 import io
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from fractions import Fraction
-from itertools import count, pairwise
+from functools import partial
+from itertools import chain, count, pairwise
 from typing import Literal, get_args
 
 import av
 import numpy as np
 import torch
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 
+from video.parallel import SINGLE_THREAD, ThreadBudget, share_work
 from video.sampling import ClipSpec
-from video.transforms import CROP_COUNTS, make_views
+from video.transforms import CROP_COUNTS, make_views, short_side_size
 
 # FFmpeg demuxer names ("mov,mp4,m4a,3gp,3g2,mj2" matches "mov"); anything else is refused before its header is read
 ACCEPTED_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "gif")
@@ -78,6 +86,9 @@ Reason = Literal[
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 _AV_ERRORS = (av.error.FFmpegError, OSError)
+# How frames are scaled while they are converted to RGB (``read_frames(short_side=...)``): of swscale's filters,
+# the closest to video.transforms.resize_short_side (antialiased bilinear) on downscaling
+SCALING = Interpolation.BILINEAR
 # FFmpeg's own decoders of codecs with B-frames, which apply skip_frame to the very packet it is set for
 # (libdav1d, for one, applies it frames later and would drop wanted frames)
 _SKIPS_PER_PACKET = ("h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4")
@@ -226,16 +237,28 @@ def probe(data: bytes, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
 
 
 def load_clips(
-    data: bytes, spec: ClipSpec, *, clips: int = 1, crops: int = 1, limits: DecodeLimits = DecodeLimits()
+    data: bytes,
+    spec: ClipSpec,
+    *,
+    clips: int = 1,
+    crops: int = 1,
+    limits: DecodeLimits = DecodeLimits(),
+    threads: ThreadBudget = SINGLE_THREAD,
 ) -> LoadedClips:
-    """Decode an upload into ``clips`` temporal clips × ``crops`` spatial crops of model input.
+    """Decode an upload into ``clips`` temporal clips × ``crops`` spatial crops of model input, the frames
+    converted straight to the model's short side (see ``read_frames``).
 
     Raises ``VideoError`` for input that cannot be used and ``ValueError`` for bad ``clips`` / ``crops``.
     """
     if clips < 1 or crops not in CROP_COUNTS:
         raise ValueError(f"clips must be positive and crops one of {CROP_COUNTS}; got {clips} and {crops}")
     decoded = read_frames(
-        data, lambda num_frames: spec.frame_indices(num_frames, clips=clips), limits=limits, min_frames=spec.frames
+        data,
+        lambda num_frames: spec.frame_indices(num_frames, clips=clips),
+        limits=limits,
+        min_frames=spec.frames,
+        threads=threads,
+        short_side=spec.short_side,
     )
     started = time.perf_counter()
     frames, positions = decoded.stacked()
@@ -258,13 +281,18 @@ def read_frames(
     limits: DecodeLimits = DecodeLimits(),
     min_frames: int = 1,
     seek: bool = True,
+    threads: ThreadBudget = SINGLE_THREAD,
+    short_side: int | None = None,
 ) -> DecodedFrames:
     """Decode the frames ``plan(num_frames)`` names, as RGB arrays.
 
     ``min_frames``: a stream that breaks part-way (a decoding error, or a frame the decoder does not
     return) is used when at least this many frames (or all of a shorter video) come before the break; the
     plan is then made again over those frames. ``seek=False`` decodes every frame forward from the first
-    (the plain path the fast one is tested against).
+    (the plain path the fast one is tested against). ``threads``: the budget the runs of frames between
+    seeks are decoded in parallel from (one demuxer and decoder per thread). ``short_side``: the frames are
+    scaled to it (the long side floored, as ``video.transforms.resize_short_side`` does) while they are
+    converted to RGB, instead of converted at their stored size.
     """
     started = time.perf_counter()
     deadline = _Deadline(limits.decode_timeout_s)
@@ -272,17 +300,18 @@ def read_frames(
         index = _read_index(container, stream, limits, deadline)
         if index.count == 0:
             raise VideoError("no_frames", "the video stream holds no decodable frame")
-        reader = _FrameReader(container, stream, index, deadline, (header.width, header.height))
+        reader = _FrameReader(container, stream, index, deadline, _converted_size(header, short_side))
         num_frames, fast = index.count, seek and index.timestamps_reliable
         frame_indices = _checked(plan(num_frames), num_frames)
         while missing := reader.missing(frame_indices):
-            broken_at = reader.read(missing, fast=fast)
+            if fast:  # what the shortcuts miss (a keyframe that is none, say) is then read the plain way
+                _read_runs_in_parallel(reader, missing, data, limits, threads)
+                fast = False
+                continue
+            broken_at = reader.read(missing, fast=False)
             failed = reader.missing(frame_indices)
             if not failed:
                 break
-            if fast:  # the shortcuts failed (a keyframe that is none, say): judge the stream the plain way
-                fast = False
-                continue
             # the stream broke, or the decoder did not return a frame: use the frames before that point
             num_frames = min(failed[0], num_frames if broken_at is None else broken_at)
             if num_frames == 0 or num_frames < min(min_frames, index.count):
@@ -328,9 +357,20 @@ class _FrameReader:
         self.decoded = 0  # every frame the decoder returned
         self.rotation: int | None = None  # degrees (0, 90, 180 or 270), from the first frame converted
 
+    def sibling(self, container: av.container.InputContainer, stream: av.VideoStream) -> _FrameReader:
+        """A reader of the same stream, index, deadline and size through another open container."""
+        return _FrameReader(container, stream, self.index, self.deadline, self.size)
+
+    def absorb(self, other: _FrameReader) -> None:
+        """Take the frames a sibling decoded, and count its work."""
+        self.frames.update(other.frames)
+        self.decoded += other.decoded
+        self.rotation = other.rotation if self.rotation is None else self.rotation
+
     def read(self, targets: list[int], *, fast: bool) -> int | None:
-        """Decode the frames ``targets`` (sorted indices) into ``frames``, seeking and skipping frames nothing
-        refers to when ``fast``. Returns None, or when the stream breaks, how many frames come before the break."""
+        """Decode the frames ``targets`` (sorted indices) into ``frames``. Plain: forward from the first frame.
+        Fast: ``targets`` are one run (``_runs``), decoded from the keyframe before the first, skipping frames
+        nothing refers to. Returns None, or when the stream breaks, how many frames come before the break."""
         wanted = set(targets)
         last = -1
         try:
@@ -342,44 +382,48 @@ class _FrameReader:
             return last + 1
         return None
 
+    def read_runs(self, runs: Iterator[list[int]]) -> _FrameReader:
+        """Decode run after run (the fast way) until ``runs`` ends; returns this reader."""
+        for run in runs:
+            self.read(run, fast=True)
+        return self
+
     def missing(self, frame_indices: list[list[int]]) -> list[int]:
         return [index for index in _flatten(frame_indices) if index not in self.frames]
 
     def _frames_towards(self, targets: list[int], *, fast: bool) -> Iterator[tuple[int, av.VideoFrame]]:
-        """(frame index, frame) for each frame decoded on the way to ``targets``, stopping after the last.
-        When ``fast``, seeks ahead where the next target's keyframe lies beyond the next frame."""
-        pending = deque(targets)
+        """(frame index, frame) for each frame decoded on the way to ``targets``, stopping after the last."""
+        start = self.index.keyframe_before(targets[0]) if fast else 0
         locate = _locator(self.index)
-        start = self.index.keyframe_before(pending[0]) if fast else 0
-        skip_unreferenced = fast and self.skips_unreferenced
-        while True:
-            for frame in self._decode_from(start, set(pending) if skip_unreferenced else None):
-                position = locate(frame)
-                if position is None or position < start:
-                    continue  # no frame of the index, or an open GOP's leading frame (its references are gone)
-                yield position, frame
-                while pending and pending[0] <= position:
-                    pending.popleft()
-                if not pending:
-                    return
-                keyframe = self.index.keyframe_before(pending[0])
-                if fast and keyframe > position + 1:
-                    start = keyframe
-                    break
-            else:
+        for frame in self._decode_from(start, targets, fast=fast):
+            position = locate(frame)
+            if position is None or position < start:
+                continue  # no frame of the index, or an open GOP's leading frame (its references are gone)
+            yield position, frame
+            if position >= targets[-1]:
                 return
 
-    def _decode_from(self, keyframe: int, wanted: set[int] | None) -> Iterator[av.VideoFrame]:
-        """Frames decoded from keyframe ``keyframe`` on. Given ``wanted``, frames that are neither wanted nor
-        a reference for other frames are not decoded at all (``skip_frame``, set packet by packet)."""
+    def _decode_from(self, keyframe: int, targets: list[int], *, fast: bool) -> Iterator[av.VideoFrame]:
+        """Frames decoded from keyframe ``keyframe`` on. When ``fast``, frames that are neither a target nor a
+        reference for other frames are not decoded at all (``skip_frame``, set packet by packet), and once the
+        last packet a target needs is in, the decoder is drained rather than fed the packets after it."""
         context = self.stream.codec_context
+        wanted = set(targets)
+        skip_unreferenced = fast and self.skips_unreferenced
+        last_needed = max(self.index.packet_number(self.index.pts[target]) for target in targets) if fast else None
         for packet in self._packets_from(keyframe):
             self.deadline.check()
-            unwanted = wanted is not None and self.index.frame_at(packet.pts) not in wanted
+            unwanted = skip_unreferenced and self.index.frame_at(packet.pts) not in wanted
             context.skip_frame = "NONREF" if unwanted else "DEFAULT"
-            for frame in packet.decode():
-                self.decoded += 1
-                yield frame
+            yield from self._counted(packet.decode())
+            if last_needed is not None and self.index.packet_number(packet.pts) == last_needed:
+                yield from self._counted(context.decode(None))  # frames held back for reordering
+                return
+
+    def _counted(self, frames: list[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+        for frame in frames:
+            self.decoded += 1
+            yield frame
 
     def _packets_from(self, keyframe: int) -> Iterator[av.Packet]:
         """The stream's packets in decode order from keyframe ``keyframe``'s packet on.
@@ -407,8 +451,59 @@ class _FrameReader:
         if self.rotation is None:
             self.rotation = round(frame.rotation / 90) % 4 * 90
         width, height = self.size
-        rgb = self.converter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
+        if (width, height) == (frame.width, frame.height):
+            converted = self.converter.reformat(frame, format="rgb24", threads=1)
+        else:  # planar RGB: swscale scales into it twice as fast as into rgb24, to the same (H, W, 3) array
+            converted = self.converter.reformat(frame, width, height, "gbrp", interpolation=SCALING, threads=1)
+        rgb = converted.to_ndarray()
         return np.rot90(rgb, self.rotation // 90) if self.rotation else rgb
+
+
+def _runs(index: FrameIndex, targets: list[int]) -> list[list[int]]:
+    """``targets`` (sorted) split where decoding seeks: before a target whose keyframe lies beyond the frame
+    after the previous target. Runs share no decoding work, so they can be decoded in any order, at once."""
+    runs = [[targets[0]]]
+    for previous, target in pairwise(targets):
+        if index.keyframe_before(target) > previous + 1:
+            runs.append([target])
+        else:
+            runs[-1].append(target)
+    return runs
+
+
+def _read_runs_in_parallel(
+    reader: _FrameReader, targets: list[int], data: bytes, limits: DecodeLimits, threads: ThreadBudget
+) -> None:
+    """Decode the runs of ``targets`` the fast way into ``reader``: on its own thread and, as the budget allows,
+    on helper threads that each open the bytes again (one demuxer and decoder per thread)."""
+    runs = _runs(reader.index, targets)
+    with threads.lease(len(runs)) as count:
+        if count > 1:  # the longest runs first, so that the threads finish close together
+            runs.sort(key=lambda run: reader.index.keyframe_before(run[0]) - run[-1])
+        helpers = [partial(_read_runs_elsewhere, reader, data, limits) for _ in range(count - 1)]
+        for helper in share_work(runs, [reader.read_runs, *helpers])[1:]:
+            if helper is not None:
+                reader.absorb(helper)
+
+
+def _read_runs_elsewhere(
+    reader: _FrameReader, data: bytes, limits: DecodeLimits, runs: Iterator[list[int]]
+) -> _FrameReader | None:
+    """``reader.read_runs`` through a container of its own, opened only if a run is left to take; returns the
+    reader that holds the frames (None when the others had taken every run)."""
+    first = next(runs, None)
+    if first is None:
+        return None
+    with _open_video(data, limits) as (container, stream, _):
+        return reader.sibling(container, stream).read_runs(chain([first], runs))
+
+
+def _converted_size(header: VideoInfo, short_side: int | None) -> tuple[int, int]:
+    """(width, height) the frames are converted to: the stored size, or its short side made ``short_side``."""
+    if short_side is None:
+        return header.width, header.height
+    height, width = short_side_size(header.height, header.width, short_side)
+    return width, height
 
 
 def _cut_at_hole(packets: list[PacketInfo]) -> list[PacketInfo]:
@@ -444,6 +539,7 @@ def _read_index(
     packets: list[PacketInfo] = []
     payloads = 0
     complete = False
+    longest = limits.max_duration_s / stream.time_base  # in pts units: an int compares fast, a Fraction does not
     try:
         for packet in container.demux(stream):
             deadline.check()
@@ -453,7 +549,7 @@ def _read_index(
             if packet.size == 0 or packet.pts is None or packet.is_discard or not (packets or packet.is_keyframe):
                 continue
             packets.append(PacketInfo(packet.pts, packet.dts, packet.is_keyframe))
-            if (packet.pts - packets[0].pts) * stream.time_base > limits.max_duration_s:
+            if packet.pts - packets[0].pts > longest:
                 raise VideoError("too_long", _too_long_message(limits))
         else:
             complete = payloads >= stream.frames  # fewer packets than the header counts: cut short
@@ -466,7 +562,7 @@ def _read_index(
 def _open_video(
     data: bytes, limits: DecodeLimits
 ) -> Iterator[tuple[av.container.InputContainer, av.VideoStream, VideoInfo]]:
-    """The open container, its best video stream (multi-threaded decoding, frames over the pixel limit refused)
+    """The open container, its best video stream (decoded on one thread, frames over the pixel limit refused)
     and what its headers say."""
     if not data:
         raise VideoError("empty", "the upload is empty")
@@ -482,7 +578,9 @@ def _open_video(
         stream = container.streams.best("video")
         if stream is None:
             raise VideoError("not_video", "the upload has no video stream")
-        stream.thread_type = "AUTO"
+        # one thread per decoder: parallelism comes from decoding runs at once (``read_frames(threads=...)``);
+        # FFmpeg's frame threads only add latency to each seek, and their count would escape the budget
+        stream.codec_context.thread_count = 1
         stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
         info = _header_info(container, stream)
         _check_header(info, limits)

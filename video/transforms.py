@@ -21,15 +21,19 @@ from video.sampling import ClipSpec
 CROP_COUNTS = (1, 3)
 
 
+def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) with the short side made ``size`` and the long side keeping the aspect ratio, floored."""
+    if height <= width:
+        return size, int(width * size / height)
+    return int(height * size / width), size
+
+
 def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
     """(F, 3, H, W) uint8 frames with the short side resized to ``size``."""
     height, width = frames.shape[-2:]
     if min(height, width) == size:
         return frames
-    if height <= width:
-        new_size = (size, int(width * size / height))
-    else:
-        new_size = (int(height * size / width), size)
+    new_size = short_side_size(height, width, size)
     return F.interpolate(frames, size=new_size, mode="bilinear", align_corners=False, antialias=True)
 
 

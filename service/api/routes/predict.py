@@ -68,7 +68,13 @@ async def predict(
         upload = await read_upload(request, settings.max_upload_bytes, settings.upload_timeout_s)
         deadline = deadline_in(settings.request_timeout_s)
         decode = partial(
-            load_clips, upload.data, served.spec, clips=query.clips, crops=query.crops, limits=decode_limits(settings)
+            load_clips,
+            upload.data,
+            served.spec,
+            clips=query.clips,
+            crops=query.crops,
+            limits=decode_limits(settings),
+            threads=state.decode_threads,
         )
         with state.batcher.expecting(served, backend):
             views, slot_ms = await state.runner.run(decode, deadline)
