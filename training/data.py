@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from training.config import ConfigError
 from video import ClipSpec, DecodeLimits, VideoError, load_clips, read_frames
-from video.transforms import normalise, resize_short_side
+from video.transforms import normalise
 
 logger = logging.getLogger(__name__)
 
@@ -287,9 +287,10 @@ class VideoDataset(Dataset):
             lambda num_frames: spec.frame_indices(num_frames, train=True, rng=rng),
             limits=self.limits,
             min_frames=spec.frames,
+            short_side=spec.short_side,  # scaled while converted, as the service scales them
         )
         frames, positions = decoded.stacked()
-        resized = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), spec.short_side)
+        resized = torch.from_numpy(frames).permute(0, 3, 1, 2)
         clip = self.augmentation(resized[positions[0]], spec.crop_size, rng)
         return normalise(clip.transpose(0, 1)[None], spec.mean, spec.std)[0]
 
