@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from models.adafuse import KEEP, REUSE
+from models.adafuse import KEEP, REUSE, note_executed
 from models.adafuse import gated_conv_pair as eager_gated_conv_pair
 from models.flops import conv_macs, record_macs
 from models.folding import FoldedConv, conv_output_size
@@ -215,4 +215,5 @@ def gated_conv_pair(
     conv1_macs = row_counts.double() * conv_macs((height1, width1), in_channels, first.kernel_size)
     conv2_macs = column_counts.double() * conv_macs((out_channels, height2, width2), 1, second.kernel_size)
     record_macs((conv1_macs + conv2_macs).view(clips, frames).sum(1))
+    note_executed("triton", "triton")
     return out

@@ -366,10 +366,16 @@ def gated_conv_pair(
     costs = costs or uncalibrated_costs(x.shape[-2:], x.shape[1], first, second)
     out, run = run_pair(x, Decisions.of(codes), first, second, costs, residual=residual, relu=relu)
     record_macs(run.macs)
+    note_executed(run.conv1, run.conv2)
+    return out
+
+
+def note_executed(conv1: str, conv2: str) -> None:
+    """Record how the gated block running now computed its conv1 and conv2 (its policy's ``executed``): every
+    executor calls it, with ``models.gating``'s partition names or its own (the Triton kernels: ``triton``)."""
     record = _recorder.get()
     if record is not None and record.blocks:
-        record.blocks[-1].partitions = (run.conv1, run.conv2)
-    return out
+        record.blocks[-1].partitions = (conv1, conv2)
 
 
 class GatedPairExecutor(Protocol):

@@ -123,17 +123,18 @@ def in_blocks(mask: torch.Tensor) -> torch.Tensor:
     return blocks.repeat_interleave(CHANNEL_BLOCK, dim=-1)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Candidates:
     """What each partition of one convolution computes: per group, (frames, channels or None for all); the
-    groups themselves are built only for the partition chosen (``groups``)."""
+    groups themselves are built only for the partition chosen (``groups``), and the distinct channel sets of
+    ``sets`` only when that partition might be chosen."""
 
     mask: torch.Tensor  # (clips·frames, C): what each frame needs
     clips: int
     frames: int
     counts: dict[str, list[tuple[int, int | None]]]
-    rows: torch.Tensor | None  # "sets": the distinct rows of the mask ...
-    row_of_frame: torch.Tensor | None  # ... and which one each frame has
+    rows: torch.Tensor | None = None  # "sets", once counted: the distinct rows of the mask ...
+    row_of_frame: torch.Tensor | None = None  # ... and which one each frame has
 
     @staticmethod
     def of(mask: torch.Tensor, clips: int, frames: int, *, blocks: bool = False) -> Candidates:
@@ -152,23 +153,40 @@ class Candidates:
         if clips > 1:
             per_clip = mask.view(clips, frames, channels).any(1).sum(-1).tolist()
             counts["clips"] = [(frames, None if count == channels else count) for count in per_clip]
-        rows, row_of_frame, sizes = torch.unique(mask.to(torch.uint8), dim=0, return_inverse=True, return_counts=True)
-        if len(rows) > 1:
-            per_row = rows.sum(-1).tolist()
-            counts["sets"] = [
-                (size, None if count == channels else count)
-                for size, count in zip(sizes.tolist(), per_row, strict=True)
-            ]
-        return Candidates(mask, clips, frames, counts, rows.bool(), row_of_frame)
+        return Candidates(mask, clips, frames, counts)
 
     def predicted(self, name: str, cost: ConvCost) -> float:
         return sum(cost.predict(frames, channels) for frames, channels in self.counts[name])
 
     def choose(self, cost: ConvCost, forced: str | None = None) -> str:
-        """The partition of least predicted time (ties: the earlier, the simpler), or ``forced`` if it exists."""
+        """The partition of least predicted time (ties: the earlier, the simpler), or ``forced`` if it exists.
+        ``sets`` is counted only if a bound says it could win: however its frames group, each frame computes at
+        least its own channels and one call is made."""
+        if forced == "sets" or (forced is None and self._sets_may_win(cost)):
+            self._count_sets()
         if forced is not None and forced in self.counts:
             return forced
         return min(self.counts, key=lambda name: self.predicted(name, cost))
+
+    def _sets_may_win(self, cost: ConvCost) -> bool:
+        best = min(self.predicted(name, cost) for name in self.counts)
+        per_frame = self.mask.sum(1).double()
+        c0, c1, c2 = cost.gathered
+        return c0 + c1 * float(per_frame.min()) + c2 * float(per_frame.sum()) < best
+
+    def _count_sets(self) -> None:
+        if self.rows is not None:
+            return
+        channels = self.mask.shape[1]
+        rows, row_of_frame, sizes = torch.unique(
+            self.mask.to(torch.uint8), dim=0, return_inverse=True, return_counts=True
+        )
+        self.rows, self.row_of_frame = rows.bool(), row_of_frame
+        if len(rows) > 1:
+            self.counts["sets"] = [
+                (size, None if count == channels else count)
+                for size, count in zip(sizes.tolist(), rows.sum(-1).tolist(), strict=True)
+            ]
 
     def groups(self, name: str) -> list[Group]:
         total = self.mask.shape[0]

@@ -30,7 +30,8 @@ class AdaFusePolicy(BaseModel):
         default_factory=list,
         description="per gated block, how the executor ran conv1 / conv2 for this clip's batch: 'dense' (every "
         "channel, the policy applied to the result), 'union' (the channels any frame needs), 'clips' (per clip), "
-        "'sets' (frames with equal channel sets together); empty where an exported graph ran",
+        "'sets' (frames with equal channel sets together), 'triton' (the CUDA kernels: every frame its own "
+        "channels); from an exported graph, 'union' or 'dense' as its nodes chose",
     )
 
 

@@ -29,6 +29,7 @@ def test_candidates_count_what_each_partition_computes():
         [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]], dtype=torch.bool
     )
     candidates = Candidates.of(mask, clips=2, frames=3)
+    assert candidates.choose(ConvCost(dense=(0.0, 1.0), gathered=(0.0, 0.0, 1e-3)), forced="sets") == "sets"
     assert candidates.counts["dense"] == [(6, None)]
     assert candidates.counts["union"] == [(6, 3)]
     assert candidates.counts["clips"] == [(3, 2), (3, 1)]

@@ -217,3 +217,4 @@ def test_every_gated_pair_of_the_tiny_presets_runs_on_the_kernels(name):
     torch.testing.assert_close(execution.logits.cpu(), reference.logits.cpu(), rtol=1e-3, atol=1e-4)
     # Eq. 5 as the model counts it, from its float32 masks: equal to float32's precision
     assert execution.executed_gflops == pytest.approx(execution.policy_gflops, rel=1e-6)
+    assert execution.policy[0].executed == ["triton/triton"] * len(blocks)  # what ran, as the policy reports it
