@@ -1,0 +1,243 @@
+"""Clipwise on Ray Serve: the app of ``service.app.create_app`` as the ingress of a Ray Serve deployment.
+
+Each replica builds the app with the same ``Settings`` (``serve.ingress`` with the app made on the replica,
+so every route, error body and header is the uvicorn server's) and joins only once its default models are
+loaded and warmed up, as ``/readyz`` would say. Replicas are sized by the settings: ``torch_threads`` CPUs,
+``max_pending_requests`` requests at once, autoscaling (``RayServeSettings.max_replicas``) aiming at
+``max_concurrent_inferences`` ongoing requests each. They read one model repository that every node mounts
+read-only; with ``watch`` each loads new versions of its models by itself, as the compose replicas do.
+Deploying again (new code or settings) is Ray Serve's rolling update: replicas are replaced a few at a time,
+an old one draining its requests before it stops.
+
+Every response a replica gives carries ``X-Clipwise-Replica``: the replica's id, which is also its actor's
+name in the ``serve`` namespace. Ray's HTTP proxy adds its own ``X-Request-ID`` to every response and
+answers a request whose replica died with a bare 500; ``proxy_middlewares`` (installed in the proxy through
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, set where the Ray node starts: see
+``service.config.RAY_PROXY_ENVIRONMENT``) keeps the replica's id
+alone and turns the proxy's own failures into Clipwise's error bodies: 503, with ``Retry-After``, since
+another replica can answer the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import ray
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import Application
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.app import create_app
+from service.config import RayServeSettings, Settings
+from service.errors import error_response
+from service.log import REQUEST_ID, configure_logging
+from service.middleware import HEADER as REQUEST_ID_HEADER
+from service.middleware import request_id_for
+from service.state import ServiceState
+
+APP_NAME = "clipwise"
+REPLICA_HEADER = "X-Clipwise-Replica"
+RAY_PREFIX = "ray_"
+RETRY_AFTER_S = 1
+READY_POLL_S = 0.05
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- the replica
+
+
+@serve.deployment(name=APP_NAME)
+@serve.ingress()
+class ClipwiseDeployment:
+    """One replica: the Clipwise app for ``settings``, ready once its default models are."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        configure_logging(self.settings.log_level)
+        app = create_app(self.settings)
+        app.router.lifespan_context = _until_ready(app.router.lifespan_context)
+        replica = serve.get_replica_context().replica_id.to_full_id_str()
+        app.add_middleware(ReplicaHeaderMiddleware, replica=replica)
+        return app
+
+
+def _until_ready(
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """``lifespan`` whose startup also waits for the default models, so Ray routes nothing to a replica
+    still loading; a replica whose models fail to load fails to start (Ray tries another)."""
+
+    @asynccontextmanager
+    async def until_ready(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(app):
+            await _wait_for_models(app.state.service)
+            yield
+
+    return until_ready
+
+
+async def _wait_for_models(state: ServiceState) -> None:
+    while state.startup.status == "loading":
+        await asyncio.sleep(READY_POLL_S)
+    if state.startup.status == "failed":
+        raise RuntimeError(state.startup.detail)
+
+
+class ReplicaHeaderMiddleware:
+    """Names the replica in every response (``X-Clipwise-Replica``)."""
+
+    def __init__(self, app: ASGIApp, replica: str) -> None:
+        self.app = app
+        self.replica = replica
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_naming_the_replica(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REPLICA_HEADER] = self.replica
+            await send(message)
+
+        await self.app(scope, receive, send_naming_the_replica)
+
+
+# ---------------------------------------------------------------- the HTTP proxy
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """Ray Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``)."""
+    return [Middleware(ProxyResponseMiddleware)]
+
+
+class ProxyResponseMiddleware:
+    """Around Ray's proxy: one ``X-Request-ID`` per response (the replica's, which Clipwise checked), and the
+    proxy's own failures (no replica answered: it died, or the queue is full) as Clipwise's 503 with
+    ``Retry-After``: the request can go to another replica."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = replaced = False
+
+        async def send_fixed(message: Message) -> None:
+            nonlocal started, replaced
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = list(_first_of(REQUEST_ID_HEADER, message["headers"]))
+                replaced = REPLICA_HEADER not in Headers(raw=message["headers"]) and message["status"] >= 500
+                if replaced:
+                    await _unavailable(message["status"], scope)(scope, receive, send)
+                    return
+            if not (replaced and message["type"] == "http.response.body"):
+                await send(message)
+
+        await self.app(scope, receive, send_fixed)
+        if not started:  # the replica died: Ray's proxy sends nothing (uvicorn would answer a bare 500)
+            await _unavailable(500, scope)(scope, receive, send)
+
+
+def _first_of(name: str, headers: Iterable[tuple[bytes, bytes]]) -> Iterable[tuple[bytes, bytes]]:
+    """``headers`` with the first ``name`` header only."""
+    key, seen = name.lower().encode(), False
+    for header in headers:
+        if header[0].lower() == key:
+            if seen:
+                continue
+            seen = True
+        yield header
+
+
+def _unavailable(status: int, scope: Scope) -> JSONResponse:
+    """Clipwise's 503 for a request Ray's proxy failed with ``status`` (503: its queue was full)."""
+    code, reason = ("overloaded", "all busy") if status == 503 else ("replica_unavailable", "stopped")
+    token = REQUEST_ID.set(request_id_for(scope))  # Ray's own id when the client sent none
+    try:
+        message = f"no replica answered (the replicas are {reason}); try again"
+        return error_response(503, code, message, {"Retry-After": str(RETRY_AFTER_S)}, path=scope["path"])
+    finally:
+        REQUEST_ID.reset(token)
+
+
+# ---------------------------------------------------------------- deploying
+
+
+def deployment_options(settings: Settings, ray_settings: RayServeSettings) -> dict[str, Any]:
+    """Ray Serve options of the deployment, sized by ``settings``."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": settings.torch_threads or 1, "num_gpus": ray_settings.gpus},
+        "max_ongoing_requests": settings.max_pending_requests,
+        "max_queued_requests": settings.max_pending_requests,
+        # a replica stopping (rolling update, scale-down) finishes its requests first: they take at most this
+        "graceful_shutdown_timeout_s": settings.upload_timeout_s + settings.request_timeout_s,
+        "max_surge_percent": ray_settings.surge_percent,
+    }
+    if ray_settings.max_replicas is None or ray_settings.max_replicas == ray_settings.replicas:
+        options["num_replicas"] = ray_settings.replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": ray_settings.replicas,
+            "initial_replicas": ray_settings.replicas,
+            "max_replicas": ray_settings.max_replicas,
+            "target_ongoing_requests": settings.max_concurrent_inferences,
+        }
+    return options
+
+
+def application(settings: Settings, ray_settings: RayServeSettings) -> Application:
+    """The Clipwise application for Ray Serve, ready for ``serve.run``."""
+    return ClipwiseDeployment.options(**deployment_options(settings, ray_settings)).bind(settings)
+
+
+def app_builder(args: dict[str, str]) -> Application:
+    """For Ray's own commands: ``serve run service.ray_serve:app_builder models=tsn_r18_tiny ray_replicas=2``,
+    or the ``import_path`` of a Serve config file (KubeRay's RayService). Settings come from the ``CLIPWISE_*``
+    environment; ``args`` override them by field name (``ray_`` + a ``RayServeSettings`` field)."""
+    ray_args = {name.removeprefix(RAY_PREFIX): value for name, value in args.items() if name.startswith(RAY_PREFIX)}
+    app_args = {name: value for name, value in args.items() if not name.startswith(RAY_PREFIX)}
+    return application(Settings(**app_args), RayServeSettings(**ray_args))
+
+
+def deploy(settings: Settings, ray_settings: RayServeSettings) -> None:
+    """Run the application on the connected Ray cluster, its HTTP proxy on ``settings.host:port``; returns once
+    every replica is ready. Deploying again over a running application is a rolling update."""
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(application(settings, ray_settings), name=APP_NAME, route_prefix="/")
+
+
+def serve_on_ray(settings: Settings, ray_settings: RayServeSettings) -> int:
+    """``clipwise serve --engine ray``: deploy to the cluster at ``ray_settings.address`` and return (the cluster
+    serves on), or, without an address, start a Ray instance on this machine and serve until SIGINT or SIGTERM."""
+    if ray_settings.address is not None:
+        ray.init(address=ray_settings.address)
+        deploy(settings, ray_settings)
+        logger.info("Clipwise deployed on the Ray cluster at %s", ray_settings.address)
+        ray.shutdown()
+        return 0
+    ray.init(include_dashboard=False)
+    deploy(settings, ray_settings)
+    logger.info("Clipwise on Ray Serve at http://%s:%d; Ctrl-C stops it", settings.host, settings.port)
+    _wait_for_a_stop_signal()
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+def _wait_for_a_stop_signal() -> None:
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    stop.wait()
