@@ -113,6 +113,10 @@ class Settings(BaseSettings):
         return int(self.max_upload_mb * MIB)
 
 
+# RayServeSettings fields named among Settings' ones (flags --ray-*, Ray Serve application arguments ray_*)
+RAY_FIELD_PREFIX = "ray_"
+
+
 class RayServeSettings(BaseSettings):
     """How ``clipwise serve --engine ray`` deploys the app on Ray Serve (``service.ray_serve``).
 

@@ -1,21 +1,21 @@
 """Clipwise on Ray Serve: the app of ``service.app.create_app`` as the ingress of a Ray Serve deployment.
 
-Each replica builds the app with the same ``Settings`` (``serve.ingress`` with the app made on the replica,
-so every route, error body and header is the uvicorn server's) and joins only once its default models are
-loaded and warmed up, as ``/readyz`` would say. Replicas are sized by the settings: ``torch_threads`` CPUs,
+Each replica builds the app with the same ``Settings`` (``serve.ingress``, the app made on the replica), so
+every route, error body and header is the uvicorn server's, and joins only once its default models are loaded
+and warmed up, as ``/readyz`` would say. Replicas are sized by the settings: ``torch_threads`` CPUs,
 ``max_pending_requests`` requests at once, autoscaling (``RayServeSettings.max_replicas``) aiming at
-``max_concurrent_inferences`` ongoing requests each. They read one model repository that every node mounts
-read-only; with ``watch`` each loads new versions of its models by itself, as the compose replicas do.
-Deploying again (new code or settings) is Ray Serve's rolling update: replicas are replaced a few at a time,
-an old one draining its requests before it stops.
+``max_concurrent_inferences`` ongoing requests each. They read one model repository, at the same path on every
+node, and never write it; with ``watch`` each loads new versions by itself, as the compose replicas do.
+Deploying again (new code or settings) is Ray Serve's rolling update: replicas replaced one at a time, an old
+one finishing its requests before it stops; a cluster needs room for the replica Ray starts first when the
+count grows or ``RayServeSettings.surge_percent`` allows it.
 
 Every response a replica gives carries ``X-Clipwise-Replica``: the replica's id, which is also its actor's
-name in the ``serve`` namespace. Ray's HTTP proxy adds its own ``X-Request-ID`` to every response and
-answers a request whose replica died with a bare 500; ``proxy_middlewares`` (installed in the proxy through
-``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, set where the Ray node starts: see
-``service.config.RAY_PROXY_ENVIRONMENT``) keeps the replica's id
-alone and turns the proxy's own failures into Clipwise's error bodies: 503, with ``Retry-After``, since
-another replica can answer the request.
+name in the ``serve`` namespace. Ray's HTTP proxy adds an ``X-Request-ID`` of its own to every response and
+gives no answer to a request whose replica died (its server then says a bare 500). ``proxy_middlewares``,
+installed by the proxy when its node starts with ``service.config.RAY_PROXY_ENVIRONMENT``, keeps the
+replica's id alone and answers the proxy's failures with Clipwise's 503 and ``Retry-After``: another replica
+can take the request.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
-from service.config import RayServeSettings, Settings
+from service.config import RAY_FIELD_PREFIX, RayServeSettings, Settings
 from service.errors import error_response
 from service.log import REQUEST_ID, configure_logging
 from service.middleware import HEADER as REQUEST_ID_HEADER
@@ -47,7 +47,6 @@ from service.state import ServiceState
 
 APP_NAME = "clipwise"
 REPLICA_HEADER = "X-Clipwise-Replica"
-RAY_PREFIX = "ray_"
 RETRY_AFTER_S = 1
 READY_POLL_S = 0.05
 logger = logging.getLogger(__name__)
@@ -206,9 +205,10 @@ def app_builder(args: dict[str, str]) -> Application:
     """For Ray's own commands: ``serve run service.ray_serve:app_builder models=tsn_r18_tiny ray_replicas=2``,
     or the ``import_path`` of a Serve config file (KubeRay's RayService). Settings come from the ``CLIPWISE_*``
     environment; ``args`` override them by field name (``ray_`` + a ``RayServeSettings`` field)."""
-    ray_args = {name.removeprefix(RAY_PREFIX): value for name, value in args.items() if name.startswith(RAY_PREFIX)}
-    app_args = {name: value for name, value in args.items() if not name.startswith(RAY_PREFIX)}
-    return application(Settings(**app_args), RayServeSettings(**ray_args))
+    ray_args = {name: value for name, value in args.items() if name.startswith(RAY_FIELD_PREFIX)}
+    app_args = {name: value for name, value in args.items() if name not in ray_args}
+    ray_settings = RayServeSettings(**{name.removeprefix(RAY_FIELD_PREFIX): value for name, value in ray_args.items()})
+    return application(Settings(**app_args), ray_settings)
 
 
 def deploy(settings: Settings, ray_settings: RayServeSettings) -> None:
@@ -229,7 +229,9 @@ def serve_on_ray(settings: Settings, ray_settings: RayServeSettings) -> int:
         return 0
     ray.init(include_dashboard=False)
     deploy(settings, ray_settings)
-    logger.info("Clipwise on Ray Serve at http://%s:%d; Ctrl-C stops it", settings.host, settings.port)
+    address = ray.get_runtime_context().gcs_address
+    url = f"http://{settings.host}:{settings.port}"
+    logger.info("Clipwise on Ray Serve at %s; deploy again with --ray-address %s; Ctrl-C stops it", url, address)
     _wait_for_a_stop_signal()
     serve.shutdown()
     ray.shutdown()

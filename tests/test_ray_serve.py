@@ -22,6 +22,7 @@ import httpx
 import pytest
 import torch
 from live_server import assert_error
+from pydantic import ValidationError
 
 from models.checkpoint import save_version
 from models.registry import create_model
@@ -165,6 +166,14 @@ class Load:
 def replicas_of(answers: list[Answer]) -> set[str | None]:
     """The replicas that answered predictions."""
     return {answer.replica for answer in answers if answer.status == 200}
+
+
+def test_a_serve_config_names_the_settings_by_field() -> None:
+    """``app_builder``, the ``import_path`` of a Serve config file: its ``args`` are settings, checked as such."""
+    assert isinstance(ray_serve.app_builder({"models": MODEL, "watch": "true", "ray_replicas": "2"}), serve.Application)
+    for wrong in ({"ray_replica": "2"}, {"max_upload_mb": "-1"}, {"ray_max_replicas": "1", "ray_replicas": "2"}):
+        with pytest.raises(ValidationError):
+            ray_serve.app_builder(wrong)
 
 
 def test_the_replicas_serve_the_apps_routes_errors_and_request_ids(clipwise: httpx.Client, settings: Settings) -> None:

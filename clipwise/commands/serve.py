@@ -15,10 +15,10 @@ from typing import TypeVar
 
 from pydantic_settings import BaseSettings
 
-from service.config import RAY_LOCAL_ENVIRONMENT, RayServeSettings, Settings
+from service.config import RAY_FIELD_PREFIX, RAY_LOCAL_ENVIRONMENT, RayServeSettings, Settings
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
-RAY_PREFIX = "ray_"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="uvicorn: one process on this machine; ray: replicas on Ray Serve (the ray extra) [uvicorn]",
     )
     add_settings_flags(parser, Settings)
-    add_settings_flags(parser.add_argument_group("Ray Serve (--engine ray)"), RayServeSettings, RAY_PREFIX)
+    add_settings_flags(parser.add_argument_group("Ray Serve (--engine ray)"), RayServeSettings, RAY_FIELD_PREFIX)
     parser.set_defaults(run=run)
 
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_from(args)
-        ray_settings = settings_from(args, RayServeSettings, RAY_PREFIX)
+        ray_settings = settings_from(args, RayServeSettings, RAY_FIELD_PREFIX)
     except ValidationError as error:
         print(f"clipwise serve: invalid settings: {error}", file=sys.stderr)
         return 2
@@ -91,7 +91,7 @@ def serve_with_uvicorn(settings: Settings) -> int:
 
 
 def serve_on_ray(settings: Settings, ray_settings: RayServeSettings) -> int:
-    if ray_settings.address is None:  # a Ray instance of this process's own: set before Ray is imported
+    if on_this_machine(ray_settings.address):  # Ray reads these when it is imported
         for name, value in RAY_LOCAL_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
     try:
@@ -100,3 +100,8 @@ def serve_on_ray(settings: Settings, ray_settings: RayServeSettings) -> int:
         print(f"clipwise serve --engine ray needs the ray extra (clipwise[ray]): {error}", file=sys.stderr)
         return 2
     return ray_serve.serve_on_ray(settings, ray_settings)
+
+
+def on_this_machine(address: str | None) -> bool:
+    """Whether Ray runs on this machine alone: a new instance (no address), or one on the loopback interface."""
+    return address is None or address.rpartition(":")[0].strip("[]") in LOOPBACK_HOSTS
