@@ -11,11 +11,8 @@ one finishing its requests before it stops; a cluster needs room for the replica
 count grows or ``RayServeSettings.surge_percent`` allows it.
 
 Every response a replica gives carries ``X-Clipwise-Replica``: the replica's id, which is also its actor's
-name in the ``serve`` namespace. Ray's HTTP proxy adds an ``X-Request-ID`` of its own to every response and
-gives no answer to a request whose replica died (its server then says a bare 500). ``proxy_middlewares``,
-installed by the proxy when its node starts with ``service.config.RAY_PROXY_ENVIRONMENT``, keeps the
-replica's id alone and answers the proxy's failures with Clipwise's 503 and ``Retry-After``: another replica
-can take the request.
+name in the ``serve`` namespace. ``service.ray_proxy`` is Clipwise's part in Ray's HTTP proxy: one
+``X-Request-ID`` per response, and a 503 with ``Retry-After`` for a request whose replica died.
 """
 
 from __future__ import annotations
@@ -24,30 +21,24 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import ray
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.middleware import Middleware
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.config import RAY_FIELD_PREFIX, RayServeSettings, Settings
-from service.errors import error_response
-from service.log import REQUEST_ID, configure_logging
-from service.middleware import HEADER as REQUEST_ID_HEADER
-from service.middleware import request_id_for
+from service.log import configure_logging
+from service.ray_proxy import REPLICA_HEADER
 from service.state import ServiceState
 
 APP_NAME = "clipwise"
-REPLICA_HEADER = "X-Clipwise-Replica"
-RETRY_AFTER_S = 1
 READY_POLL_S = 0.05
 logger = logging.getLogger(__name__)
 
@@ -108,67 +99,6 @@ class ReplicaHeaderMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_naming_the_replica)
-
-
-# ---------------------------------------------------------------- the HTTP proxy
-
-
-def proxy_middlewares() -> list[Middleware]:
-    """Ray Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``)."""
-    return [Middleware(ProxyResponseMiddleware)]
-
-
-class ProxyResponseMiddleware:
-    """Around Ray's proxy: one ``X-Request-ID`` per response (the replica's, which Clipwise checked), and the
-    proxy's own failures (no replica answered: it died, or the queue is full) as Clipwise's 503 with
-    ``Retry-After``: the request can go to another replica."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = replaced = False
-
-        async def send_fixed(message: Message) -> None:
-            nonlocal started, replaced
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = list(_first_of(REQUEST_ID_HEADER, message["headers"]))
-                replaced = REPLICA_HEADER not in Headers(raw=message["headers"]) and message["status"] >= 500
-                if replaced:
-                    await _unavailable(message["status"], scope)(scope, receive, send)
-                    return
-            if not (replaced and message["type"] == "http.response.body"):
-                await send(message)
-
-        await self.app(scope, receive, send_fixed)
-        if not started:  # the replica died: Ray's proxy sends nothing (uvicorn would answer a bare 500)
-            await _unavailable(500, scope)(scope, receive, send)
-
-
-def _first_of(name: str, headers: Iterable[tuple[bytes, bytes]]) -> Iterable[tuple[bytes, bytes]]:
-    """``headers`` with the first ``name`` header only."""
-    key, seen = name.lower().encode(), False
-    for header in headers:
-        if header[0].lower() == key:
-            if seen:
-                continue
-            seen = True
-        yield header
-
-
-def _unavailable(status: int, scope: Scope) -> JSONResponse:
-    """Clipwise's 503 for a request Ray's proxy failed with ``status`` (503: its queue was full)."""
-    code, reason = ("overloaded", "all busy") if status == 503 else ("replica_unavailable", "stopped")
-    token = REQUEST_ID.set(request_id_for(scope))  # Ray's own id when the client sent none
-    try:
-        message = f"no replica answered (the replicas are {reason}); try again"
-        return error_response(503, code, message, {"Retry-After": str(RETRY_AFTER_S)}, path=scope["path"])
-    finally:
-        REQUEST_ID.reset(token)
 
 
 # ---------------------------------------------------------------- deploying
