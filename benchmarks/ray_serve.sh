@@ -22,7 +22,7 @@ measure() {  # LABEL, then the flags of clipwise serve
     uptime > "$OUT/$label.uptime"
     $BIN/clipwise bench --url "http://127.0.0.1:$port" --models tsn_r18_tiny --video examples/moving_right.mp4 \
         --requests 300 --concurrency 4 --json "$OUT/$label.json" > "$OUT/$label.txt" 2>&1
-    echo "$label $(grep '^tsn_r18_tiny ' "$OUT/$label.txt") |$(cut -d, -f3- "$OUT/$label.uptime")"
+    echo "$label $(grep -E '^tsn_r18_tiny +[a-z]+ +4 ' "$OUT/$label.txt") |$(cut -d, -f3- "$OUT/$label.uptime")"
     kill -INT "$server"
     wait "$server"
 }

@@ -132,9 +132,10 @@ def application(settings: Settings, ray_settings: RayServeSettings) -> Applicati
 
 
 def app_builder(args: dict[str, str]) -> Application:
-    """For Ray's own commands: ``serve run service.ray_serve:app_builder models=tsn_r18_tiny ray_replicas=2``,
-    or the ``import_path`` of a Serve config file (KubeRay's RayService). Settings come from the ``CLIPWISE_*``
-    environment; ``args`` override them by field name (``ray_`` + a ``RayServeSettings`` field)."""
+    """The ``import_path`` of a Serve config file (``serve deploy``, KubeRay's RayService), or of ``serve run
+    service.ray_serve:app_builder models=tsn_r18_tiny ray_replicas=2``; Ray's own HTTP options then apply, not
+    ``host`` and ``port``. Settings come from the ``CLIPWISE_*`` environment; ``args`` override them by field
+    name (``ray_`` + a ``RayServeSettings`` field)."""
     ray_args = {name: value for name, value in args.items() if name.startswith(RAY_FIELD_PREFIX)}
     app_args = {name: value for name, value in args.items() if name not in ray_args}
     ray_settings = RayServeSettings(**{name.removeprefix(RAY_FIELD_PREFIX): value for name, value in ray_args.items()})
