@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import torch
 from models import create_model
 from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, save_version, sha256_file
 from service.errors import VIDEO_ERRORS
-from service.local import wait_until_ready
+from service.local import free_port, wait_until_ready
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from edge_cases import EDGE_CASES, LIMITS, coded_video  # noqa: E402 - test support, beside the tests
@@ -116,12 +115,6 @@ def add_corrupt_version(repository: Path) -> int:
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest))
     staging.rename(corrupt)
     return 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

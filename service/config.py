@@ -11,13 +11,22 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 VERSION = version("clipwise")  # the one source is pyproject.toml
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 MIB = 1 << 20
 MIN_TOKEN_LENGTH = 16
+# The environment of a Ray node serving Clipwise, set where the node starts (``ray start``, or the process that
+# starts a local instance): its HTTP proxy installs ``service.ray_proxy.proxy_middlewares``.
+RAY_PROXY_ENVIRONMENT = {
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "service.ray_proxy:proxy_middlewares",
+    "RAY_USAGE_STATS_ENABLED": "0",  # Ray reports usage to its authors by default; Clipwise sends nothing
+}
+# A Ray instance on this machine alone also keeps Ray's own servers on loopback (Ray's single-machine mode);
+# Ray reads this when it is imported, so it is set before.
+RAY_LOCAL_ENVIRONMENT = RAY_PROXY_ENVIRONMENT | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class Settings(BaseSettings):
@@ -102,3 +111,42 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MIB)
+
+
+# RayServeSettings fields named among Settings' ones (flags --ray-*, Ray Serve application arguments ray_*)
+RAY_FIELD_PREFIX = "ray_"
+
+
+class RayServeSettings(BaseSettings):
+    """How ``clipwise serve --engine ray`` deploys the app on Ray Serve (``service.ray_serve``).
+
+    Each replica is sized by ``Settings``: ``torch_threads`` CPUs (1 when unset), ``max_pending_requests``
+    requests at once, autoscaling aiming at ``max_concurrent_inferences`` ongoing requests per replica.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CLIPWISE_RAY_", frozen=True)
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to deploy to, host:port of its head (the app then keeps running there); "
+        "unset: start a Ray instance on this machine and serve until interrupted",
+    )
+    replicas: int = Field(1, ge=1, description="replicas to start with (the fewest, when autoscaling)")
+    max_replicas: int | None = Field(
+        None, ge=1, description="most replicas: above --ray-replicas, Ray Serve autoscales on ongoing requests"
+    )
+    gpus: float = Field(0.0, ge=0, description="GPUs each replica reserves")
+    surge_percent: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="extra replicas a rolling update may start, in percent of the replicas (0: stop an old replica, "
+        "then start its replacement; 100: old ones serve until every replacement is ready)",
+    )
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _not_below_replicas(cls, max_replicas: int | None, info: ValidationInfo) -> int | None:
+        if max_replicas is not None and max_replicas < info.data.get("replicas", 1):
+            raise ValueError("max_replicas must be at least replicas")
+        return max_replicas

@@ -1,6 +1,7 @@
 """Serving on this machine for ``clipwise bench``, benchmarks and tests: an app under uvicorn in a background
-thread on a free loopback port (``serve_in_thread``, ``local_server``), and the one readiness wait for any
-Clipwise server, in this process or not (``wait_until_ready``)."""
+thread on a free loopback port (``serve_in_thread``, ``local_server``), the one readiness wait for any
+Clipwise server, in this process or not (``wait_until_ready``), and a free loopback port for a server that
+binds its own (``free_port``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ READY_POLL_S = 0.05
 
 class NotReady(RuntimeError):
     """A server did not become ready: it gave up, or the time ran out; the message says why."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the system's choice), for a server that binds it itself."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -2,15 +2,22 @@
 
 The id lives in a context variable set by ``service.middleware``; the inference executor runs each job
 in a copy of the request's context, so lines logged while decoding carry it too. Request bodies are never
-logged.
+logged. ``request_id_for`` is the rule for a request's id (here, light, for Ray Serve's proxy too).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from contextvars import ContextVar
 
+from starlette.datastructures import Headers
+from starlette.types import Scope
+
 REQUEST_ID: ContextVar[str] = ContextVar("clipwise_request_id", default="-")
+REQUEST_ID_HEADER = "X-Request-ID"
+SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -28,3 +35,9 @@ def configure_logging(level: str) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def request_id_for(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` when it is sane (1-64 characters of ``[A-Za-z0-9._:-]``), a new id otherwise."""
+    incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    return incoming if incoming and SANE_ID.fullmatch(incoming) else uuid.uuid4().hex

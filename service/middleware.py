@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
-from service.log import REQUEST_ID
+from service.log import REQUEST_ID, request_id_for
+from service.log import REQUEST_ID_HEADER as HEADER
 
-HEADER = "X-Request-ID"
-SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # polled every few seconds: logged at debug level
 PROBES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 BODY_REFUSALS = frozenset({408, 413})  # answers about the body itself: nothing more of it is read
@@ -35,11 +32,6 @@ DRAIN_SECONDS = 5.0
 
 access_log = logging.getLogger("clipwise.access")
 logger = logging.getLogger(__name__)
-
-
-def request_id_for(scope: Scope) -> str:
-    incoming = Headers(scope=scope).get(HEADER)
-    return incoming if incoming and SANE_ID.fullmatch(incoming) else uuid.uuid4().hex
 
 
 def has_body(scope: Scope) -> bool:

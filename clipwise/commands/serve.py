@@ -1,16 +1,24 @@
-"""``clipwise serve``: run the HTTP service with uvicorn.
+"""``clipwise serve``: run the HTTP service with uvicorn, or deploy it on Ray Serve (``--engine ray``).
 
 Every field of ``service.config.Settings`` is a flag here (``--model-repository``, ``--max-upload-mb``,
-...); a flag given overrides its ``CLIPWISE_*`` environment variable, which overrides the default.
-``service.config`` is light (pydantic-settings only); the app and its models load in ``run``.
+...), and every field of ``RayServeSettings`` a ``--ray-*`` flag; a flag given overrides its ``CLIPWISE_*``
+environment variable, which overrides the default. ``service.config`` is light (pydantic-settings only);
+the app and its models load in ``run``, Ray only with ``--engine ray``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import TypeVar
 
-from service.config import Settings
+from pydantic_settings import BaseSettings
+
+from service.config import RAY_FIELD_PREFIX, RAY_LOCAL_ENVIRONMENT, RayServeSettings, Settings
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,36 +28,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, field in Settings.model_fields.items():
-        default = "" if field.default is None else f"; default: {field.default}"
-        help_text = f"{field.description} [CLIPWISE_{name.upper()}{default}]"
-        flag = f"--{name.replace('_', '-')}"
-        if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, metavar="VALUE", help=help_text)
+    parser.add_argument(
+        "--engine",
+        choices=("uvicorn", "ray"),
+        default="uvicorn",
+        help="uvicorn: one process on this machine; ray: replicas on Ray Serve (the ray extra) [uvicorn]",
+    )
+    add_settings_flags(parser, Settings)
+    add_settings_flags(parser.add_argument_group("Ray Serve (--engine ray)"), RayServeSettings, RAY_FIELD_PREFIX)
     parser.set_defaults(run=run)
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    """The environment's settings with the flags given on top."""
-    flags = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
-    return Settings(**flags)
+def add_settings_flags(parser: argparse._ActionsContainer, kind: type[BaseSettings], prefix: str = "") -> None:
+    """One flag per field of ``kind``: ``--<prefix><field>`` with dashes, its description and variable as help."""
+    env_prefix = kind.model_config["env_prefix"]
+    for name, field in kind.model_fields.items():
+        default = "" if field.default is None else f"; default: {field.default}"
+        help_text = f"{field.description} [{env_prefix}{name.upper()}{default}]"
+        dest = prefix + name
+        flag = f"--{dest.replace('_', '-')}"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=dest, metavar="VALUE", help=help_text)
+
+
+def settings_from(args: argparse.Namespace, kind: type[SettingsT] = Settings, prefix: str = "") -> SettingsT:
+    """The environment's settings of ``kind`` with the flags given on top."""
+    flags = {name: getattr(args, prefix + name) for name in kind.model_fields}
+    return kind(**{name: value for name, value in flags.items() if value is not None})
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
 
-    from service.app import ConfigurationError, create_app
     from service.log import configure_logging
 
     try:
         settings = settings_from(args)
+        ray_settings = settings_from(args, RayServeSettings, RAY_FIELD_PREFIX)
     except ValidationError as error:
         print(f"clipwise serve: invalid settings: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.engine == "ray":
+        return serve_on_ray(settings, ray_settings)
+    return serve_with_uvicorn(settings)
+
+
+def serve_with_uvicorn(settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import ConfigurationError, create_app
+
     try:
         app = create_app(settings)
     except ConfigurationError as error:
@@ -57,3 +88,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
+
+
+def serve_on_ray(settings: Settings, ray_settings: RayServeSettings) -> int:
+    if on_this_machine(ray_settings.address):  # Ray reads these when it is imported
+        for name, value in RAY_LOCAL_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+    try:
+        from service import ray_serve
+    except ImportError as error:
+        print(f"clipwise serve --engine ray needs the ray extra (clipwise[ray]): {error}", file=sys.stderr)
+        return 2
+    return ray_serve.serve_on_ray(settings, ray_settings)
+
+
+def on_this_machine(address: str | None) -> bool:
+    """Whether Ray runs on this machine alone: a new instance (no address), or one on the loopback interface."""
+    return address is None or address.rpartition(":")[0].strip("[]") in LOOPBACK_HOSTS
