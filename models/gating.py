@@ -18,6 +18,10 @@ per group. The candidate partitions:
   chose different channels).
 * ``sets``: frames with identical channel sets together (a policy repeating a pattern over frames).
 
+conv1's output channels are computed in whole ``CHANNEL_BLOCK`` (16) channel blocks where its width is made of
+them — oneDNN's blocked kernels run a 16-multiple of outputs much faster than its remnants, and blocks are
+copied as 16-float runs — while conv2 reads its exact inputs (its time follows the input count, aligned or not).
+
 conv1's and conv2's partitions are chosen apart, each the one of least predicted time (``PairCosts``): a cost
 model of each convolution calibrated on this machine when a model version loads (``calibrate_pair``, the
 way cuDNN's benchmark mode times its kernels), per spatial input size, and never on the request path; a
