@@ -9,10 +9,18 @@ through the management route (versions 1 and 2 in turn), and a third version wit
 (its sha256 matching them) is offered, which the server must refuse while the old version keeps serving.
 The server's resident memory is read from ``/proc/<pid>/status`` every 0.5 s.
 
+Every 200 is checked for content too: the version it names must be one of the good ones, and its top-1 and
+scores (every class's, within 1e-4) those that version gives the same upload run in this process with the
+service's preprocessing (``video.load_clips`` with the version's ``ClipSpec``, then ``model.execute``), computed
+once per upload and version before the load starts (``tests/answers.py``). The two versions' scores differ by
+far more than the tolerance on every upload, so an answer from the other version than the one it names is
+wrong too.
+
 Reports the requests by status, the server errors (5xx: the target is 0), the answers other than expected
-(200 for a good video, the documented 4xx for a bad one: the target is 0), the reloads, and the resident
-memory growth after warm-up: the peak after the first ``--warmup-s`` seconds over the peak during them
-(target < 10%). Exits 1 when a target is missed. ``--json PATH`` writes the report as JSON.
+(200 for a good video, the documented 4xx for a bad one: the target is 0), the wrong answers among the 200s
+(the target is 0), the reloads, and the resident memory growth after warm-up: the peak after the first
+``--warmup-s`` seconds over the peak during them (target < 10%). Exits 1 when a target is missed. ``--json
+PATH`` writes the report as JSON.
 
 Run: ``.venv/bin/python benchmarks/load.py`` (8 clients, 2 minutes).
 """
@@ -37,19 +45,24 @@ import httpx
 import torch
 
 from models import create_model
-from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, save_version, sha256_file
+from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_version, save_version, sha256_file
 from service.errors import VIDEO_ERRORS
 from service.local import free_port, wait_until_ready
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from edge_cases import EDGE_CASES, LIMITS, coded_video  # noqa: E402 - test support, beside the tests
+from answers import SCORE_TOLERANCE, in_process_scores, wrong_answer  # noqa: E402 - test support, beside the tests
+from edge_cases import EDGE_CASES, LIMITS, coded_video  # noqa: E402
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(10)]
 TOKEN = "load-benchmark-admin-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GOOD_VERSIONS = (1, 2)
+CLIPS = 2  # temporal clips per request
 MEMORY_TARGET = 0.10
 RSS_PERIOD_S = 0.5
+
+Scores = dict[str, dict[int, list[float]]]  # upload name -> version -> class scores, run in-process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +78,8 @@ class Report:
     statuses: dict[str, int]
     server_errors: int
     unexpected: dict[str, int]  # "upload name: status" -> count, for answers other than expected
+    answers_checked: int  # 200s compared with their version run in-process
+    wrong_answers: dict[str, int]  # "upload name: why" -> count
     reloads: int
     reloads_failed: int
     corrupt_refused: int
@@ -76,7 +91,7 @@ class Report:
     requests_per_s: float
 
     def passed(self) -> bool:
-        clean = self.server_errors == 0 and not self.unexpected and self.reloads_failed == 0
+        clean = self.server_errors == 0 and not self.unexpected and not self.wrong_answers and self.reloads_failed == 0
         return clean and self.corrupt_accepted == 0 and self.rss_growth < MEMORY_TARGET
 
 
@@ -97,10 +112,24 @@ def uploads() -> list[Upload]:
 
 def make_repository(root: Path) -> Path:
     repository = root / "repository"
-    for seed in (1, 2):
+    for seed in GOOD_VERSIONS:
         torch.manual_seed(seed)
         save_version(create_model(MODEL, num_classes=len(LABELS)), LABELS, repository, MODEL, trained=False)
     return repository
+
+
+def expected_scores(repository: Path, mix: list[Upload]) -> Scores:
+    """Per upload that must be answered, the scores each good version gives it in this process. Refuses to
+    start when two versions give some upload scores too close to tell which one answered."""
+    versions = [load_version(repository, MODEL, version) for version in GOOD_VERSIONS]
+    expected = {}
+    for upload in (upload for upload in mix if upload.expected == 200):
+        scores = {v.version: in_process_scores(v, upload.data, clips=CLIPS, limits=LIMITS) for v in versions}
+        apart = max(abs(a - b) for a, b in zip(*scores.values(), strict=True))
+        if apart <= 10 * SCORE_TOLERANCE:
+            raise RuntimeError(f"{upload.name}: versions {GOOD_VERSIONS} give scores {apart:.1e} apart at most")
+        expected[upload.name] = scores
+    return expected
 
 
 def add_corrupt_version(repository: Path) -> int:
@@ -161,10 +190,12 @@ def resident_mib(pid: int) -> float:
 class Load:
     """The clients, the reloader and the memory sampler of one run."""
 
-    def __init__(self, url: str, pid: int, repository: Path, args: argparse.Namespace) -> None:
-        self.url, self.pid, self.repository, self.args = url, pid, repository, args
+    def __init__(self, url: str, pid: int, repository: Path, expected: Scores, args: argparse.Namespace) -> None:
+        self.url, self.pid, self.repository, self.expected, self.args = url, pid, repository, expected, args
         self.statuses: Counter[int] = Counter()
         self.unexpected: Counter[str] = Counter()
+        self.answers_checked = 0
+        self.wrong: Counter[str] = Counter()
         self.reloads = Counter[str]()
         self.rss: list[tuple[float, float]] = []  # (seconds since start, MiB)
         self.lock = threading.Lock()
@@ -189,12 +220,21 @@ class Load:
                 if self.stop.is_set():
                     return
                 response = client.post(
-                    f"/v1/models/{MODEL}/predict", files={"file": (upload.name, upload.data)}, params={"clips": 2}
+                    f"/v1/models/{MODEL}/predict",
+                    files={"file": (upload.name, upload.data)},
+                    params={"clips": CLIPS, "top_k": len(LABELS)},
                 )
+                wrong = None
+                if response.status_code == 200 and upload.name in self.expected:
+                    wrong = wrong_answer(response.json(), self.expected[upload.name])
                 with self.lock:
                     self.statuses[response.status_code] += 1
                     if response.status_code != upload.expected:
                         self.unexpected[f"{upload.name}: {response.status_code}"] += 1
+                    elif response.status_code == 200:
+                        self.answers_checked += 1
+                        if wrong is not None:
+                            self.wrong[f"{upload.name}: {wrong}"] += 1
 
     def reloader(self) -> None:
         """Every ``reload_every_s``: load the other good version, then offer the corrupt one (first time: write it)."""
@@ -225,6 +265,8 @@ class Load:
             statuses={str(status): count for status, count in sorted(self.statuses.items())},
             server_errors=sum(count for status, count in self.statuses.items() if status >= 500),
             unexpected=dict(self.unexpected),
+            answers_checked=self.answers_checked,
+            wrong_answers=dict(self.wrong),
             reloads=self.reloads["ok"] + self.reloads["failed"],
             reloads_failed=self.reloads["failed"],
             corrupt_refused=self.reloads["corrupt_refused"],
@@ -244,6 +286,10 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
     )
     print(f"requests: {report.requests} ({report.requests_per_s:.1f}/s), by status: {report.statuses}")
     print(f"server errors (5xx): {report.server_errors}   answers other than expected: {report.unexpected or 0}")
+    print(
+        f"200s checked against their version run in-process (version, top-1, scores within {SCORE_TOLERANCE:g}): "
+        f"{report.answers_checked}, wrong: {report.wrong_answers or 0}"
+    )
     print(
         f"reloads: {report.reloads} ({report.reloads_failed} failed); corrupt version refused "
         f"{report.corrupt_refused} times, accepted {report.corrupt_accepted} times"
@@ -267,9 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     mix = uploads()
     with tempfile.TemporaryDirectory(prefix="clipwise-load-") as directory:
         repository = make_repository(Path(directory))
+        expected = expected_scores(repository, mix)
         log = Path(directory) / "server.log"
         with server_process(repository, log, args.torch_threads) as (process, url):
-            report = Load(url, process.pid, repository, args).run(mix)
+            report = Load(url, process.pid, repository, expected, args).run(mix)
         server_log = log.read_text()
     print_report(report, args)
     if args.json:

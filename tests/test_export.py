@@ -19,6 +19,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from randomised import assert_branches_live, randomise_batch_norms
 from torch import nn
 
 from clipwise.commands import export as export_command
@@ -68,20 +69,6 @@ def cli(*argv: str) -> int:
     return args.run(args)
 
 
-def calibrate_batch_norms(model: nn.Module, clips: torch.Tensor) -> None:
-    """Set every batch norm's running statistics to those of ``clips`` (as training leaves them), then eval."""
-    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: one pass sets the batch statistics
-    model.train()
-    with torch.no_grad():
-        model(clips)
-    for norm in norms:
-        norm.momentum = 0.1
-    model.eval()
-
-
 def save(model: VideoClassifier, repository: Path) -> LoadedVersion:
     labels = [f"class_{index}" for index in range(model.config.num_classes)]
     version_dir = save_version(model, labels, repository, model.preset, trained=False)
@@ -91,6 +78,12 @@ def save(model: VideoClassifier, repository: Path) -> LoadedVersion:
 def real_clips(loaded: LoadedVersion, video: Path, clips: int = 2) -> torch.Tensor:
     spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
     return load_clips(video.read_bytes(), spec, clips=clips).clips
+
+
+def assert_live(model: VideoClassifier, clips: torch.Tensor) -> None:
+    """Silencing a residual branch of ``model`` moves its logits on ``clips`` by more than the parity tolerance."""
+    logits = model.execute(clips).logits
+    assert_branches_live(model, lambda m: m.execute(clips).logits, rtol=0, atol=RELATIVE * logits.abs().max())
 
 
 def assert_same_execution(got: Execution, expected: Execution, *, executed: bool = True) -> None:
@@ -127,7 +120,7 @@ def subgraph(node: onnx.NodeProto, attribute: str) -> onnx.GraphProto:
 @pytest.mark.parametrize("name", STATIC_PRESETS)
 def test_static_family_exports_with_dynamic_batch_and_matches_pytorch_on_real_clips(name, tmp_path, h264_video):
     torch.manual_seed(0)
-    loaded = save(create_model(name), tmp_path)
+    loaded = save(randomise_batch_norms(create_model(name)), tmp_path)
     export_version(loaded.path, check=False)  # compared below, on real clips
     model = onnx_model(loaded)
     assert max(entry.version for entry in model.opset_import if entry.domain == "") >= 17
@@ -136,6 +129,7 @@ def test_static_family_exports_with_dynamic_batch_and_matches_pytorch_on_real_cl
     got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = TorchRunner(loaded.model).execute(clips)
     assert_same_execution(got, expected)
+    assert_live(loaded.model, clips)
     assert got.executed_gflops == [loaded.manifest.full_gflops] * len(clips)
     assert (got.policy is not None) == name.startswith("fusion")  # a frozen strategy reports itself
 
@@ -158,9 +152,11 @@ def test_export_command_explains_a_path_that_is_no_version(tmp_path):
 
 @pytest.fixture(scope="module")
 def tsn_version(tmp_path_factory) -> LoadedVersion:
+    """A TSN-R18 with random batch norms, exported; every test comparing runtimes on it can see its branches."""
     torch.manual_seed(0)
-    loaded = save(create_model("tsn_r18_tiny"), tmp_path_factory.mktemp("repository"))
+    loaded = save(randomise_batch_norms(create_model("tsn_r18_tiny")), tmp_path_factory.mktemp("repository"))
     export_version(loaded.path)
+    assert_live(loaded.model, torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(5)))
     return loaded
 
 
@@ -224,11 +220,12 @@ def test_frame_conv_rewrite_computes_the_3d_conv(kernel, stride, padding, groups
 @pytest.mark.parametrize("name", ["tsm_r18_tiny", "x3d_s_tiny", "fusion_densenet121_tiny"])
 def test_openvino_runs_the_exported_graph_as_pytorch_on_real_clips(name, tmp_path, h264_video):
     torch.manual_seed(0)
-    loaded = save(create_model(name), tmp_path)
+    loaded = save(randomise_batch_norms(create_model(name)), tmp_path)
     export_version(loaded.path, check=False)
     clips = real_clips(loaded, h264_video)
     got = OpenVinoRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
     assert_same_execution(got, TorchRunner(loaded.model).execute(clips))
+    assert_live(loaded.model, clips)
     assert (got.policy is not None) == name.startswith("fusion")
 
 
@@ -345,15 +342,15 @@ def _pair_for_structure() -> tuple[FoldedConv, FoldedConv, torch.Tensor, torch.T
 # --- AdaFuse ----------------------------------------------------------------------------------------------
 
 
-def decisive_adafuse(name: str, calibration: torch.Tensor) -> AdaFuse:
-    """An AdaFuse whose policy nets decide by clear margins, with all three decisions in use."""
+def decisive_adafuse(name: str, clips: torch.Tensor) -> AdaFuse:
+    """An AdaFuse whose policy nets decide by clear margins, with all three decisions in use, and random batch
+    norms (statistics measured on ``clips``)."""
     torch.manual_seed(0)
     model = create_model(name)
     for block in model.gated_blocks():
         nn.init.normal_(block.policy.fc_out.weight, std=0.3)
         nn.init.uniform_(block.policy.fc_out.bias, -1, 1)
-    calibrate_batch_norms(model, calibration)
-    return model
+    return randomise_batch_norms(model, clips)
 
 
 @pytest.fixture(scope="module", params=["adafuse_tsn_r18_tiny", "adafuse_tsm_r50_tiny"])
@@ -363,6 +360,7 @@ def adafuse_version(request, tmp_path_factory, h264_video) -> tuple[LoadedVersio
     clips = real_clips(probe, h264_video)
     loaded = save(decisive_adafuse(request.param, clips), repository)
     export_version(loaded.path, check=False)  # the tests compare it on real clips
+    assert_live(loaded.model, clips)
     return loaded, clips
 
 
@@ -425,18 +423,24 @@ def test_adafuse_graph_exported_under_a_forced_saving_executes_it(adafuse_versio
 
 @pytest.fixture(scope="module")
 def ada3d_version(tmp_path_factory, h264_video) -> tuple[LoadedVersion, torch.Tensor]:
-    """A decisive Ada3D and a batch of two real clips that it treats differently (the clip and its negative)."""
+    """A decisive Ada3D and a batch of two real clips that it treats differently (the clip and its negative):
+    its heads' biases centre their logits between the two, so each keeps what the other drops."""
     repository = tmp_path_factory.mktemp("repository")
     torch.manual_seed(0)
     model = create_model("ada3d_i3d_r50_tiny")
     clip = real_clips(save(model, repository), h264_video, clips=1)
     clips = torch.cat([clip, -clip])
-    calibrate_batch_norms(model, clips)
-    for head in (model.selection.frame_head, model.selection.stage_head):
-        nn.init.normal_(head.weight, std=0.5)
-        nn.init.zeros_(head.bias)
+    randomise_batch_norms(model, clips)
+    with torch.no_grad():
+        for head in (model.selection.frame_head, model.selection.stage_head):
+            nn.init.normal_(head.weight, std=0.5)
+            nn.init.zeros_(head.bias)
+        selection = model.select(clips)
+        model.selection.frame_head.bias.sub_(selection.frame_logits.mean(dim=0))
+        model.selection.stage_head.bias.sub_(selection.stage_logits.mean(dim=0))
     loaded = save(model, repository)
     export_version(loaded.path, check=False)  # the tests compare it on real clips
+    assert_live(loaded.model, clips)
     return loaded, clips
 
 
@@ -493,8 +497,7 @@ def template_version(tmp_path_factory) -> LoadedVersion:
     from training.synthetic import CLASSES
 
     torch.manual_seed(0)
-    template = create_model("fusion_template_densenet121_tiny", num_classes=len(CLASSES))
-    calibrate_batch_norms(template, torch.randn(2, 3, 16, 64, 64))
+    template = randomise_batch_norms(create_model("fusion_template_densenet121_tiny", num_classes=len(CLASSES)))
     with torch.no_grad():  # learned rates: layers prefer different units, with some uncertainty
         template.drop_logits.copy_(torch.randn(template.drop_logits.shape, generator=torch.Generator().manual_seed(1)))
     repository = tmp_path_factory.mktemp("repository")
@@ -534,11 +537,16 @@ def test_export_fusion_freezes_a_named_strategy_that_runs_as_the_template_did(te
     assert parse_strategy(frozen.model.config.strategy, layers) == parse_strategy(named, layers)
     clips = torch.randn(1, 3, 16, 64, 64)
     template = template_version.model
-    with torch.no_grad(), template.use_strategy(named):
-        expected = template.execute(clips)
+
+    def under_the_strategy(model: FusionTemplate) -> Execution:
+        with model.use_strategy(named):
+            return model.execute(clips)
+
+    expected = under_the_strategy(template)
     got = frozen.model.execute(clips)
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
     assert got.executed_gflops == pytest.approx(expected.executed_gflops)
+    assert_branches_live(template, lambda model: under_the_strategy(model).logits, rtol=1e-4, atol=1e-5)
 
 
 # --- TensorRT -----------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from randomised import assert_branches_live, randomise_batch_norms
 
 from models import create_model
 from models.adafuse import KEEP, REUSE, SKIP
@@ -71,14 +72,20 @@ def forcing_costs(model, cost: ConvCost):
 
 
 def test_the_executor_follows_its_cost_models():
-    model = create_model("adafuse_tsn_r18_tiny").eval()
+    model = randomise_batch_norms(create_model("adafuse_tsn_r18_tiny"))
     model.calibrate()
     widths = [block.conv1.out_channels for block in model.gated_blocks()]
     # every frame keeps the last 16 channels (one block) and skips the others
     one_block = [torch.cat([torch.full((8, w - 16), SKIP), torch.full((8, 16), KEEP)], 1) for w in widths]
+
+    def logits_of(model) -> torch.Tensor:
+        with model.follow_policy(one_block):
+            return model.execute(clip()).logits
+
     with torch.inference_mode(), model.follow_policy(one_block):
         forcing_costs(model, ConvCost(dense=(0.0, 1.0), gathered=(100.0, 0.0, 0.0)))
         dear = model.execute(clip())
+        assert_branches_live(model, logits_of, rtol=0, atol=1e-5)
         forcing_costs(model, ConvCost(dense=(0.0, 1.0), gathered=(0.0, 0.0, 1e-6)))
         cheap = model.execute(clip())
     assert set(dear.policy[0].executed) == {"dense/dense"} and dear.executed_gflops == [dear.full_gflops]

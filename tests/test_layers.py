@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from randomised import assert_branches_live, randomise_batch_norms
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -147,11 +148,13 @@ def test_centre_slice_runs_folded_and_equals_the_masked_kernel() -> None:
 @pytest.mark.parametrize("name", ["i3d_r50_tiny", "ctnet_r50_tiny", "x3d_s_tiny", "fusion_template_densenet121_tiny"])
 def test_models_give_the_logits_of_plain_conv3d(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=5).eval()
-    clips = torch.randn(1, 3, 8, 32, 32)  # 8 frames: the fusion stem and transitions pool time by 8
+    clips = torch.randn(2, 3, 8, 32, 32)  # 8 frames: the fusion stem and transitions pool time by 8
+    model = randomise_batch_norms(create_model(name, num_classes=5), clips)
     with torch.no_grad(), ConvCalls() as calls:
         logits = model(clips)
     with torch.no_grad(), frame_folding(False):
         expected = model(clips)
     assert "conv2d" in calls.calls
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert_branches_live(model, lambda m: m(clips), rtol=1e-4, atol=1e-5)

@@ -2,8 +2,9 @@
 good and bad videos, model reloads every 4 s and a corrupt version offered after each.
 
 The same targets as the full run: no server error, every answer the one expected (so no request failed
-across the reloads, of at least 200), every reload done, the corrupt version refused each time with the old
-one still serving, and resident memory growing less than 10% after warm-up.
+across the reloads, of at least 200), every 200 the version it names would give in-process (top-1 and
+scores), every reload done, the corrupt version refused each time with the old one still serving, and
+resident memory growing less than 10% after warm-up.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def test_a_short_load_run_meets_the_targets(tmp_path: Path) -> None:
     report = json.loads(report_path.read_text())
     assert report["requests"] >= 200, report
     assert (report["server_errors"], report["unexpected"]) == (0, {}), report
+    assert report["answers_checked"] == report["statuses"]["200"] > 0 and report["wrong_answers"] == {}, report
     assert report["reloads"] >= 3 and report["reloads_failed"] == 0, report
     assert report["corrupt_refused"] == report["reloads"] and report["corrupt_accepted"] == 0, report
     assert report["rss_growth"] < 0.10, report

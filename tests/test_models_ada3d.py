@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flops_reference import fvcore_gflops
+from randomised import assert_branches_live, randomise_batch_norms
 
 from models import count_flops, create_model
 from models.ada3d import Actions, Ada3D, Plan, Selection, SelectionNet, ada3d_rewards
@@ -17,8 +18,9 @@ TINY = ["ada3d_i3d_r50_tiny", "ada3d_slowonly_r50_tiny"]
 
 
 def tiny_model(name: str = "ada3d_i3d_r50_tiny") -> Ada3D:
+    """A tiny preset with random batch norms: its backbone's residual branches all count in the logits."""
     torch.manual_seed(0)
-    return create_model(name, num_classes=5).eval()
+    return randomise_batch_norms(create_model(name, num_classes=5))
 
 
 def clips_for(model: Ada3D, count: int, seed: int = 0) -> torch.Tensor:
@@ -55,6 +57,12 @@ def reference_gflops(model: Ada3D, plan: Plan) -> float:
 def static_logits(model: Ada3D, clip: torch.Tensor, plan: Plan) -> torch.Tensor:
     with torch.no_grad():
         return model.static_backbone(plan).eval()(clip[None, :, list(plan.frames)])[0]
+
+
+def assert_plans_live(model: Ada3D, clips: torch.Tensor, plans: list[Plan]) -> None:
+    """Silencing a residual branch of the backbone moves the logits of ``plans`` beyond the tests' tolerance."""
+    with torch.no_grad():
+        assert_branches_live(model, lambda m: m.run_backbone(clips, plans), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -135,6 +143,7 @@ def test_executed_macs_of_random_policies_equal_fvcore_of_the_static_networks(na
     for clip, plan, executed, clip_logits in zip(clips, plans, tracker.gflops, logits, strict=True):
         assert executed == pytest.approx(reference_gflops(model, plan), rel=1e-9)
         assert torch.allclose(clip_logits, static_logits(model, clip, plan), atol=1e-5)
+    assert_plans_live(model, clips, plans)
 
 
 def test_execute_records_what_each_clips_greedy_policy_ran():
@@ -155,6 +164,7 @@ def test_execute_records_what_each_clips_greedy_policy_ran():
     ):
         assert executed == pytest.approx(reference_gflops(model, plan), rel=1e-9)
         assert torch.allclose(clip_logits, static_logits(model, clip, plan), atol=1e-5)
+    assert_plans_live(model, clips, plans)
 
 
 def test_dropped_frames_are_never_computed():

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flops_reference import fvcore_gflops
+from randomised import assert_branches_live, randomise_batch_norms
 
 from clipwise.cli import main as clipwise_main
 from models import count_flops, create_model, track_macs
@@ -33,18 +34,6 @@ def one_thread():
 
 def random_clips(clips: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(clips, 3, frames, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
-    """Statistics and affine parameters away from the identity, so that folding them is really tested."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            shape = module.running_mean.shape
-            module.running_mean.copy_(torch.rand(shape, generator=generator) - 0.5)
-            module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(shape, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.rand(shape, generator=generator) - 0.5)
 
 
 def decisions(kind: str, clips: int, frames: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -127,11 +116,11 @@ def test_paper_presets_count_on_the_meta_device(name):
 @pytest.mark.parametrize("kind", ["random", "keep", "skip", "reuse", "edges"])
 @pytest.mark.parametrize(("conv1", "conv2"), PARTITION_PAIRS)
 def test_gated_pair_equals_the_masked_reference(block, stride, kind, conv1, conv2):
-    randomise_batch_norms(block.eval())
     clips, frames, width = 3, 4, block.conv1.out_channels
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(clips * frames, block.conv1.in_channels, 12, 12, generator=generator)
     x = x.contiguous(memory_format=torch.channels_last)
+    randomise_batch_norms(block, (x, frames))
     codes = first_frame_reuse_as_skip(decisions(kind, clips, frames, width, generator))
 
     with torch.inference_mode():
@@ -189,15 +178,19 @@ def test_a_gated_pair_computed_by_hand():
     ],
 )
 def test_model_gated_execution_equals_masked_and_eq5(name, kind):
-    model = create_model(name).eval()
-    randomise_batch_norms(model)
     clips, frames = 2, 4
+    x = random_clips(clips, frames, 64)
+    model = randomise_batch_norms(create_model(name), x)
     generator = torch.Generator().manual_seed(2)
     forced = [decisions(kind, clips, frames, b.conv1.out_channels, generator) for b in model.gated_blocks()]
-    x = random_clips(clips, frames, 64)
+
+    def masked_logits(model: AdaFuse) -> torch.Tensor:
+        with torch.inference_mode(), model.follow_policy(forced), model.masked_execution():
+            return model.frame_logits(x)
+
+    expected = masked_logits(model)
+    assert_branches_live(model, masked_logits, rtol=0, atol=1e-4 * expected.abs().max())
     with torch.inference_mode(), model.follow_policy(forced):
-        with model.masked_execution():
-            expected = model.frame_logits(x)
         model(x)
         eq5 = model.policy_gflops().tolist()
         for conv1, conv2 in PARTITION_PAIRS:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from flops_reference import fvcore_gflops
+from randomised import assert_branches_live, randomise_batch_norms
 
 from models import count_flops, create_model
 from models.checkpoint import load_version, save_version
@@ -56,13 +57,10 @@ def encode(template: FusionTemplate, strategy: list[str]) -> None:
 
 
 def trained_tiny_template(seed: int = 0) -> FusionTemplate:
-    """A tiny template whose BN statistics moved away from their initial values (relaxed-mask forwards)."""
+    """A tiny template with random batch norms, as after training (their statistics from relaxed-mask runs)."""
     torch.manual_seed(seed)
-    template = create_model("fusion_template_densenet121_tiny", num_classes=7).train()
-    with torch.no_grad():
-        for step in range(2):
-            template(random_clips(3, seed=seed + step) * 2 + 0.5)
-    return template.eval()
+    template = create_model("fusion_template_densenet121_tiny", num_classes=7)
+    return randomise_batch_norms(template, random_clips(3, seed=seed) * 2 + 0.5, seed=seed)
 
 
 @pytest.mark.parametrize("name", [name for name in ALL_PRESETS if name.endswith("_tiny")])
@@ -74,15 +72,6 @@ def test_tiny_forward_gives_finite_logits_and_the_strategy_per_clip(name):
     assert policy == [FusionPolicy(strategy=model.active_strategy())] * 2
     expected = observed_strategy(TINY_LAYERS) if isinstance(model, FusionDenseNet) else "S+ST"
     assert policy[0].strategy == parse_strategy(expected, TINY_LAYERS)
-
-
-@pytest.mark.parametrize(
-    ("name", "frames", "size"),
-    [(name, 8, 32) for name in ALL_PRESETS[:2]] + [(name, 16, 64) for name in ALL_PRESETS[2:]],
-)
-def test_analytic_count_matches_fvcore(name, frames, size):
-    model = create_model(name, num_classes=10)
-    assert count_flops(model, frames, size).gflops == pytest.approx(fvcore_gflops(model, frames, size), rel=1e-6)
 
 
 def test_paper_figures_are_the_full_template_at_the_256_test_crop():
@@ -140,6 +129,7 @@ def test_frozen_network_reproduces_the_template_under_its_hard_mask(seed):
         with template.use_strategy(strategy):
             forced = template(clips)
         assert torch.allclose(frozen(clips), expected, rtol=1e-5, atol=1e-5)
+        assert_branches_live(template, lambda model: model(clips), rtol=1e-5, atol=1e-5)
     assert torch.equal(forced, expected)
     assert [tuple(layer.mix.paths) for layer in frozen.layers] == [KEPT_PATHS[unit] for unit in strategy]
     dropped = sum(

@@ -1,23 +1,33 @@
 """Contract checks that every registered preset must pass, whatever its family.
 
 Family-specific behaviour and paper figures live in each family's own test module; this one makes sure
-a new preset cannot join the registry without running, counting its cost and round-tripping through
-a checkpoint the service can load.
+a new preset cannot join the registry without running, counting its cost exactly as fvcore does and
+round-tripping through a checkpoint the service can load.
 """
 
 import dataclasses
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from flops_reference import fvcore_gflops
+from randomised import assert_branches_live, randomise_batch_norms
 
 from models import count_flops, create_model, get_preset, list_models
+from models.ada3d import Ada3D
+from models.adafuse import AdaFuse
 from models.checkpoint import PreprocessingSpec, load_version, save_version
 from models.policy import Ada3DPolicy, AdaFusePolicy, FusionPolicy
+from models.x3d import E3D_S, architecture_of
 
 ALL = list_models(buildable=True)
 TINY = [name for name in ALL if name.endswith("_tiny")]
 PAPER = [name for name in ALL if not name.endswith("_tiny")]
+
+
+SMALL = {"frames": 8, "size": 32}  # fast to trace; 8 frames: the fusion stem and transitions pool time by 8
 
 
 def tiny_clips(model, clips: int = 2) -> torch.Tensor:
@@ -40,6 +50,44 @@ def test_preset_builds_and_counts_on_the_meta_device(name):
     assert dataclasses.replace(get_preset(name).config, num_classes=10) == model.config
 
 
+def required_fields(name: str, directory: Path) -> dict[str, str]:
+    """What a preset that needs config fields is given: ``e3d`` an architecture file (E3D-S's)."""
+    fields = {}
+    for field in get_preset(name).requires:
+        assert field == "arch", f"{name} needs {field}: say here what the test gives it"
+        path = directory / "arch.json"
+        path.write_text(json.dumps({"architecture": architecture_of(E3D_S)}))
+        fields[field] = str(path)
+    return fields
+
+
+def decision_gflops(model: torch.nn.Module, frames: int, size: int) -> float:
+    """What an adaptive model computes to decide, which fvcore leaves out of its full-compute count: under full
+    compute nothing reads the decisions, and the graph fvcore traces drops what nothing reads. AdaFuse: both FCs
+    of every policy net on every frame (from their shapes); Ada3D: the selection net (fvcore counts it alone)."""
+    if isinstance(model, AdaFuse):
+        fcs = [fc for block in model.gated_blocks() for fc in (block.policy.fc_in, block.policy.fc_out)]
+        return frames * sum(fc.in_features * fc.out_features for fc in fcs) / 1e9
+    if isinstance(model, Ada3D):
+        return fvcore_gflops(model.selection, frames, size)
+    return 0.0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_preset_counts_what_fvcore_counts(name, tmp_path):
+    """Every registered preset (paper sizes too, on small clips): the meta-device count against fvcore's trace of
+    a real forward pass at full compute, exactly; adaptive models differ by their decision nets, exactly."""
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL, **required_fields(name, tmp_path)).eval()
+    counted = count_flops(model, SMALL["frames"], SMALL["size"]).gflops
+    with model.full_compute(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warns about the data-dependent shapes of adaptive models
+        traced = fvcore_gflops(model, SMALL["frames"], SMALL["size"])
+    decisions = decision_gflops(model, SMALL["frames"], SMALL["size"])
+    assert counted == pytest.approx(traced + decisions, rel=1e-9)
+    assert (decisions > 0) == isinstance(model, AdaFuse | Ada3D)
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_preset_executes_with_a_record(name):
     model = create_model(name, num_classes=11).eval()
@@ -56,7 +104,7 @@ def test_tiny_preset_executes_with_a_record(name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_preset_round_trips_through_a_checkpoint(name, tmp_path):
-    model = create_model(name, num_classes=3).eval()
+    model = randomise_batch_norms(create_model(name, num_classes=3))  # statistics that must travel too
     labels = ["a", "b", "c"]
     version_dir = save_version(model, labels, tmp_path, "m", trained=False)
     loaded = load_version(tmp_path, "m")
@@ -64,6 +112,7 @@ def test_tiny_preset_round_trips_through_a_checkpoint(name, tmp_path):
     assert loaded.manifest.architecture == name and loaded.manifest.labels == labels
     clips = tiny_clips(model, 1)
     assert torch.allclose(loaded.model.execute(clips).logits, model.execute(clips).logits, atol=1e-5)
+    assert_branches_live(model, lambda m: m.execute(clips).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_flops_command_lists_every_buildable_preset(capsys):
