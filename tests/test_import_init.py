@@ -4,12 +4,12 @@ torchvision ImageNet files, with the report of what was initialised and what was
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import pytest
 import torch
 from pytorchvideo_hub import randomised
+from source_layouts import in_layout
 
 from clipwise.cli import build_parser
 from clipwise.commands.train import config_values
@@ -22,23 +22,15 @@ from training.trainer import objective_phases
 
 
 def torchvision_resnet(preset: str, path: Path) -> dict[str, torch.Tensor]:
-    """A torchvision ImageNet ResNet file (``conv1``, ``bn1``, ``layer*``, ``fc`` of 1000 classes), made from a
-    random Clipwise backbone: torchvision's names are the backbone's."""
-    tsn = randomised(create_model(preset, num_classes=1000))
-    state = {key.removeprefix("backbone."): tensor for key, tensor in tsn.state_dict().items()}
+    """A torchvision ImageNet ResNet file (1000 classes) made from a random Clipwise TSN."""
+    state = in_layout("torchvision", randomised(create_model(preset, num_classes=1000)))
     torch.save(state, path)
     return state
 
 
-def torchvision_mobilenet_name(key: str) -> str:
-    """torchvision's name of a ``models.mobilenet.MobileNetV2Features`` tensor."""
-    return re.sub(r"^layers\.", "features.", re.sub(r"^layers\.(\d+)\.body\.", r"features.\1.conv.", key))
-
-
 def torchvision_mobilenet_v2(path: Path) -> dict[str, torch.Tensor]:
     """A torchvision MobileNetV2 file: ``features.{i}`` (a block's layers in ``conv``), ``classifier.1``."""
-    features = randomised(MobileNetV2Features()).state_dict()
-    state = {torchvision_mobilenet_name(key): tensor for key, tensor in features.items()}
+    state = in_layout("torchvision", randomised(MobileNetV2Features()))
     state |= {"classifier.1.weight": torch.randn(1000, 1280), "classifier.1.bias": torch.randn(1000)}
     assert len(state) == 314  # torchvision's mobilenet_v2().state_dict()
     facts = {
@@ -97,8 +89,9 @@ def test_ada3d_takes_its_backbone_from_an_i3d_and_its_selection_net_from_an_imag
     with caplog.at_level(logging.INFO, logger="training.setup"):
         ada3d = build_model(config, num_classes=5)
     assert all(torch.equal(ada3d.backbone.state_dict()[key], tensor) for key, tensor in i3d.state_dict().items())
-    features = ada3d.selection.features.state_dict()
-    assert all(torch.equal(tensor, mobilenet[torchvision_mobilenet_name(key)]) for key, tensor in features.items())
+    features = in_layout("torchvision", ada3d.selection.features)
+    assert features.keys() == mobilenet.keys() - {"classifier.1.weight", "classifier.1.bias"}
+    assert all(torch.equal(tensor, mobilenet[key]) for key, tensor in features.items())
     report = init_report(caplog)
     assert (
         report[1] == "left as built (4): selection.frame_head.weight, selection.frame_head.bias, "

@@ -1,38 +1,26 @@
 """``clipwise import`` of the layouts whose code does not install here: mmaction2, PySlowFast, torchvision.
 
-Each test takes a Clipwise model with random weights, writes it in the source's layout with this file's own
-renaming (facts from reading each source's model code, restated here in the other direction than the importer
-goes), checks the result against counts and literal names and shapes the source's code gives, imports it and
-checks that every tensor came back to the place it left. A misplaced, missing or spare tensor fails.
+Each test takes a Clipwise model with random weights, writes it in the source's layout with the tests' own
+renaming (``tests/source_layouts.py``: facts from reading each source's model code, in the other direction than
+the importer goes), checks the result against counts and literal names and shapes of the source's code, imports
+it and checks that every tensor came back to the place it left. A misplaced, missing or spare tensor fails.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from flops_reference import fvcore_gflops
 from pytorchvideo_hub import randomised
+from source_layouts import in_layout
 
 from models import create_model
 from models.imports import import_checkpoint
 from models.labels import bundled_labels
 
 KINETICS = bundled_labels("kinetics400")
-Rules = list[tuple[str, str | Callable[[re.Match], str]]]
-
-
-def renamed(state: dict[str, torch.Tensor], rules: Rules) -> dict[str, torch.Tensor]:
-    """``state`` with every rule (pattern, replacement) applied in turn to every key."""
-    out = {}
-    for key, tensor in state.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        out[key] = tensor
-    return out
 
 
 def written(state: dict[str, torch.Tensor], path: Path, container: str | None, **extra: object) -> Path:
@@ -54,26 +42,10 @@ def assert_has(state: dict[str, torch.Tensor], facts: dict[str, list[int]]) -> N
 # --- mmaction2 (mmaction/models/backbones/resnet.py, resnet3d.py, resnet_tsm.py; heads' fc_cls) ---------------
 
 
-def mmaction2_rules(shift: bool) -> Rules:
-    """Clipwise (a TSN's ``backbone.*`` / ``fc``, or ``models.resnet3d``'s ``stem`` / ``stages`` / ``head``) →
-    mmaction2: a ConvModule (``conv``, ``bn``) for each conv + BN, TSM's shift around every conv1 (``.net``)."""
-    return [
-        (r"^stages\.(\d)\.", lambda match: f"backbone.layer{int(match[1]) + 1}."),
-        (r"^(stem\.conv|backbone\.conv1)\.", "backbone.conv1.conv."),
-        (r"^(stem\.bn|backbone\.bn1)\.", "backbone.conv1.bn."),
-        (r"^(head\.fc|fc)\.", "cls_head.fc_cls."),
-        (r"(layer\d\.\d+)\.conv1\.weight$", r"\1.conv1.conv.net.weight" if shift else r"\1.conv1.conv.weight"),
-        (r"(layer\d\.\d+)\.conv([23])\.weight$", r"\1.conv\2.conv.weight"),
-        (r"(layer\d\.\d+)\.bn(\d)\.", r"\1.conv\2.bn."),
-        (r"\.downsample\.0\.", ".downsample.conv."),
-        (r"\.downsample\.1\.", ".downsample.bn."),
-    ]
-
-
 @pytest.mark.parametrize("preset", ["tsn_r50", "tsm_r50"])
 def test_mmaction2_tsn_and_tsm(preset, tmp_path):
     original = randomised(create_model(preset, num_classes=400))
-    state = renamed(original.state_dict(), mmaction2_rules(shift=preset == "tsm_r50"))
+    state = in_layout("mmaction2", original)
     conv1 = "conv1.conv.net" if preset == "tsm_r50" else "conv1.conv"
     assert len(state) == 320  # as torchvision's ResNet-50, cls_head.fc_cls for its fc
     facts = {
@@ -110,7 +82,7 @@ MMACTION2_3D_FACTS = {
 @pytest.mark.parametrize(("preset", "frames", "stride"), [("i3d_r50", 32, 2), ("slowonly_r50", 8, 8)])
 def test_mmaction2_i3d_and_slowonly(preset, frames, stride, tmp_path):
     original = randomised(create_model(preset, num_classes=400))
-    state = renamed(original.state_dict(), mmaction2_rules(shift=False))
+    state = in_layout("mmaction2", original)
     assert len(state) == 320
     assert_has(state, {**MMACTION2_3D_FACTS[preset], "cls_head.fc_cls.weight": [400, 2048]})
     imported = import_checkpoint("mmaction2", written(state, tmp_path / "m.pth", "state_dict"), preset, KINETICS)
@@ -143,52 +115,6 @@ def test_mmaction2_i3d_strides_and_pools_in_time_as_its_backbone_does():
 # --- PySlowFast (slowfast/models: video_model_builder, stem_helper, resnet_helper, head_helper, operators.SE) -----
 
 
-def pyslowfast_rules(stem: dict[str, str], parts: dict[str, str], head: dict[str, str]) -> Rules:
-    """Clipwise → PySlowFast: ``stages.{s}.{b}.{part}`` → ``s{s+2}.pathway0_res{b}.{parts[part]}``, the stem's and
-    head's modules as the dicts say."""
-
-    def block(match: re.Match) -> str:
-        stage, index, part, leaf = match.groups()
-        return f"s{int(stage) + 2}.pathway0_res{index}.{parts[part]}.{leaf}"
-
-    ends = {**{f"stem.{name}": f"s1.pathway0_stem.{module}" for name, module in stem.items()}, **head}
-    return [
-        (r"^stages\.(\d)\.(\d+)\.(.+)\.(\w+)$", block),
-        (r"^(.+)\.(\w+)$", lambda match: f"{ends.get(match[1], match[1])}.{match[2]}"),
-    ]
-
-
-PYSLOWFAST_RESNET = pyslowfast_rules(
-    {"conv": "conv", "bn": "bn"},
-    {
-        **{f"conv{n}": f"branch2.{letter}" for n, letter in zip("123", "abc", strict=True)},
-        **{f"bn{n}": f"branch2.{letter}_bn" for n, letter in zip("123", "abc", strict=True)},
-        "downsample.0": "branch1",
-        "downsample.1": "branch1_bn",
-    },
-    {"head.fc": "head.projection"},
-)
-PYSLOWFAST_X3D = pyslowfast_rules(
-    {"0": "conv_xy", "1": "conv", "2": "bn"},
-    {
-        "expand.0": "branch2.a",
-        "expand.1": "branch2.a_bn",
-        "depthwise.0": "branch2.b",
-        "depthwise.1": "branch2.b_bn",
-        "squeeze_excite.reduce": "branch2.se.fc1",
-        "squeeze_excite.expand": "branch2.se.fc2",
-        "project.0": "branch2.c",
-        "project.1": "branch2.c_bn",
-        "shortcut.0": "branch1",
-        "shortcut.1": "branch1_bn",
-    },
-    {
-        "head.conv.0": "head.conv_5",
-        "head.conv.1": "head.conv_5_bn",
-        "head.hidden": "head.lin_5",
-        "head.fc": "head.projection",
-    },
-)
 PYSLOWFAST_FACTS = {
     "slowonly_r50": {
         "s1.pathway0_stem.conv.weight": [64, 3, 1, 7, 7],
@@ -204,7 +130,7 @@ PYSLOWFAST_FACTS = {
 @pytest.mark.parametrize("preset", ["slowonly_r50", "i3d_r50"])
 def test_pyslowfast_resnets(preset, tmp_path):
     original = randomised(create_model(preset, num_classes=400))
-    state = renamed(original.state_dict(), PYSLOWFAST_RESNET)
+    state = in_layout("pyslowfast", original)
     assert len(state) == 320
     assert_has(
         state,
@@ -222,8 +148,7 @@ def test_pyslowfast_resnets(preset, tmp_path):
 
 def test_pyslowfast_x3d(tmp_path):
     original = randomised(create_model("x3d_s"))
-    state = renamed(original.state_dict(), PYSLOWFAST_X3D)
-    state["head.lin_5.weight"] = state["head.lin_5.weight"][..., None, None, None]  # a 1x1x1 Conv3d there
+    state = in_layout("pyslowfast", original)
     assert len(state) == 568
     facts = {
         "s1.pathway0_stem.conv_xy.weight": [24, 3, 1, 3, 3],
@@ -257,7 +182,7 @@ def test_pyslowfast_x3d(tmp_path):
 )
 def test_torchvision_resnet_as_a_tsn_of_imagenet_classes(preset, count, facts, tmp_path):
     original = randomised(create_model(preset, num_classes=1000))
-    state = renamed(original.state_dict(), [(r"^backbone\.", "")])
+    state = in_layout("torchvision", original)
     assert len(state) == count
     assert_has(state, {**facts, "conv1.weight": [64, 3, 7, 7], "fc.weight": [1000, original.fc.in_features]})
     labels = [f"imagenet class {index}" for index in range(1000)]
