@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytorchvideo_hub import randomised
+from pytorchvideo_hub import hub, randomised, save_hub_checkpoint
 from source_layouts import in_layout
 
 from clipwise.cli import build_parser
@@ -120,3 +120,19 @@ def test_init_paths_from_the_command_line_and_from_saved_configs():
     assert (config.init, config.init_source) == ((Path("repo/i3d/1"), Path("mobilenet.pth")), "torchvision")
     assert TrainConfig.from_dict(config.to_dict()) == config  # the run directory's config.json, for --resume
     assert TrainConfig.from_dict({"init": "repo/tsn/2"}).init == (Path("repo/tsn/2"),)  # one path, as before
+
+
+def test_a_model_starts_from_a_source_checkpoint_of_other_classes_by_role(tmp_path, caplog):
+    """A PyTorchVideo X3D-S file into an X3D-S of 10 classes: all but the classifier, and the shortcut BN that
+    PyTorchVideo's X3D does not have."""
+    file = save_hub_checkpoint(randomised(hub().x3d_s()), tmp_path / "X3D_S.pyth")
+    with caplog.at_level(logging.INFO, logger="training.setup"):
+        build_model(TrainConfig(model="x3d_s", init=(file,), init_source="pytorchvideo"), num_classes=10)
+    shortcut_bn = [f"stages.0.0.shortcut.1.{leaf}" for leaf in ("weight", "bias", "running_mean", "running_var")]
+    assert init_report(caplog) == [
+        f"initialised 561 of 568 tensors of x3d_s: 561 from {file}",
+        f"left as built (7): {', '.join(shortcut_bn)}, stages.0.0.shortcut.1.num_batches_tracked, head.fc.weight, "
+        "head.fc.bias",
+        f"not used from {file} (2): head.fc.weight [10, 2048] ← blocks.5.proj.weight [400, 2048], head.fc.bias [10] "
+        "← blocks.5.proj.bias [400]",
+    ]
