@@ -111,7 +111,7 @@ class Source:
     container: str | None
     layout: layouts.Layout
     recipes: Mapping[str, Callable[[ClipModelConfig], Recipe]]
-    suffix: str  # the usual file name suffix, for the help text
+    suffix: str  # the usual file name suffix
 
 
 SOURCES = {
