@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from clipwise import __version__
 
-COMMANDS = ("serve", "flops", "search", "data", "train", "eval", "bench", "deploy", "export")
+# Subcommand modules; ``import_`` registers ``clipwise import`` (``import`` is a keyword).
+COMMANDS = ("serve", "flops", "search", "data", "train", "eval", "bench", "deploy", "export", "import_")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,6 +61,16 @@ class PreprocessingSpec(BaseModel):
         return self
 
 
+class SourceCheckpoint(BaseModel):
+    """The published checkpoint a version was imported from (``clipwise import``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = Field(min_length=1, description="layout it was read as: pytorchvideo, pyslowfast, mmaction2, ...")
+    file: str = Field(min_length=1, description="name of the imported file")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the imported file")
+
+
 class Manifest(BaseModel):
     """manifest.json of one model version."""
 
@@ -82,6 +92,7 @@ class Manifest(BaseModel):
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
         AUTO_BACKEND, description="the backend serving by default; auto: the fastest measured when it loads"
     )
+    source: SourceCheckpoint | None = Field(default=None, description="imported versions: the file they came from")
 
     @model_validator(mode="after")
     def _labels_match_classes(self) -> Manifest:
@@ -194,12 +205,14 @@ def manifest_for(
     *,
     trained: bool,
     metrics: dict[str, float] | None = None,
+    preprocessing: Preprocessing | None = None,
     **extra: Any,
 ) -> Manifest:
-    """The manifest describing ``model`` (built by create_model) and its saved weights."""
+    """The manifest describing ``model`` (built by create_model) and its saved weights; ``preprocessing``
+    (default: the model's own) is how clips are made for it."""
     kwargs = {k: v for k, v in vars(model.config).items() if v != getattr(get_preset(model.preset).config, k)}
     kwargs["num_classes"] = model.config.num_classes
-    prep: Preprocessing = model.preprocessing()
+    prep = preprocessing or model.preprocessing()
     return Manifest(
         architecture=model.preset,
         kwargs=kwargs,
@@ -223,16 +236,19 @@ def save_version(
     *,
     trained: bool,
     metrics: dict[str, float] | None = None,
+    preprocessing: Preprocessing | None = None,
     **extra: Any,
 ) -> Path:
-    """Write the model as the next version of ``repository/name``; the directory appears atomically."""
+    """Write the model as the next version of ``repository/name``; the directory appears atomically.
+    ``preprocessing`` (default: the model's own) and ``extra`` manifest fields go to ``manifest_for``."""
     model_dir = repository / validate_name(name)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:
         save_model(model, str(staging / WEIGHTS_FILE))
+        weights_sha256 = sha256_file(staging / WEIGHTS_FILE)
         manifest = manifest_for(
-            model, labels, sha256_file(staging / WEIGHTS_FILE), trained=trained, metrics=metrics, **extra
+            model, labels, weights_sha256, trained=trained, metrics=metrics, preprocessing=preprocessing, **extra
         )
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
         versions = list_versions(model_dir)

@@ -14,6 +14,8 @@ per group. The candidate partitions:
 * ``dense``: one group, every frame, every channel: the plain convolution with constant weights, the
   policy applied afterwards (skipped channels zeroed, reused ones copied). Nothing saved, nothing lost.
 * ``union``: one group, every frame, the union of the channels any frame needs.
+* ``blocks`` (conv2): the union widened to whole 16-channel blocks — more MACs, but weights and maps are
+  copied as 16-float runs and, where conv1 computed those very blocks, read without a copy.
 * ``clips``: one group per clip of the batch, each over its clip's union (batched requests whose clips
   chose different channels).
 * ``sets``: frames with identical channel sets together (a policy repeating a pattern over frames).
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from models.folding import CHANNEL_BLOCK, FoldedConv, channels_of, conv_output_size
 
 KEEP, REUSE, SKIP = 0, 1, 2
-PARTITIONS = ("dense", "union", "clips", "sets")
+PARTITIONS = ("dense", "union", "blocks", "clips", "sets")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,18 +151,24 @@ class Candidates:
         total, channels = mask.shape
         if blocks:
             mask = in_blocks(mask)
-        union = int(mask.any(0).sum())
+        any_frame = mask.any(0)
+        union = int(any_frame.sum())
         counts: dict[str, list[tuple[int, int | None]]] = {
             "dense": [(total, None)],
             "union": [(total, None if union == channels else union)],
         }
+        if not blocks and channels % CHANNEL_BLOCK == 0:  # the union in whole blocks: copied faster, more MACs
+            in_whole_blocks = int(in_blocks(any_frame).sum())
+            if in_whole_blocks != union:
+                counts["blocks"] = [(total, None if in_whole_blocks == channels else in_whole_blocks)]
         if clips > 1:
             per_clip = mask.view(clips, frames, channels).any(1).sum(-1).tolist()
             counts["clips"] = [(frames, None if count == channels else count) for count in per_clip]
         return Candidates(mask, clips, frames, counts)
 
     def predicted(self, name: str, cost: ConvCost) -> float:
-        return sum(cost.predict(frames, channels) for frames, channels in self.counts[name])
+        aligned = name == "blocks"
+        return sum(cost.predict(frames, channels, aligned=aligned) for frames, channels in self.counts[name])
 
     def choose(self, cost: ConvCost, forced: str | None = None) -> str:
         """The partition of least predicted time (ties: the earlier, the simpler), or ``forced`` if it exists.
@@ -198,6 +206,8 @@ class Candidates:
             return [Group(slice(0, total), total, None)]
         if name == "union":
             return [Group(slice(0, total), total, _channels_of(self.mask.any(0)))]
+        if name == "blocks":
+            return [Group(slice(0, total), total, _channels_of(in_blocks(self.mask.any(0))))]
         if name == "clips":
             t = self.frames
             return [
@@ -219,22 +229,23 @@ class Candidates:
 class ConvCost:
     """Predicted seconds of one convolution call over ``frames`` frames: dense, ``a + b·frames``; gathered to
     ``k`` of its gated channels, ``c0 + c1·k + c2·frames·k`` (a call's overhead, the weight gather ∝ k, the
-    work ∝ frames·k)."""
+    work ∝ frames·k); ``aligned``, where timed, the same for channel sets of whole blocks (``blocks``)."""
 
     dense: tuple[float, float]
     gathered: tuple[float, float, float]
+    aligned: tuple[float, float, float] | None = None
 
-    def predict(self, frames: int, channels: int | None) -> float:
+    def predict(self, frames: int, channels: int | None, *, aligned: bool = False) -> float:
         if channels is None:
             a, b = self.dense
             return a + b * frames
         if channels == 0:
             return 0.0
-        return float(self.gathered_time(frames, torch.tensor(float(channels))))
+        return float(self.gathered_time(frames, torch.tensor(float(channels)), aligned=aligned))
 
-    def gathered_time(self, frames: int, channels: torch.Tensor) -> torch.Tensor:
+    def gathered_time(self, frames: int, channels: torch.Tensor, *, aligned: bool = False) -> torch.Tensor:
         """The gathered prediction for a tensor of (possibly fractional, differentiable) channel counts."""
-        c0, c1, c2 = self.gathered
+        c0, c1, c2 = self.aligned if aligned and self.aligned is not None else self.gathered
         return c0 + (c1 + c2 * frames) * channels
 
     @staticmethod
@@ -262,11 +273,21 @@ def _least_squares(points: list[tuple[list[float], float]]) -> list[float]:
     return solution.clamp(min=0).tolist()
 
 
-def fit_cost(dense: list[tuple[int, float]], gathered: list[tuple[int, int, float]]) -> ConvCost:
-    """A ``ConvCost`` from timings: (frames, seconds) dense, (frames, channels, seconds) gathered."""
+def fit_cost(
+    dense: list[tuple[int, float]],
+    gathered: list[tuple[int, int, float]],
+    aligned: list[tuple[int, int, float]] | None = None,
+) -> ConvCost:
+    """A ``ConvCost`` from timings: (frames, seconds) dense, (frames, channels, seconds) gathered, and gathered
+    to whole blocks (``aligned``, where timed)."""
+
+    def line(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
+        return tuple(_least_squares([([1.0, k, f * k], s) for f, k, s in points]))  # type: ignore[return-value]
+
     dense_fit = _least_squares([([1.0, f], s) for f, s in dense])
-    gathered_fit = _least_squares([([1.0, k, f * k], s) for f, k, s in gathered])
-    return ConvCost(dense=(dense_fit[0], dense_fit[1]), gathered=tuple(gathered_fit))  # type: ignore[arg-type]
+    return ConvCost(
+        dense=(dense_fit[0], dense_fit[1]), gathered=line(gathered), aligned=line(aligned) if aligned else None
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -466,6 +487,13 @@ def _random_channels(channels: int, share: float, generator: torch.Generator) ->
     return torch.randperm(channels, generator=generator)[:count].sort().values
 
 
+def _random_blocks(channels: int, share: float, generator: torch.Generator) -> torch.Tensor:
+    """The channels of about ``share`` of the ``CHANNEL_BLOCK`` blocks, chosen at random (at least one)."""
+    count = max(1, round(share * channels / CHANNEL_BLOCK))
+    blocks = torch.randperm(channels // CHANNEL_BLOCK, generator=generator)[:count].sort().values
+    return (blocks[:, None] * CHANNEL_BLOCK + torch.arange(CHANNEL_BLOCK)).flatten()
+
+
 def calibrate_pair(
     x: torch.Tensor,
     frames: int,
@@ -478,11 +506,12 @@ def calibrate_pair(
     """Time conv1 and conv2 of a pair on inputs like ``x`` ((≥ frames, C_in, H, W), channels_last), dense and
     gathered to a few shares of the channels, at 1 and ``frames`` frames, and fit their cost models.
 
-    conv2 is timed with its input fusion (kept and reused channels mixed) included, as ``run_conv2`` runs it."""
+    conv2 is timed with its input fusion (kept and reused channels mixed) included, as ``run_conv2`` runs it,
+    over random channels and, where its width is made of blocks, over random whole blocks (``blocks``)."""
     generator = torch.Generator().manual_seed(0)
     channels = first.weight.shape[0]
     conv1_full = first(x[:frames], relu=True)
-    dense1, gathered1, dense2, gathered2 = [], [], [], []
+    dense1, gathered1, dense2, gathered2, aligned2 = [], [], [], [], []
     for count in (1, frames):
         inputs = x[:count]
         conv1 = _Conv1Output(conv1_full[:count], None)
@@ -496,7 +525,12 @@ def calibrate_pair(
             gathered1.append((count, len(rows), _seconds(partial(first, inputs, outputs=rows, relu=True))))
             some = [Group(slice(0, count), count, rows)]
             gathered2.append((count, len(rows), _seconds(partial(run_conv2, conv1, some, second, mixed, tail, relu))))
-    return PairCosts(fit_cost(dense1, gathered1), fit_cost(dense2, gathered2), calibrated=True)
+            if channels % CHANNEL_BLOCK == 0 and channels > CHANNEL_BLOCK:
+                blocks = _random_blocks(channels, share, generator)
+                whole = [Group(slice(0, count), count, blocks)]
+                seconds = _seconds(partial(run_conv2, conv1, whole, second, mixed, tail, relu))
+                aligned2.append((count, len(blocks), seconds))
+    return PairCosts(fit_cost(dense1, gathered1), fit_cost(dense2, gathered2, aligned2 or None), calibrated=True)
 
 
 def uncalibrated_costs(x_size: Sequence[int], in_channels: int, first: FoldedConv, second: FoldedConv) -> PairCosts:

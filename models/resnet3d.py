@@ -14,10 +14,14 @@ Architecture (PySlowFast ``stem_helper`` / ``resnet_helper``, ResNet-50 depths 3
 Every conv is a ``models.layers.FrameConv3d``: on CPU, kernels one frame deep (and the centre slices below) run
 as 2D convs over the frames, which keeps batch-1 clips on PyTorch's fast kernels.
 
-Nothing pools or strides in time: T frames go in and T frames come out of every stage. PySlowFast's ``i3d``
-arch adds a 2×1×1 max pool after res2; its ``i3d_nopool`` / ``slow_i3d`` variant, built here, is the one
-whose cost matches the Ada3D paper (58.6 GFLOPs at 8×256², 200 classes), and it runs on any number of frames,
-which Ada3D needs when it drops frames.
+By default nothing pools or strides in time: T frames go in and T frames come out of every stage. PySlowFast's
+``i3d`` arch adds a 2×1×1 max pool after res2; its ``i3d_nopool`` / ``slow_i3d`` variant, built by the presets,
+is the one whose cost matches the Ada3D paper (58.6 GFLOPs at 8×256², 200 classes), and it runs on any number of
+frames, which Ada3D needs when it drops frames. Three config fields build what published checkpoints were
+trained as (``clipwise import``): ``res2_temporal_pool``, that 2×1×1 max pool with stride 2 after res2
+(PySlowFast's ``i3d``, PyTorchVideo's ``i3d_r50``, mmaction2's I3D: 28.4 GFLOPs at 8×224², 400 classes), and
+``stem_temporal_stride`` / ``stem_pool_temporal_stride``, temporal strides of the stem's conv and max pool
+(mmaction2's I3D: 2 and 2 on 32-frame clips).
 
 Where the papers are silent, PySlowFast's choices: dense sampling of T frames with a stride of 8 frames (its
 8×8 recipe, which the Ada3D paper uses for both backbones at 8 and 16 frames); test-time short side equal to
@@ -132,14 +136,22 @@ def run_conv(conv: nn.Module, x: torch.Tensor, temporal: bool) -> torch.Tensor:
 
 
 class Stem(nn.Module):
-    """kt×7×7 conv with spatial stride 2, BN, ReLU, 1×3×3 max pool with spatial stride 2."""
+    """kt×7×7 conv with spatial stride 2, BN, ReLU, 1×3×3 max pool with spatial stride 2 (temporal strides: 1
+    unless given)."""
 
-    def __init__(self, in_channels: int, out_channels: int, temporal_kernel: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temporal_kernel: int,
+        temporal_stride: int = 1,
+        pool_temporal_stride: int = 1,
+    ) -> None:
         super().__init__()
-        self.conv = conv3d(in_channels, out_channels, (temporal_kernel, 7, 7), stride=(1, 2, 2))
+        self.conv = conv3d(in_channels, out_channels, (temporal_kernel, 7, 7), stride=(temporal_stride, 2, 2))
         self.bn = nn.BatchNorm3d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.pool = nn.MaxPool3d((1, 3, 3), stride=(pool_temporal_stride, 2, 2), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor, temporal: bool = True) -> torch.Tensor:
         return self.pool(self.relu(self.bn(run_conv(self.conv, x, temporal))))
@@ -272,6 +284,9 @@ class ResNet3DConfig(ClipModelConfig):
     expansion: int = 4
     dropout: float = 0.5
     sample_stride: int = 8  # PySlowFast's 8x8 sampling
+    stem_temporal_stride: int = 1  # of the stem conv (mmaction2's I3D: 2)
+    stem_pool_temporal_stride: int = 1  # of the stem max pool (mmaction2's I3D: 2)
+    res2_temporal_pool: bool = False  # 2×1×1 max pool, stride 2, after res2 (PySlowFast's i3d arch)
 
 
 class ResNet3D(VideoClassifier):
@@ -282,10 +297,12 @@ class ResNet3D(VideoClassifier):
 
     def __init__(self, config: ResNet3DConfig) -> None:
         super().__init__(config)
-        self.stem = Stem(3, config.stem_width, config.stem_temporal_kernel)
+        strides = (config.stem_temporal_stride, config.stem_pool_temporal_stride)
+        self.stem = Stem(3, config.stem_width, config.stem_temporal_kernel, *strides)
         self.stages = make_stages(
             config.stem_width, config.widths, config.depths, config.temporal_kernels, config.expansion
         )
+        self.res2_pool = nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1)) if config.res2_temporal_pool else None
         self.head = ClassifierHead(config.widths[-1] * config.expansion, config.num_classes, config.dropout)
         init_weights(self, (block.bn3 for block in self.modules() if isinstance(block, Bottleneck)))
         self.switchable_stages = tuple(
@@ -300,8 +317,10 @@ class ResNet3D(VideoClassifier):
     def forward(self, clips: torch.Tensor, stages_3d: Sequence[bool] | None = None) -> torch.Tensor:
         """Logits of (N, 3, T, H, W) clips; ``stages_3d`` (one flag per switchable stage) turns stages to 2D."""
         x = clips
-        for stage, temporal in zip(self.trunk, self._temporal_flags(stages_3d), strict=True):
+        for index, (stage, temporal) in enumerate(zip(self.trunk, self._temporal_flags(stages_3d), strict=True)):
             x = stage(x, temporal=temporal)
+            if index == 1 and self.res2_pool is not None:  # trunk[1] is res2
+                x = self.res2_pool(x)
         return self.head(x)
 
     def _temporal_flags(self, stages_3d: Sequence[bool] | None) -> list[bool]:

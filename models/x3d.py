@@ -12,7 +12,9 @@ X3D (Feichtenhofer, CVPR 2020) follows PySlowFast's ``X3D``:
   squeeze-excitation (ratio 1/16, width rounded like PySlowFast's ``SE._round_width``, ReLU inside) on
   the 1st, 3rd, 5th... block of every stage, then Swish; a 1×1×1 conv + BN projection shortcut where the
   channels or the resolution change; ReLU after the sum. The last BN of a block with a shortcut starts at
-  zero (``ZERO_INIT_FINAL_BN``), convs start Kaiming-normal (fan-out), linear layers N(0, 0.01);
+  zero (``ZERO_INIT_FINAL_BN``), convs start Kaiming-normal (fan-out), linear layers N(0, 0.01). PyTorchVideo's
+  X3D leaves out the BN of a projection shortcut that keeps the width (only the first block of the first stage,
+  24 → 24 with stride 2): ``strided_shortcut_norm=False`` builds that (its checkpoints have no tensor for it);
 * widths 24/48/96/192, bottlenecks 2.25× (54/108/216/432), depths 3/5/11/7 (S, M: depth factor 2.2) or
   5/10/25/15 (L: 5.0);
 * head: 1×1×1 conv to 432, BN, ReLU, pool, bias-free FC (``lin_5``) to 2048, ReLU, dropout 0.5, FC;
@@ -90,6 +92,7 @@ class X3DConfig(ClipModelConfig):
     depthwise_activation: Activation = "swish"
     hidden_activation: Activation = "relu"
     projection_shortcuts: bool = True  # X3D: 1×1×1 projection; E3D: residual only where the channels match
+    strided_shortcut_norm: bool = True  # BN after a projection that keeps the width (PyTorchVideo's X3D: none)
     dropout: float = 0.5
     arch: str | None = None  # JSON written by `clipwise search e3d`
 
@@ -157,12 +160,16 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(self.expand(self.relu(self.reduce(self.pool(x)))))
 
 
-def _shortcut(in_channels: int, out_channels: int, stride: int, projection: bool) -> nn.Module | None:
-    """X3D: identity or a 1×1×1 projection; E3D: identity (pooled on stride) or no residual at all."""
+def _shortcut(in_channels: int, out_channels: int, stride: int, config: X3DConfig) -> nn.Module | None:
+    """X3D: identity or a 1×1×1 projection + BN (no BN when it keeps the width and ``strided_shortcut_norm`` is
+    off); E3D: identity (pooled on stride) or no residual at all."""
     if in_channels == out_channels and stride == 1:
         return nn.Identity()
-    if projection:
-        return nn.Sequential(conv3d(in_channels, out_channels, (1, 1, 1), stride), nn.BatchNorm3d(out_channels))
+    if config.projection_shortcuts:
+        projection = conv3d(in_channels, out_channels, (1, 1, 1), stride)
+        if in_channels == out_channels and not config.strided_shortcut_norm:
+            return nn.Sequential(projection)
+        return nn.Sequential(projection, nn.BatchNorm3d(out_channels))
     if in_channels == out_channels:
         return nn.AvgPool3d((1, stride, stride), (1, stride, stride), ceil_mode=True)
     return None
@@ -179,7 +186,7 @@ class InvertedBottleneck(nn.Module):
         self.squeeze_excite = SqueezeExcite(width, config.se_ratio) if squeeze_excite else nn.Identity()
         self.depthwise_act = activation(config.depthwise_activation)
         self.project = nn.Sequential(conv3d(width, spec.out_channels, (1, 1, 1)), nn.BatchNorm3d(spec.out_channels))
-        self.shortcut = _shortcut(in_channels, spec.out_channels, stride, config.projection_shortcuts)
+        self.shortcut = _shortcut(in_channels, spec.out_channels, stride, config)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,8 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
-PARTITION_PAIRS = [(conv1, conv2) for conv1 in PARTITIONS for conv2 in PARTITIONS]
+# conv1's union is already in whole blocks: "blocks" is conv2's alone
+PARTITION_PAIRS = [(conv1, conv2) for conv1 in PARTITIONS if conv1 != "blocks" for conv2 in PARTITIONS]
 ANY_COST = ConvCost(dense=(1.0, 1.0), gathered=(1.0, 1.0, 1.0))
 
 
@@ -72,12 +73,15 @@ def forced_costs(conv1: str, conv2: str) -> PairCosts:
 
 def computed_channels(mask: torch.Tensor, partition: str, *, blocks: bool = False) -> torch.Tensor:
     """(N, T) channels a partition computes at each frame, for a (N, T, C) mask of what each frame needs:
-    dense every channel, union those any frame of the batch needs, clips those any frame of the clip needs,
+    dense every channel, union those any frame of the batch needs (blocks: in whole blocks), clips those any
+    frame of the clip needs,
     sets each frame's own (the partitions' definitions, counted here channel by channel); ``blocks``: in whole
     blocks of 16 channels where the width is made of them (conv1's output channels)."""
     n, t, c = mask.shape
     if blocks and c % 16 == 0:  # channel sets are whole 16-channel blocks: a block any of whose channels is needed
         mask = mask.view(n, t, c // 16, 16).any(-1).repeat_interleave(16, dim=-1)
+    if partition == "blocks":  # the union, in whole blocks where the width is made of them
+        return computed_channels(mask, "union", blocks=True)
     if partition == "dense":
         return torch.full((n, t), c)
     if partition == "union":

@@ -23,7 +23,8 @@ class TrainConfig:
     out: Path | None = None  # REPO/NAME: the trained model becomes the next version there
     run_dir: Path | None = None  # logs, metrics and resume state (default: runs/NAME)
     data_root: Path | None = None  # video paths are relative to it (default: each list's directory)
-    init: Path | None = None  # a version directory whose weights start the model (matching names and shapes)
+    init: tuple[Path, ...] = ()  # version directories and files whose weights start the model, matched by role
+    init_source: str = ""  # layout of the --init files (torchvision, pytorchvideo, ...); version directories need none
     epochs: int = 10  # static families, AdaFuse, fusion (with v-DropPath); Ada3D: backbone pre-training
     batch_size: int = 8  # per process
     lr: float = 0.01
@@ -52,6 +53,11 @@ class TrainConfig:
     fusion_warmup_epochs: int = 5  # fusion: epochs without v-DropPath before the v-DropPath epochs
     length_scale: float = 50.0  # fusion: prior length scale k of Eq. 5
 
+    def __post_init__(self) -> None:
+        if isinstance(self.init, str | Path):  # one path: a JSON config's string, an older config.json
+            self.init = (self.init,)
+        self.init = tuple(Path(path) for path in self.init)
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """A config from JSON-like values (paths as strings, lists for tuples); unknown keys are an error."""
@@ -60,14 +66,15 @@ class TrainConfig:
             raise ConfigError(f"unknown training options {unknown}")
         converted = dict(values)
         for name in PATH_FIELDS:
-            if converted.get(name):
+            if converted.get(name) and name != "init":  # init: __post_init__
                 converted[name] = Path(converted[name])
         if "milestones" in converted:
             converted["milestones"] = tuple(converted["milestones"])
         return cls(**converted)
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: str(value) if isinstance(value, Path) else value for key, value in vars(self).items()}
+        values = {key: str(value) if isinstance(value, Path) else value for key, value in vars(self).items()}
+        return {**values, "init": [str(path) for path in self.init]}
 
     def resolved(self) -> TrainConfig:
         """Checked, with the run directory defaulted."""

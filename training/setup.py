@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import load_file
-from torch import nn
 
 from models.base import VideoClassifier
-from models.checkpoint import WEIGHTS_FILE
+from models.checkpoint import WEIGHTS_FILE, CheckpointError, version_path
+from models.imports import (
+    SOURCES,
+    CheckpointImportError,
+    Placement,
+    place_by_name,
+    place_by_role,
+    read_state_dict,
+    source_named,
+)
+from models.imports.reading import listed
 from models.registry import create_model
 from training.config import ConfigError, TrainConfig
 from training.data import Augmentation, DatasetFiles, VideoDataset, check_flip, data_fingerprint, read_annotations
@@ -52,24 +62,60 @@ def build_model(config: TrainConfig, num_classes: int) -> VideoClassifier:
     except (KeyError, TypeError) as error:  # an unknown preset or config field
         raise ConfigError(error.args[0]) from None
     if config.init:
-        loaded, left_out = load_matching(model, config.init / WEIGHTS_FILE)
-        logger.info("initialised %d tensors from %s; left as built: %s", loaded, config.init, left_out or "none")
+        for line in initialise(model, config.init, config.init_source).lines():
+            logger.info(line)
     return model
 
 
-def load_matching(model: nn.Module, weights: Path) -> tuple[int, list[str]]:
-    """Load the tensors of a safetensors file whose names and shapes match ``model``'s, directly or under a
-    submodule (an I3D's weights into an Ada3D's ``backbone``). Returns the count loaded and the names left."""
-    source = load_file(weights)
+@dataclass
+class InitReport:
+    """What ``--init`` set: per source, the model's tensors it initialised and its own that found no place."""
+
+    model: str
+    total: int  # tensors of the model
+    loaded: dict[Path, list[str]]
+    unused: dict[Path, list[str]]  # source tensors: no such role / name in the model, or another shape
+    left_as_built: list[str]
+
+    def lines(self) -> list[str]:
+        loaded = "; ".join(f"{len(keys)} from {path}" for path, keys in self.loaded.items())
+        lines = [f"initialised {sum(map(len, self.loaded.values()))} of {self.total} tensors of {self.model}: {loaded}"]
+        lines.append(f"left as built ({len(self.left_as_built)}): {listed(self.left_as_built) or 'none'}")
+        lines += [f"not used from {path} ({len(keys)}): {listed(keys)}" for path, keys in self.unused.items() if keys]
+        return lines
+
+
+def initialise(model: VideoClassifier, paths: Sequence[Path], source: str = "") -> InitReport:
+    """Load into ``model`` what fits by role from each path: a version directory (``REPO/NAME/VERSION`` or
+    ``REPO/NAME``: its tensors by name, see ``place_by_name``) or a file laid out as ``source`` (``torchvision``:
+    an ImageNet ResNet into a TSN / TSM / AdaFuse backbone, a MobileNetV2 into Ada3D's selection net)."""
+    placements = {path: _placement(model, path, source) for path in paths}
+    origin: dict[str, Path] = {}
+    for path, placement in placements.items():
+        for key in placement.tensors:
+            if key in origin:
+                raise ConfigError(f"{origin[key]} and {path} both initialise {key}: give one of them")
+            origin[key] = path
+    if not origin:
+        raise ConfigError(f"nothing in {', '.join(map(str, paths))} fits {model.preset}")
+    model.load_state_dict({key: placements[path].tensors[key] for key, path in origin.items()}, strict=False)
     target = model.state_dict()
-    prefixes = [""] + [f"{name}." for name, _ in model.named_modules() if name]
-    prefix = max(prefixes, key=lambda candidate: sum(candidate + key in target for key in source))
-    matched = {
-        prefix + key: tensor
-        for key, tensor in source.items()
-        if prefix + key in target and target[prefix + key].shape == tensor.shape
-    }
-    if not matched:
-        raise ConfigError(f"{weights}: no tensor matches {type(model).__name__}")
-    model.load_state_dict(matched, strict=False)
-    return len(matched), sorted(set(target) - set(matched))
+    return InitReport(
+        model=model.preset,
+        total=len(target),
+        loaded={path: sorted(placement.tensors) for path, placement in placements.items()},
+        unused={path: placement.misshaped + placement.unused for path, placement in placements.items()},
+        left_as_built=[key for key in target if key not in origin],
+    )
+
+
+def _placement(model: VideoClassifier, path: Path, source: str) -> Placement:
+    try:
+        if path.is_dir():
+            return place_by_name(model, load_file(version_path(path) / WEIGHTS_FILE))
+        if not source:
+            raise ConfigError(f"--init {path} is a file: give its layout with --init-source ({', '.join(SOURCES)})")
+        layout = source_named(source)
+        return place_by_role(model, read_state_dict(path, layout.container), layout.layout)
+    except (CheckpointError, CheckpointImportError) as error:
+        raise ConfigError(str(error)) from None

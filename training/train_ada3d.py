@@ -3,8 +3,9 @@
 Phases:
 
 1. ``backbone`` (``--epochs``): the I3D / Slow-only backbone alone, cross-entropy with every frame and 3D
-   stage (Alg. 1, line 1: "obtain a pretrained video classifier"). Skipped with ``--init`` pointing at a
-   trained version of the backbone preset (its weights load into ``backbone``) — or of this Ada3D.
+   stage (Alg. 1, line 1: "obtain a pretrained video classifier"). Skipped when ``--init`` names a version
+   directory: a trained or imported version of the backbone preset (its weights load into ``backbone``) — or of
+   this Ada3D. An ImageNet MobileNetV2 (``--init FILE --init-source torchvision``) starts the selection net.
 2. ``policy`` (``--policy-epochs``, E1): the selection net alone, backbone frozen (weights and batch-norm
    statistics). Per clip, frame actions u and stage actions v are drawn from the Bernoulli policies, the
    backbone runs under them, and each action set is scored by Eq. 4: R = 1 − O if the prediction is right,
@@ -16,8 +17,8 @@ Phases:
 Choices where the paper is silent: the baseline b is the mean reward of the other clips of the batch
 (leave-one-out, so a clip's own reward does not bias its gradient); both policy stages use ``--policy-lr``,
 by default the paper's 1e-4 (for batch 256, after 3D networks fine-tuned at 0.01; the joint stage uses "the
-same learning rate"); the selection net's MobileNetV2 starts from its initialisation (the paper pre-trains it
-on the dataset). The paper does not give γ; 1 is the default.
+same learning rate"); the selection net's MobileNetV2 starts from its initialisation unless ``--init`` gives
+ImageNet weights (the paper pre-trains it on the dataset). The paper does not give γ; 1 is the default.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Reinforce(nn.Module):
 
 
 def phases(model: Ada3D, config: TrainConfig, train_clips: int) -> list[Phase]:
-    backbone_epochs = 0 if config.init else config.epochs
+    backbone_epochs = 0 if any(path.is_dir() for path in config.init) else config.epochs
     return [
         Phase("backbone", backbone_epochs, CrossEntropy(model.backbone), config.lr),
         Phase(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from clipwise.commands import json_object
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("flops", help="count the MACs and parameters of a model")
@@ -14,6 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
     parser.add_argument("--size", type=int, help="crop size in pixels (default: the preset's)")
     parser.add_argument("--classes", type=int, help="number of classes (default: the preset's)")
+    parser.add_argument(
+        "--model-args",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="other config fields, as in a manifest's kwargs, e.g. '{\"res2_temporal_pool\": true}'",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(run=run)
 
@@ -22,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from models import list_models
 
     overrides = {"num_classes": args.classes, "frames": args.frames, "size": args.size}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {**args.model_args, **{k: v for k, v in overrides.items() if v is not None}}
     names = list_models(buildable=True) if args.all else [args.model]
     rows = [_measure(name, overrides) for name in names]
     if args.json:
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(name: str, overrides: dict[str, int]) -> dict[str, object]:
+def _measure(name: str, overrides: dict[str, object]) -> dict[str, object]:
     import torch
 
     from models import count_flops, create_model

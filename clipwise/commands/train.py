@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clipwise.commands import json_object
+
 # TrainConfig field -> (flag help, metavar or None for a switch)
 OPTIONS: dict[str, tuple[str, str | None]] = {
     "model": ("registry preset to train (see `clipwise flops --help`)", "NAME"),
@@ -19,7 +21,8 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "out": ("model directory REPO/NAME; the trained model becomes its next version", "REPO/NAME"),
     "run_dir": ("logs, metrics.csv, TensorBoard and resume state (default: runs/NAME)", "DIR"),
     "data_root": ("directory the video paths are relative to (default: each list's directory)", "DIR"),
-    "init": ("start from the weights of this version directory (matching names and shapes)", "DIR"),
+    "init": ("start from these version directories and / or files (--init-source), matched by role", "PATH"),
+    "init_source": ("layout of --init files: torchvision (ImageNet ResNet, MobileNetV2), pytorchvideo, ...", "SOURCE"),
     "epochs": ("epochs; Ada3D: of backbone pre-training (none with --init); fusion: with v-DropPath", "N"),
     "batch_size": ("clips per batch and process", "N"),
     "lr": ("peak learning rate", "LR"),
@@ -87,18 +90,8 @@ def _value_type(name: str, default: Any) -> type:
     if name in ("frames", "size") or isinstance(default, tuple):
         return int
     if isinstance(default, dict):
-        return _json_object
+        return json_object
     return type(default)
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
 
 
 def config_values(args: argparse.Namespace) -> dict[str, Any]:

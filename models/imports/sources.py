@@ -1,0 +1,296 @@
+"""The sources Clipwise imports from, what their checkpoints were trained as, and putting tensors in place.
+
+A ``Source`` is a code base's checkpoint format: the entry holding the state dict, the layout of its names
+(``models.imports.layouts``) and, per Clipwise family, a ``Recipe``: the config fields that build the network its
+checkpoints were trained as and the clips they were trained and tested on, which the manifest records.
+
+Recipes (from the sources' Kinetics-400 configs; PyTorchVideo's hub models are PySlowFast's):
+
+* PySlowFast / PyTorchVideo, I3D and Slow-only (``SLOW_8x8_R50``, ``I3D_8x8_R50``): 8 frames every 8th, 224²
+  training crops, test short side 256; the ``i3d`` arch pools 2×1×1 after res2. X3D (``X3D_S/M/L``): the presets'
+  clips (13×160² every 6th, 16×224² and 16×312² every 5th), short side = crop (their 1-crop test);
+  PyTorchVideo's X3D lacks one shortcut BN (``strided_shortcut_norm``). Mean 0.45, std 0.225 (``DATA.MEAN/STD``).
+* mmaction2: TSN / TSM ``1x1x8`` (8 segments), I3D ``32x2x1`` (32 frames every 2nd; conv1 and pool1 stride 2 in
+  time, pool2 after layer1), Slow-only ``8x8x1``; resize to short side 256, centre crop 224 (``val_pipeline``).
+  Its mean / std are in 0–255 pixel units (123.675, 116.28, 103.53 / 58.395, 57.12, 57.375): divided by 255
+  here, Clipwise's 0–1 convention (ImageNet's 0.485, 0.456, 0.406 / 0.229, 0.224, 0.225).
+* torchvision's ImageNet ResNets as a TSN (1000 ImageNet classes, a frame at a time): 8 segments, short side
+  256, crop 224, ImageNet mean / std.
+
+Test-time crops equal the training crops: there the sources' fixed-size head pools (PySlowFast, PyTorchVideo)
+cover the whole feature map, so Clipwise's global average pool computes exactly what they compute.
+
+``place_by_role`` puts a source state dict's tensors into a model by role: a tensor goes where the source's name
+for the role of a model tensor is that tensor's name, converted to the model's dtype; a 1×1(×1) convolution's
+kernel fills a linear layer (X3D's ``lin_5`` / ``post_conv``). ``import_checkpoint`` demands a perfect fit (BN
+``num_batches_tracked`` counters excepted: they do not change inference); training's ``--init`` takes what fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import models.imports.layouts as layouts
+from models.base import IMAGENET_MEAN, IMAGENET_STD, ClipModelConfig, Preprocessing, VideoClassifier
+from models.checkpoint import SourceCheckpoint, save_version, sha256_file
+from models.imports.reading import CheckpointImportError, listed, read_state_dict
+from models.registry import create_model, get_preset
+
+Triple = tuple[float, float, float]
+KINETICS_MEAN: Triple = (0.45, 0.45, 0.45)  # PySlowFast's DATA.MEAN, PyTorchVideo's hub transforms
+KINETICS_STD: Triple = (0.225, 0.225, 0.225)
+MMACTION2_MEAN_255: Triple = (123.675, 116.28, 103.53)  # mmaction2's data_preprocessor, 0–255 pixel units
+MMACTION2_STD_255: Triple = (58.395, 57.12, 57.375)
+COUNTERS = ("num_batches_tracked",)  # BN training counters: absent from some files, no effect on inference
+
+
+def from_255(values: Triple) -> Triple:
+    """0–255 pixel units (mmaction2) in Clipwise's 0–1 convention."""
+    return tuple(round(value / 255, 6) for value in values)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a source's checkpoints of one family are: config fields of the network they were trained as, the
+    test short side as a multiple of the crop, and the normalisation (0–1 convention)."""
+
+    config: Mapping[str, Any]
+    short_side: float
+    mean: Triple
+    std: Triple
+
+    def preprocessing(self, model: VideoClassifier) -> Preprocessing:
+        """``model``'s sampling, frames, stride and crop with this recipe's short side and normalisation."""
+        own = model.preprocessing()
+        return replace(own, short_side=round(own.crop_size * self.short_side), mean=self.mean, std=self.std)
+
+
+def _slowfast_resnet(config: ClipModelConfig) -> Recipe:
+    i3d = config.stem_temporal_kernel > 1
+    fields = {"frames": 8, "sample_stride": 8, "size": 224, "res2_temporal_pool": i3d}
+    return Recipe(fields, 256 / 224, KINETICS_MEAN, KINETICS_STD)
+
+
+def _slowfast_x3d(config: ClipModelConfig) -> Recipe:
+    return Recipe({}, 1.0, KINETICS_MEAN, KINETICS_STD)
+
+
+def _pytorchvideo_x3d(config: ClipModelConfig) -> Recipe:
+    return replace(_slowfast_x3d(config), config={"strided_shortcut_norm": False})
+
+
+MMACTION2_MEAN, MMACTION2_STD = from_255(MMACTION2_MEAN_255), from_255(MMACTION2_STD_255)
+MMACTION2_I3D = {"frames": 32, "sample_stride": 2, "stem_temporal_stride": 2, "stem_pool_temporal_stride": 2}
+
+
+def _mmaction2_tsn(config: ClipModelConfig) -> Recipe:
+    return Recipe({"frames": 8, "size": 224}, 256 / 224, MMACTION2_MEAN, MMACTION2_STD)
+
+
+def _mmaction2_resnet3d(config: ClipModelConfig) -> Recipe:
+    i3d = config.stem_temporal_kernel > 1
+    fields = {**MMACTION2_I3D, "res2_temporal_pool": True} if i3d else {"frames": 8, "sample_stride": 8}
+    return Recipe({**fields, "size": 224}, 256 / 224, MMACTION2_MEAN, MMACTION2_STD)
+
+
+def _torchvision_tsn(config: ClipModelConfig) -> Recipe:
+    return Recipe({"size": 224}, 256 / 224, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint format: the entry holding the state dict, its names, and per family the recipe."""
+
+    name: str
+    container: str | None
+    layout: layouts.Layout
+    recipes: Mapping[str, Callable[[ClipModelConfig], Recipe]]
+    suffix: str  # the usual file name suffix
+
+
+SOURCES = {
+    source.name: source
+    for source in (
+        Source(
+            "pytorchvideo",
+            "model_state",
+            layouts.pytorchvideo,
+            {"resnet3d": _slowfast_resnet, "x3d": _pytorchvideo_x3d},
+            ".pyth",
+        ),
+        Source(
+            "pyslowfast",
+            "model_state",
+            layouts.pyslowfast,
+            {"resnet3d": _slowfast_resnet, "x3d": _slowfast_x3d},
+            ".pyth",
+        ),
+        Source(
+            "mmaction2",
+            "state_dict",
+            layouts.mmaction2,
+            {"tsn": _mmaction2_tsn, "resnet3d": _mmaction2_resnet3d},
+            ".pth",
+        ),
+        Source("torchvision", None, layouts.torchvision, {"tsn": _torchvision_tsn}, ".pth"),
+    )
+}
+
+
+def source_named(name: str) -> Source:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise CheckpointImportError(f"unknown source {name!r}; known: {', '.join(SOURCES)}") from None
+
+
+@dataclass
+class Placement:
+    """A source state dict's tensors placed in a model by role (model key → tensor), and what did not fit."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # model tensors the source has no tensor for
+    misshaped: list[str] = field(default_factory=list)  # model tensors whose source tensor has another shape
+    unused: list[str] = field(default_factory=list)  # source tensors no model tensor takes
+
+    def problems(self) -> list[str]:
+        """One line per kind of misfit, naming the tensors."""
+        kinds = (
+            ("missing from the file", self.missing),
+            ("of another shape in the file", self.misshaped),
+            ("in the file without a place in the model", self.unused),
+        )
+        return [f"{title} ({len(names)}): {listed(names)}" for title, names in kinds if names]
+
+
+def place_by_role(model: nn.Module, state: Mapping[str, torch.Tensor], layout: layouts.Layout) -> Placement:
+    """Put ``state``'s tensors where ``layout`` says their roles are in ``model``."""
+    placement, taken = Placement(), set()
+    holder_roles = layouts.roles(model)
+    for key, reference in model.state_dict().items():
+        holder, _, leaf = key.rpartition(".")
+        role = holder_roles[holder]
+        module = layout(*role) if role else None
+        source_key = f"{module}.{leaf}" if module else None
+        if source_key not in state:
+            if leaf not in COUNTERS:
+                placement.missing.append(f"{key} ← {source_key}" if source_key else f"{key} (no counterpart)")
+            continue
+        taken.add(source_key)
+        tensor = _fitted(state[source_key], reference)
+        if tensor is None:
+            placement.misshaped.append(f"{key} {list(reference.shape)} ← {source_key} {list(state[source_key].shape)}")
+        else:
+            placement.tensors[key] = tensor
+    placement.unused = sorted(set(state) - taken)
+    return placement
+
+
+def place_by_name(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Placement:
+    """Put a Clipwise version's tensors where their names are in ``model``: directly, or under the submodule that
+    takes the most of them (an I3D's weights into an Ada3D's ``backbone``); shapes must be equal."""
+    target = model.state_dict()
+    prefixes = [""] + [f"{name}." for name, _ in model.named_modules() if name]
+    prefix = max(prefixes, key=lambda candidate: sum(candidate + key in target for key in state))
+    placement = Placement()
+    for key, tensor in state.items():
+        name = prefix + key
+        if name not in target:
+            placement.unused.append(key)
+        elif target[name].shape != tensor.shape:
+            placement.misshaped.append(f"{name} {list(target[name].shape)} ← {key} {list(tensor.shape)}")
+        else:
+            placement.tensors[name] = tensor
+    return placement
+
+
+def _fitted(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor | None:
+    """``tensor`` in ``reference``'s shape and dtype: as it is, or a 1×1(×1) conv kernel as a linear weight."""
+    shape = reference.shape
+    if tensor.shape != shape:
+        pointwise_conv = tensor.dim() > len(shape) == 2 and tensor.shape[:2] == shape
+        if not (pointwise_conv and all(size == 1 for size in tensor.shape[2:])):
+            return None
+        tensor = tensor.reshape(shape)
+    return tensor.to(reference.dtype)
+
+
+@dataclass
+class ImportedCheckpoint:
+    """A source checkpoint as a Clipwise model, with the clips it expects and where it came from."""
+
+    model: VideoClassifier
+    preprocessing: Preprocessing
+    source: SourceCheckpoint
+    tensors: int  # tensors taken from the file
+
+
+def import_checkpoint(
+    source: str,
+    checkpoint: Path,
+    architecture: str,
+    labels: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+) -> ImportedCheckpoint:
+    """The model ``architecture`` (a preset, with the source's recipe, the labels' class count and ``overrides``
+    of its config) holding every tensor of ``checkpoint``; any tensor missing, misshaped or left over is an error."""
+    layout_source = source_named(source)
+    recipe = _recipe(layout_source, architecture)
+    state = read_state_dict(checkpoint, layout_source.container)
+    try:
+        model = create_model(architecture, **{**recipe.config, "num_classes": len(labels), **(overrides or {})})
+    except (TypeError, ValueError) as error:
+        raise CheckpointImportError(str(error)) from None
+    placement = place_by_role(model, state, layout_source.layout)
+    problems = placement.problems()
+    if problems:
+        hint = [] if placement.tensors else [f"nothing fits: is it a {source} checkpoint of {architecture}?"]
+        raise CheckpointImportError(
+            "\n  ".join([f"{checkpoint} does not fit {architecture} laid out as {source}:", *problems, *hint])
+        )
+    model.load_state_dict(placement.tensors, strict=False)  # all but counters the file lacks (checked above)
+    model.eval()
+    provenance = SourceCheckpoint(format=source, file=checkpoint.name, sha256=sha256_file(checkpoint))
+    return ImportedCheckpoint(model, recipe.preprocessing(model), provenance, len(placement.tensors))
+
+
+def _recipe(source: Source, architecture: str) -> Recipe:
+    """The source's recipe for the preset ``architecture``'s family."""
+    try:
+        preset = get_preset(architecture)
+    except KeyError as error:
+        raise CheckpointImportError(error.args[0]) from None
+    family = preset.model_cls.family
+    if family not in source.recipes:
+        raise CheckpointImportError(
+            f"{source.name} checkpoints import into presets of the families {', '.join(source.recipes)}; "
+            f"{architecture} is a {family}"
+        )
+    return source.recipes[family](preset.config)
+
+
+def import_version(
+    source: str,
+    checkpoint: Path,
+    architecture: str,
+    labels: Sequence[str],
+    out: Path,
+    overrides: Mapping[str, Any] | None = None,
+) -> Path:
+    """Import ``checkpoint`` (``import_checkpoint``) and write it as the next version of ``out`` (``REPO/NAME``)."""
+    imported = import_checkpoint(source, checkpoint, architecture, labels, overrides)
+    return save_version(
+        imported.model,
+        list(labels),
+        out.parent,
+        out.name,
+        trained=True,
+        preprocessing=imported.preprocessing,
+        source=imported.source,
+    )
