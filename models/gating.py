@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -46,6 +46,9 @@ from models.folding import CHANNEL_BLOCK, FoldedConv, channels_of, conv_output_s
 
 KEEP, REUSE, SKIP = 0, 1, 2
 PARTITIONS = ("dense", "union", "blocks", "clips", "sets")
+# "sets" must be predicted this much faster than the best single call per clip: its many small calls on cold
+# caches ran up to 1.5x their calibrated prediction on random per-frame policies (adafuse_tsn_r50, 2 threads)
+SETS_MARGIN = 0.75
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,24 +170,29 @@ class Candidates:
         return Candidates(mask, clips, frames, counts)
 
     def predicted(self, name: str, cost: ConvCost) -> float:
-        aligned = name == "blocks"
-        return sum(cost.predict(frames, channels, aligned=aligned) for frames, channels in self.counts[name])
+        aligned, groups = name == "blocks", self.counts[name]
+        split = cost.split * len(groups) if len(groups) > 1 else 0.0
+        return split + sum(cost.predict(frames, channels, aligned=aligned) for frames, channels in groups)
 
     def choose(self, cost: ConvCost, forced: str | None = None) -> str:
-        """The partition of least predicted time (ties: the earlier, the simpler), or ``forced`` if it exists.
+        """The partition of least predicted time (ties: the earlier, the simpler; ``sets`` only by
+        ``SETS_MARGIN``), or ``forced`` if it exists.
         ``sets`` is counted only if a bound says it could win: however its frames group, each frame computes at
         least its own channels and one call is made."""
         if forced == "sets" or (forced is None and self._sets_may_win(cost)):
             self._count_sets()
         if forced is not None and forced in self.counts:
             return forced
-        return min(self.counts, key=lambda name: self.predicted(name, cost))
+        best = min((name for name in self.counts if name != "sets"), key=lambda name: self.predicted(name, cost))
+        if "sets" in self.counts and self.predicted("sets", cost) < SETS_MARGIN * self.predicted(best, cost):
+            return "sets"
+        return best
 
     def _sets_may_win(self, cost: ConvCost) -> bool:
-        best = min(self.predicted(name, cost) for name in self.counts)
+        best = SETS_MARGIN * min(self.predicted(name, cost) for name in self.counts)
         per_frame = self.mask.sum(1).double()
         c0, c1, c2 = cost.gathered
-        return c0 + c1 * float(per_frame.min()) + c2 * float(per_frame.sum()) < best
+        return 2 * cost.split + c0 + c1 * float(per_frame.min()) + c2 * float(per_frame.sum()) < best
 
     def _count_sets(self) -> None:
         if self.rows is not None:
@@ -229,11 +237,14 @@ class Candidates:
 class ConvCost:
     """Predicted seconds of one convolution call over ``frames`` frames: dense, ``a + b·frames``; gathered to
     ``k`` of its gated channels, ``c0 + c1·k + c2·frames·k`` (a call's overhead, the weight gather ∝ k, the
-    work ∝ frames·k); ``aligned``, where timed, the same for channel sets of whole blocks (``blocks``)."""
+    work ∝ frames·k); ``aligned``, where timed, the same for channel sets of whole blocks (``blocks``);
+    ``split``: what each group of a partition into several groups adds (gathering its frames, scattering its
+    output)."""
 
     dense: tuple[float, float]
     gathered: tuple[float, float, float]
     aligned: tuple[float, float, float] | None = None
+    split: float = 0.0
 
     def predict(self, frames: int, channels: int | None, *, aligned: bool = False) -> float:
         if channels is None:
@@ -266,9 +277,11 @@ class PairCosts:
 
 
 def _least_squares(points: list[tuple[list[float], float]]) -> list[float]:
-    """Non-negative coefficients of a linear fit (clamped: a cost never falls as work grows)."""
-    design = torch.tensor([row for row, _ in points], dtype=torch.float64)
-    target = torch.tensor([value for _, value in points], dtype=torch.float64)[:, None]
+    """Non-negative coefficients of a linear fit of least relative error (one-frame calls weigh as much as
+    whole-batch ones; clamped: a cost never falls as work grows)."""
+    weights = torch.tensor([1 / max(value, 1e-9) for _, value in points], dtype=torch.float64)[:, None]
+    design = torch.tensor([row for row, _ in points], dtype=torch.float64) * weights
+    target = torch.tensor([value for _, value in points], dtype=torch.float64)[:, None] * weights
     solution = torch.linalg.lstsq(design, target).solution.flatten()
     return solution.clamp(min=0).tolist()
 
@@ -530,7 +543,26 @@ def calibrate_pair(
                 whole = [Group(slice(0, count), count, blocks)]
                 seconds = _seconds(partial(run_conv2, conv1, whole, second, mixed, tail, relu))
                 aligned2.append((count, len(blocks), seconds))
-    return PairCosts(fit_cost(dense1, gathered1), fit_cost(dense2, gathered2, aligned2 or None), calibrated=True)
+    cost1, cost2 = fit_cost(dense1, gathered1), fit_cost(dense2, gathered2, aligned2 or None)
+    # every frame its own channels, as a policy that differs per frame makes "sets" run (conv1's in whole blocks)
+    blocked = channels % CHANNEL_BLOCK == 0 and channels > CHANNEL_BLOCK
+    own1 = [
+        Group(slice(f, f + 1), 1, (_random_blocks if blocked else _random_channels)(channels, 0.5, generator))
+        for f in range(frames)
+    ]
+    own2 = [Group(slice(f, f + 1), 1, _random_channels(channels, 0.5, generator)) for f in range(frames)]
+    mixed = Decisions.of(torch.randint(KEEP, REUSE + 1, (1, frames, channels), generator=generator))
+    tail = None if residual is None else residual[:frames]
+    split1 = _seconds(partial(run_conv1, x[:frames], own1, first, mixed))
+    split2 = _seconds(partial(run_conv2, _Conv1Output(conv1_full, None), own2, second, mixed, tail, relu))
+    return PairCosts(_with_split(cost1, split1, own1), _with_split(cost2, split2, own2), calibrated=True)
+
+
+def _with_split(cost: ConvCost, seconds: float, groups: list[Group]) -> ConvCost:
+    """``cost`` with ``split`` set from the time of a partition into ``groups``: what they took beyond the sum
+    of their predicted calls, shared among them."""
+    predicted = sum(cost.predict(group.size, len(group.channels)) for group in groups)
+    return replace(cost, split=max(0.0, (seconds - predicted) / len(groups)))
 
 
 def uncalibrated_costs(x_size: Sequence[int], in_channels: int, first: FoldedConv, second: FoldedConv) -> PairCosts:
