@@ -8,7 +8,7 @@ timing, same clock options):
 * the dense TSN of that size: ms and GMAC/s — a compute-bound size runs at a rate near the plateau, an
   overhead-bound one far below it;
 * the AdaFuse of that size under two policies at ``--saving`` (default 40 %) of the full-compute MACs, each
-  against the same model's full-compute path: ``fixed`` (``force_saving``: one channel set of whole 16-channel
+  against the same model's full-compute path: ``fixed`` (``fixed_decisions``: one channel set of whole 16-channel
   blocks at every frame, the best case) and ``random`` (``random_decisions``: decisions drawn per frame and
   channel, the worst case); for each the executed-FLOPs ratio, the time ratio and their quotient
   (time / executed: 1.0 when time falls exactly with the FLOPs that ran).
@@ -55,9 +55,9 @@ def measure(width: int, size: int, saving: float, repeats: int) -> dict[str, flo
         "dense_ms": dense_seconds * 1e3,
         "dense_gmacs_per_s": dense.full_gflops() / dense_seconds,
     }
-    decisions = adafuse.random_decisions(saving)
-    policies = {
-        "fixed": lambda: adafuse.force_saving(saving, reuse=False),
+    decisions, fixed = adafuse.random_decisions(saving), adafuse.fixed_decisions(saving, reuse=False)
+    policies = {  # decisions built once, outside what is timed
+        "fixed": lambda: adafuse.follow_policy(fixed),
         "random": lambda: adafuse.follow_policy(decisions),
     }
     for name, policy in policies.items():

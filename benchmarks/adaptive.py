@@ -10,7 +10,8 @@ kinds of decisions, ``--policy`` (default: all three):
 * ``random``: the paper presets (``adafuse_tsn_r50``, ``adafuse_tsm_r50``, ``ada3d_i3d_r50``) at 8×224² with
   random weights and decisions drawn independently per (clip, frame, channel) (AdaFuse,
   ``AdaFuse.random_decisions``) or per clip (Ada3D, ``Ada3D.random_plan``) at each ``--savings`` level;
-* ``fixed``: the same presets under their ``force_saving`` patterns (AdaFuse: skipping only, and skipping
+* ``fixed``: the same presets under their ``force_saving`` patterns (``fixed_decisions`` / ``saving_plan``, built
+  once outside the timing; AdaFuse: skipping only, and skipping
   mixed with keep-then-reuse), the best case, shown beside the others, never instead of them.
 
 Backends (``--backends``): ``torch`` (the eager executor, calibrated first as a served version is) and
@@ -157,7 +158,8 @@ def onnx_row(
     loaded: LoadedVersion, clip: torch.Tensor, policy: Policy, full: OnnxRunner, work: Path, repeats: int, **labels: str
 ) -> Row:
     """The graph exported under ``policy`` against the graph exported under full compute, on one clip."""
-    runner = graph_runner(loaded, policy, work / f"{labels['case']}.onnx", tuple(clip.shape[1:]))
+    name = f"{labels['model']}-{labels['case']}".replace(" ", "_").replace("/", "_")
+    runner = graph_runner(loaded, policy, work / f"{name}.onnx", tuple(clip.shape[1:]))
     execution = runner.execute(clip)
     seconds = interleaved({"policy": lambda: runner.execute(clip), "full": lambda: full.execute(clip)}, repeats)
     return Row(
@@ -176,7 +178,7 @@ def onnx_row(
 
 def learned_clips(model_spec: ClipSpec, paths: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     for path in paths:
-        yield path.name, load_clips(path.read_bytes(), model_spec).clips
+        yield f"{path.parent.name}/{path.name}", load_clips(path.read_bytes(), model_spec).clips
 
 
 def default_videos() -> list[Path]:
@@ -224,16 +226,14 @@ def preset_policies(
             else:
                 plan = model.random_plan(saving)
                 yield "random", level, lambda plan=plan: model.follow_plan(plan)
-        if "fixed" in kinds:
+        if "fixed" in kinds:  # the decisions built once, outside what is timed
             if isinstance(model, AdaFuse):
                 for reuse, pattern in ((False, "skip"), (True, "reuse+skip")):
-                    yield (
-                        "fixed",
-                        f"{level} {pattern}",
-                        lambda reuse=reuse, saving=saving: model.force_saving(saving, reuse=reuse),
-                    )
+                    fixed = model.fixed_decisions(saving, reuse=reuse)
+                    yield "fixed", f"{level} {pattern}", lambda fixed=fixed: model.follow_policy(fixed)
             else:
-                yield "fixed", level, lambda saving=saving: model.force_saving(saving)
+                plan = model.saving_plan(saving).plan
+                yield "fixed", level, lambda plan=plan: model.follow_plan(plan)
 
 
 def preset_rows(
@@ -259,15 +259,7 @@ def preset_rows(
             if "torch" in backends:
                 yield torch_row(model, clip, policy, repeats, **row_labels)
             if full_graph is not None:
-                yield onnx_row(
-                    loaded,
-                    clip,
-                    policy,
-                    full_graph,
-                    work,
-                    repeats,
-                    **{**row_labels, "case": f"{preset}{case}".replace(" ", "_")},
-                )
+                yield onnx_row(loaded, clip, policy, full_graph, work, repeats, **row_labels)
 
 
 # --------------------------------------------------------------------------- report
@@ -276,7 +268,7 @@ def preset_rows(
 def print_row(row: Row) -> None:
     selection = "" if row.selection_share is None else f" {row.selection_share:>6.1%}"
     print(
-        f"{row.model:<26} {row.backend:<11} {row.kind:<7} {row.case:<24} {row.policy_ratio:>7.3f} "
+        f"{row.model:<26} {row.backend:<11} {row.kind:<7} {row.case:<30} {row.policy_ratio:>7.3f} "
         f"{row.executed_ratio:>8.3f} {row.time_ratio:>6.3f} {row.per_executed:>7.3f} {row.per_policy:>7.3f} "
         f"{row.policy_ms:>9.1f} {row.full_ms:>9.1f}{selection}",
         flush=True,
@@ -284,7 +276,7 @@ def print_row(row: Row) -> None:
 
 
 HEADER = (
-    f"{'model':<26} {'backend':<11} {'kind':<7} {'case':<24} {'policy':>7} {'executed':>8} {'time':>6} "
+    f"{'model':<26} {'backend':<11} {'kind':<7} {'case':<30} {'policy':>7} {'executed':>8} {'time':>6} "
     f"{'t/exec':>7} {'t/pol':>7} {'policy ms':>9} {'full ms':>9} selection"
 )
 

@@ -95,12 +95,13 @@ def policies(model: VideoClassifier, saving: float) -> Iterator[tuple[str, Polic
     level = f"{saving:.0%}"
     if isinstance(model, AdaFuse):
         decisions = model.random_decisions(saving)
+        fixed = model.fixed_decisions(saving)  # built once, outside what is timed
         yield f"random-{level}", lambda: model.follow_policy(decisions)
-        yield f"fixed-{level}", lambda: model.force_saving(saving)
+        yield f"fixed-{level}", lambda: model.follow_policy(fixed)
     elif isinstance(model, Ada3D):
-        plan = model.random_plan(saving)
+        plan, fixed_plan = model.random_plan(saving), model.saving_plan(saving).plan
         yield f"random-{level}", lambda: model.follow_plan(plan)
-        yield f"fixed-{level}", lambda: model.force_saving(saving)
+        yield f"fixed-{level}", lambda: model.follow_plan(fixed_plan)
     else:
         yield "dense", contextlib.nullcontext
 
