@@ -236,7 +236,7 @@ def test_a_new_version_reaches_every_replica_under_load_and_no_request_fails(
 def test_a_killed_replica_costs_only_retryable_503s_and_ray_replaces_it(
     clipwise: httpx.Client, settings: Settings
 ) -> None:
-    # 12 views a request: the replicas are always busy, so the victim dies with requests in flight
+    # 12 views a request: the replicas are kept busy, so the victim usually dies with requests in flight
     with Load(str(clipwise.base_url), clips=4, crops=3) as load:
         load.wait_until(lambda answers: len(replicas_of(answers)) == REPLICAS, "both replicas answering")
         survivors = replicas_of(load.answers)
@@ -248,7 +248,8 @@ def test_a_killed_replica_costs_only_retryable_503s_and_ray_replaces_it(
     answers = load.answers
     failed = [answer for answer in answers if answer.status != 200]
     print(f"\nkilled {victim}: {len(answers) - len(failed)} answered 200, failed: {Counter(failed)}")
-    assert failed and all(answer.status == 503 and answer.retry_after == "1" for answer in failed), failed
+    # a request in flight on the victim fails as a retryable 503; on a quiet machine none may be in flight
+    assert all(answer.status == 503 and answer.retry_after == "1" for answer in failed), failed
     assert {answer.code for answer in failed} <= {"replica_unavailable", "overloaded"}
     (replacement,) = replicas_of(answers) - survivors
     newest = versions_on_disk(settings.model_repository)[-1]
