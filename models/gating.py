@@ -139,6 +139,7 @@ class Candidates:
     ``sets`` only when that partition might be chosen."""
 
     mask: torch.Tensor  # (clips·frames, C): what each frame needs
+    any_frame: torch.Tensor  # (C,): what some frame needs, the union
     clips: int
     frames: int
     counts: dict[str, list[tuple[int, int | None]]]
@@ -167,7 +168,7 @@ class Candidates:
         if clips > 1:
             per_clip = mask.view(clips, frames, channels).any(1).sum(-1).tolist()
             counts["clips"] = [(frames, None if count == channels else count) for count in per_clip]
-        return Candidates(mask, clips, frames, counts)
+        return Candidates(mask, any_frame, clips, frames, counts)
 
     def predicted(self, name: str, cost: ConvCost) -> float:
         aligned, groups = name == "blocks", self.counts[name]
@@ -179,20 +180,24 @@ class Candidates:
         ``SETS_MARGIN``), or ``forced`` if it exists.
         ``sets`` is counted only if a bound says it could win: however its frames group, each frame computes at
         least its own channels and one call is made."""
-        if forced == "sets" or (forced is None and self._sets_may_win(cost)):
+        if forced is not None:
+            if forced == "sets":
+                self._count_sets()
+            if forced in self.counts:
+                return forced
+        predictions = {name: self.predicted(name, cost) for name in self.counts if name != "sets"}
+        best = min(predictions, key=predictions.__getitem__)
+        to_beat = SETS_MARGIN * predictions[best]
+        if forced is None and self._sets_may_beat(cost, to_beat):
             self._count_sets()
-        if forced is not None and forced in self.counts:
-            return forced
-        best = min((name for name in self.counts if name != "sets"), key=lambda name: self.predicted(name, cost))
-        if "sets" in self.counts and self.predicted("sets", cost) < SETS_MARGIN * self.predicted(best, cost):
-            return "sets"
+            if "sets" in self.counts and self.predicted("sets", cost) < to_beat:
+                return "sets"
         return best
 
-    def _sets_may_win(self, cost: ConvCost) -> bool:
-        best = SETS_MARGIN * min(self.predicted(name, cost) for name in self.counts)
+    def _sets_may_beat(self, cost: ConvCost, seconds: float) -> bool:
         per_frame = self.mask.sum(1).double()
         c0, c1, c2 = cost.gathered
-        return 2 * cost.split + c0 + c1 * float(per_frame.min()) + c2 * float(per_frame.sum()) < best
+        return 2 * cost.split + c0 + c1 * float(per_frame.min()) + c2 * float(per_frame.sum()) < seconds
 
     def _count_sets(self) -> None:
         if self.rows is not None:
@@ -213,9 +218,9 @@ class Candidates:
         if name == "dense":
             return [Group(slice(0, total), total, None)]
         if name == "union":
-            return [Group(slice(0, total), total, _channels_of(self.mask.any(0)))]
+            return [Group(slice(0, total), total, _channels_of(self.any_frame))]
         if name == "blocks":
-            return [Group(slice(0, total), total, _channels_of(in_blocks(self.mask.any(0))))]
+            return [Group(slice(0, total), total, _channels_of(in_blocks(self.any_frame)))]
         if name == "clips":
             t = self.frames
             return [
