@@ -104,7 +104,7 @@ class _Directive:
     keep_all: bool = False  # full compute: dense conv1 and conv2, nothing gated
     masked: bool = False  # run the dense masked formulation at inference too (the reference)
     codes: torch.Tensor | None = None  # forced decision codes, (T, C) or (N, T, C)
-    partitions: tuple[str, str] | None = None  # forced executor partitions (conv1, conv2): tests, benchmarks
+    partitions: tuple[str, str] | None = None  # forced executor partitions (conv1, conv2): tests
     calibrate: bool = False  # time the executor's candidates at this input and keep the fitted costs
 
 
@@ -272,10 +272,6 @@ class AdaFuseBlock(ResidualBlock):
     def pair_costs(self, size: tuple[int, int], first: FoldedConv, second: FoldedConv) -> PairCosts:
         """The executor's cost models at this spatial input size: calibrated, or from MACs where never timed."""
         return self._costs.get(size) or uncalibrated_costs(size, self.conv1.in_channels, first, second)
-
-    def calibrated_sizes(self) -> list[tuple[int, int]]:
-        """The spatial input sizes this block's executor has timed its candidates at."""
-        return sorted(self._costs)
 
     def branch(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """The residual branch with the dense masked fusion: training, and the reference at inference."""
@@ -515,7 +511,7 @@ class AdaFuse(TSN):
 
     def executing_partitions(self, conv1: str, conv2: str) -> contextlib.AbstractContextManager:
         """Run every gated pair's conv1 and conv2 with the named partitions of ``models.gating.PARTITIONS``
-        (where the candidate exists) instead of the cheapest predicted: tests and benchmarks."""
+        (where the candidate exists) instead of the cheapest predicted: tests."""
         for name in (conv1, conv2):
             if name not in PARTITIONS:
                 raise ValueError(f"unknown partition {name!r}; known: {', '.join(PARTITIONS)}")

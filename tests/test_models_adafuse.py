@@ -22,14 +22,7 @@ PAPER = ["adafuse_tsn_r18", "adafuse_tsn_r50", "adafuse_tsm_r50", "adafuse_tsm_l
 TINY = [f"{name}_tiny" for name in PAPER]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and where other processes share the cores the
-    barriers of many small parallel ops cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster
 
 
 def random_clips(clips: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
