@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from models.folding import CHANNEL_BLOCK, FoldedConv, channels_of, conv_output_size
 
 KEEP, REUSE, SKIP = 0, 1, 2
+Count = TypeVar("Count", float, torch.Tensor)  # a channel count: a number, or a tensor of them
 PARTITIONS = ("dense", "union", "blocks", "clips", "sets")
 # "sets" must be predicted this much faster than the best single call per clip: its many small calls on cold
 # caches ran up to 1.5x their calibrated prediction on random per-frame policies (adafuse_tsn_r50, 2 threads)
@@ -257,10 +259,11 @@ class ConvCost:
             return a + b * frames
         if channels == 0:
             return 0.0
-        return float(self.gathered_time(frames, torch.tensor(float(channels)), aligned=aligned))
+        return self.gathered_time(frames, channels, aligned=aligned)
 
-    def gathered_time(self, frames: int, channels: torch.Tensor, *, aligned: bool = False) -> torch.Tensor:
-        """The gathered prediction for a tensor of (possibly fractional, differentiable) channel counts."""
+    def gathered_time(self, frames: int, channels: Count, *, aligned: bool = False) -> Count:
+        """The gathered prediction for a channel count: a number, or a tensor of (possibly fractional,
+        differentiable) counts."""
         c0, c1, c2 = self.aligned if aligned and self.aligned is not None else self.gathered
         return c0 + (c1 + c2 * frames) * channels
 
@@ -278,7 +281,7 @@ class PairCosts:
     conv1: ConvCost
     conv2: ConvCost
     calibrated: bool
-    forced: tuple[str, str] | None = None  # (conv1, conv2) partitions to run where they exist: tests, benchmarks
+    forced: tuple[str, str] | None = None  # (conv1, conv2) partitions to run where they exist: tests
 
 
 def _least_squares(points: list[tuple[list[float], float]]) -> list[float]:
