@@ -55,6 +55,8 @@ class AdaFuseDecoder:
     def __init__(self, twin: AdaFuse, union_below: Sequence[tuple[float, float]]) -> None:
         self.twin = twin
         self.union_below = list(union_below)
+        frames, size = twin.config.frames, twin.config.size
+        twin.block_costs(frames, size), twin.full_gflops(frames, size)  # counted now, not on the request path
 
     def __call__(self, outputs: Sequence[np.ndarray]) -> Decoded:
         codes = [torch.from_numpy(block) for block in outputs[1:]]

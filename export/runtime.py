@@ -34,6 +34,7 @@ many threads as torch, the latency hint, no core pinning.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -43,20 +44,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import onnx
-import onnx.inliner
 import torch
 from pydantic import TypeAdapter
 
-from export.decoding import Decoder, decoder_for
-from export.frame_convs import fold_frame_convs
 from export.gpu import gated_pairs_on, triton_installed
 from models.adafuse import AdaFuse
 from models.base import Execution, VideoClassifier
 from models.checkpoint import LoadedVersion
 from models.policy import Policy
+
+if TYPE_CHECKING:  # onnx and what reads graphs come with the export extra: imported by the graph backends only
+    import onnx
+
+    from export.decoding import Decoder
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +148,13 @@ class TorchRunner:
         if self.device.type == "cuda" and isinstance(model, AdaFuse) and not self.kernels:
             logger.warning("Triton is not installed: AdaFuse's gated pairs run the eager executor on %s", self.device)
         self._streams = threading.local()
+        self._pairs = gated_pairs_on if self.kernels and isinstance(model, AdaFuse) else None
 
     def execute(self, clips: torch.Tensor) -> Execution:
         if self.device.type != "cuda":
             return self.model.execute(clips.to(self.device))
-        with torch.cuda.stream(self._stream()), gated_pairs_on(self.device):
+        pairs = self._pairs(self.device) if self._pairs else contextlib.nullcontext()
+        with torch.cuda.stream(self._stream()), pairs:
             if clips.device.type == "cpu" and not clips.is_pinned():
                 clips = clips.pin_memory()
             execution = self.model.execute(clips.to(self.device, non_blocking=True))
@@ -179,6 +183,8 @@ def export_decoder(
 ) -> Decoder:
     """The decoder of the outputs of ``path`` (``graph``, needed for AdaFuse), an export of ``loaded`` whose
     metadata is ``metadata``; raises ``BackendUnavailable`` if it was exported from other weights."""
+    from export.decoding import decoder_for
+
     if metadata.get(META_WEIGHTS) != loaded.manifest.weights_sha256:
         raise BackendUnavailable(f"{path} was exported from other weights than its manifest's: export it again")
     static_policy = metadata.get(META_STATIC_POLICY)
@@ -229,9 +235,12 @@ class OnnxRunner:
         if not path.is_file():
             raise BackendUnavailable(f"no {path}: run `clipwise export onnx --model-dir {path.parent}`")
         try:
+            import onnx
             import onnxruntime
         except ImportError:
             raise BackendUnavailable("onnxruntime is not installed (pip install 'clipwise[export]')") from None
+        from export.frame_convs import fold_frame_convs
+
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -240,10 +249,10 @@ class OnnxRunner:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.options, self.providers_asked = options, list(providers or providers_for(torch.device(device)))
         # its 3D convs as 2D convs over frames, which ONNX Runtime runs faster (OpenVINO, slower: it reads the file)
-        graph = fold_frame_convs(onnx.load(str(path))).SerializeToString()
-        self.session = onnxruntime.InferenceSession(graph, options, providers=self.providers_asked)
+        graph = fold_frame_convs(onnx.load(str(path)))
+        self.session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=self.providers_asked)
         self.label = PROVIDER_LABELS.get(self.providers[0], self.name)
-        self.graph = onnx.load(str(path)) if isinstance(loaded.model, AdaFuse) else None  # to recalibrate
+        self.graph = graph if isinstance(loaded.model, AdaFuse) else None  # to recalibrate
         self.model = loaded.model
         self.decoder = export_decoder(path, loaded, self.session.get_modelmeta().custom_metadata_map, self.graph)
         self.full_gflops = loaded.manifest.full_gflops
@@ -257,6 +266,7 @@ class OnnxRunner:
         (``export.calibration``), then reopen the session on the calibrated graph. No full-compute graph exists
         to time: an exported graph holds its policy path only."""
         from export.calibration import calibrate_thresholds, gated_nodes, set_union_thresholds
+        from export.decoding import AdaFuseDecoder
 
         if self.graph is None or not gated_nodes(self.graph):  # a full-compute export: nothing gated
             return None
@@ -269,7 +279,8 @@ class OnnxRunner:
         self.session = onnxruntime.InferenceSession(
             self.graph.SerializeToString(), self.options, providers=self.providers_asked
         )
-        self.decoder = decoder_for(self.model, self.full_gflops, None, self.graph)
+        if isinstance(self.decoder, AdaFuseDecoder):  # it decodes with the nodes' thresholds: the new ones
+            self.decoder.union_below = list(thresholds)
         return None
 
     def execute(self, clips: torch.Tensor) -> Execution:
@@ -288,6 +299,8 @@ class OpenVinoRunner:
         if not path.is_file():
             raise BackendUnavailable(f"no {path}: run `clipwise export onnx --model-dir {path.parent}`")
         try:
+            import onnx
+            import onnx.inliner
             import openvino
         except ImportError:
             raise BackendUnavailable("openvino is not installed (pip install 'clipwise[openvino]')") from None

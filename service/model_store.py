@@ -251,10 +251,11 @@ def open_version(
 
 
 def warm_up(served: ServedModel, backend: Runner) -> None:
-    """One inference on a blank clip, so the first request does not pay for lazy initialisation; it checks the
-    logits have one entry per label. Then the backend calibrates (an adaptive model's executor times its
-    candidate computations on this machine) and the full-compute path of one view is timed. Raises
-    ``InvalidVersion`` if the backend fails.
+    """The backend calibrates (an adaptive model's executor times its candidate computations on this machine;
+    an ONNX Runtime session may be reopened on its calibrated graph) and the full-compute path of one view is
+    timed; then one inference on a blank clip, on what will serve, so the first request does not pay for lazy
+    initialisation; it checks the logits have one entry per label. Raises ``InvalidVersion`` if the backend
+    fails.
 
     On torch it also caches the model's full-compute GFLOPs at the served input size: counting them runs the
     model with its parameters swapped for meta tensors, which must not happen while requests run on it.
@@ -262,14 +263,14 @@ def warm_up(served: ServedModel, backend: Runner) -> None:
     classes = len(served.manifest.labels)
     where = f"{served.name} version {served.version} on {backend.name}"
     try:
-        logits = backend.execute(torch.zeros(1, *served.clip_shape)).logits
+        full_compute_ms = backend.calibrate(served.clip_shape)
     except Exception as error:  # any failure of a version's own code or graph makes it unservable
+        raise InvalidVersion(f"{where}: calibrating failed: {error}") from None
+    try:
+        logits = backend.execute(torch.zeros(1, *served.clip_shape)).logits
+    except Exception as error:
         raise InvalidVersion(f"{where}: the warm-up inference failed: {error}") from None
     if tuple(logits.shape) != (1, classes):
         raise InvalidVersion(f"{where}: logits of shape {tuple(logits.shape)}, not (1, {classes}) for its labels")
-    try:
-        full_compute_ms = backend.calibrate(served.clip_shape)
-    except Exception as error:
-        raise InvalidVersion(f"{where}: calibrating failed: {error}") from None
     if full_compute_ms is not None:
         served.full_compute_ms[backend.name] = full_compute_ms
