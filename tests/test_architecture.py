@@ -8,6 +8,8 @@ counts, at module level or inside a function: a lazy import against the directio
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,3 +102,17 @@ def test_cycle_finder_finds_a_cycle() -> None:
 
 def test_no_import_cycles() -> None:
     assert strongly_connected(GRAPH) == []
+
+
+def test_the_service_imports_without_the_optional_extras() -> None:
+    """The torch backend needs no extra: the app builds with onnx, ONNX Runtime, onnxscript and OpenVINO absent
+    (each import of them refused), as after a plain ``pip install clipwise``."""
+    script = (
+        "import sys\n"
+        "for name in ('onnx', 'onnxruntime', 'onnxscript', 'openvino'): sys.modules[name] = None\n"
+        "from service.app import create_app\n"
+        "from service.config import Settings\n"
+        "create_app(Settings())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
