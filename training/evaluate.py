@@ -197,13 +197,17 @@ def evaluate_version(
     evaluate it on a list of a dataset directory on ``device``; returns the JSON report.
 
     The dataset's labels are matched to the model's by name, so their order may differ. ``latency_clips``: also
-    time that many clips of the list one at a time, as the service runs them (the model calibrated first),
-    against the model's full-compute path (``models.latency``): the report's ``latency``.
+    time that many clips of the list one at a time, as the service runs them, against the model's
+    full-compute path (``models.latency``): the report's ``latency``. The model is calibrated at its served
+    clip first, as the service does when it loads a version: what an adaptive executor runs, and so its
+    executed GFLOPs, follow that calibration.
     """
     version = int(model_dir.name) if (model_dir / MANIFEST_FILE).is_file() else None
     name_dir = model_dir.parent if version is not None else model_dir
     loaded = load_version(name_dir.parent, name_dir.name, version)
-    loaded.model.to(device)
+    loaded.model.to(device).eval().calibrate(
+        loaded.manifest.preprocessing.frames, loaded.manifest.preprocessing.crop_size
+    )
     files = DatasetFiles.find(data)
     loader = version_loader(loaded, files.split(split), files.classes, batch_size, workers, data_root)
     evaluation = evaluate(
@@ -225,8 +229,8 @@ def measure_latency(
 ) -> dict[str, float]:
     """Median milliseconds of one clip under the model's own decisions and under full compute, over the first
     ``clips`` readable clips of ``dataset`` (each timed ``repeats`` times, interleaved, on ``device``), and the
-    median ratio."""
-    model.eval().calibrate()
+    median ratio. Calibrate the model first (``evaluate_version`` does)."""
+    model.eval()
     timings = []
     for index in range(len(dataset)):
         if len(timings) == clips:

@@ -122,8 +122,8 @@ class Trainer:
         seed_epoch(config.seed, -1, 0)  # the same initial weights in every process
         self.model = build_model(config, len(labels))
         self.data = load_data(config, files, labels, ClipSpec(**self.model.preprocessing().to_dict()))
+        self.model.to(processes.device)  # before the phases: a latency cost calibrates on the training device
         self.phases = objective_phases(self.model, config, len(self.data.train))
-        self.model.to(processes.device)
         self.log = RunLog(config.run_dir, processes.is_main)
         shares = {"workers": config.workers, "rank": processes.rank, "world_size": processes.world_size}
         self.train_batches = train_loader(self.data.train, batch_size=config.batch_size, seed=config.seed, **shares)
