@@ -219,10 +219,7 @@ def main() -> int:
             for row in bench_adaptive(args, work):
                 if row.time_ratio > 1.0:
                     missed.append(f"{row.model} {row.backend} {row.kind} {row.case}: time ratio {row.time_ratio:.3f}")
-    for line in missed:
-        print(f"target MISSED: {line}")
-    print("every target met" if not missed else f"{len(missed)} target(s) missed")
-    return 1 if missed else 0
+    return adaptive.finish(missed)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import adaptive  # noqa: E402
 from export.onnx import save_onnx, to_onnx  # noqa: E402
-from export.runtime import CLIPS, BackendUnavailable, OnnxRunner, TorchRunner, providers_for  # noqa: E402
+from export.runtime import BackendUnavailable, OnnxRunner, TorchRunner, providers_for  # noqa: E402
 from models import Execution, VideoClassifier, create_model  # noqa: E402
 from models.ada3d import Ada3D  # noqa: E402
 from models.adafuse import AdaFuse  # noqa: E402
@@ -119,24 +120,16 @@ def onnx_providers(device: torch.device) -> dict[str, list]:
     return runtimes
 
 
-def row_of(model: str, runtime: str, case: str, policy_call: Callable[[], object], full_call: Callable[[], object],
-           clip: torch.Tensor, execute: Callable[[], Execution], repeats: int) -> Row:  # fmt: skip
-    """One case: ``execute`` gives its FLOPs, the interleaved p50s of the two calls its times."""
-    execution = execute()
+def row_of(model: str, runtime: str, case: str, policy_call: Callable[[], Execution], full_call: Callable[[], object],
+           repeats: int) -> Row:  # fmt: skip
+    """One case: ``policy_call`` gives its FLOPs, the interleaved p50s of the two calls its times."""
+    execution = policy_call()
     times = p50_interleaved({"policy": policy_call, "full": full_call}, repeats)
     full_gflops = execution.full_gflops
     return Row(
         model, runtime, case, times["policy"], times["full"],
         execution.executed_gflops[0] / full_gflops, execution.policy_gflops[0] / full_gflops,
     )  # fmt: skip
-
-
-def under(policy: Policy, call: Callable[[], object]) -> Callable[[], object]:
-    def run() -> object:
-        with policy():
-            return call()
-
-    return run
 
 
 def preset_rows(
@@ -164,9 +157,9 @@ def preset_rows(
     runner = TorchRunner(model, device)
     runner.calibrate(tuple(clip.shape[1:]))
     execute = partial(runner.execute, clip)
+    full = adaptive.under(model.full_compute, execute)
     for case, policy in cases:
-        full = under(model.full_compute, execute)
-        yield row_of(preset, runner.label, case, under(policy, execute), full, clip, under(policy, execute), repeats)
+        yield row_of(preset, runner.label, case, adaptive.under(policy, execute), full, repeats)
     if "onnxruntime" in skip:
         return
     for runtime, providers in onnx_providers(device).items():
@@ -175,11 +168,9 @@ def preset_rows(
             opened[case] = OnnxRunner(path, loaded, providers=providers)
             if case != "full":  # the full-compute graph has no gated node to calibrate
                 opened[case].calibrate(tuple(clip.shape[1:]))
-        feed = {CLIPS: clip.numpy()}
-        full = partial(opened["full"].session.run, None, feed)  # its decisions are not decoded: it keeps all
+        full = partial(opened["full"].execute, clip)  # timed as the policy graphs are: run and decoded
         for case, _ in cases:  # the policy is in the graph
-            execute = partial(opened[case].execute, clip)
-            yield row_of(preset, runtime, case, execute, full, clip, execute, repeats)
+            yield row_of(preset, runtime, case, partial(opened[case].execute, clip), full, repeats)
 
 
 HEADER = (
@@ -262,10 +253,7 @@ def main() -> int:
     lines = [f"Environment: {json.dumps(found)}; skipped: {skip or 'nothing'}", "", HEADER, *map(table_line, rows)]
     lines += ["", *(f"target MISSED: {line}" for line in missed)]
     (args.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
-    for line in missed:
-        print(f"target MISSED: {line}")
-    print("every target met" if not missed else f"{len(missed)} target(s) missed")
-    return 1 if missed else 0
+    return adaptive.finish(missed)
 
 
 if __name__ == "__main__":
