@@ -59,24 +59,33 @@ def versions_on_disk(repository: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ray_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Ray node of this test's own; its address."""
-    cluster = cluster_utils.Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "include_dashboard": False,
-            "node_ip_address": "127.0.0.1",
-            "dashboard_agent_listen_port": free_port(),
-            "temp_dir": str(tmp_path_factory.mktemp("ray")),
-        },
-    )
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        yield cluster.address
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+    """A Ray node of this test's own, every file of it in the test's directories; its address.
+
+    ``Cluster`` writes its address file under the system temporary directory's ``ray/`` whatever ``temp_dir``
+    says (``RAY_TMPDIR`` moves it), so that directory is the test's too: nothing is read from or left in
+    ``/tmp/ray``, which a new machine does not have.
+    """
+    system_temp = tmp_path_factory.mktemp("ray_system")
+    (system_temp / "ray").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", str(system_temp))
+        cluster = cluster_utils.Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 2,
+                "include_dashboard": False,
+                "node_ip_address": "127.0.0.1",
+                "dashboard_agent_listen_port": free_port(),
+                "temp_dir": str(tmp_path_factory.mktemp("ray")),
+            },
+        )
+        ray.init(address=cluster.address, log_to_driver=False)
+        try:
+            yield cluster.address
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
