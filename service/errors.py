@@ -35,6 +35,7 @@ VIDEO_ERRORS: dict[str, tuple[int, str]] = {
     "too_long": (413, "video_too_long"),
     "too_many_pixels": (413, "too_many_pixels"),
     "timeout": (408, "decode_timeout"),
+    "unreadable": (422, "unreadable_video"),
 }
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ ERROR_DESCRIPTIONS = {
     408: "the upload did not arrive within the upload time limit, or decoding overran the decode time limit",
     413: "upload, duration or frame size over its limit",
     415: "not a video (no video stream), or the body is not multipart/form-data",
-    422: "invalid parameters, or a backend the version cannot run on",
+    422: "invalid parameters, a backend the version cannot run on, or a video whose reading failed unexpectedly "
+    "(the stage named)",
     502: "the version in the repository cannot be served (manifest, weights or warm-up); the one serving is kept",
     503: "not ready, too many requests held, or no inference slot freed before the request deadline (Retry-After)",
     504: "the request deadline passed while the video was being processed",
@@ -83,6 +85,9 @@ def error_response(
 
 
 def video_error(error: VideoError) -> ApiError:
+    """The answer to a video error; an unexpected one (with a ``detail``) is logged with its traceback."""
+    if error.detail:
+        logger.warning("an upload could not be read: %s\n%s", error, error.detail)
     status, code = VIDEO_ERRORS.get(error.reason, (400, "undecodable_video"))
     return ApiError(status, code, str(error))
 

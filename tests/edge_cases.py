@@ -167,6 +167,34 @@ def _size_change() -> bytes:
     return buffer.getvalue()
 
 
+TAG = b"clipwise-tag"
+
+
+def _tagged(container_format: str) -> bytes:
+    """Index-coded frames with a title tag on the container and on the stream."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container_format) as container:
+        container.metadata["title"] = TAG.decode()
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.metadata["title"] = TAG.decode()
+        for pts, array in enumerate(index_coded_frames(FRAMES, SIZE, SIZE)):
+            container.mux(stream.encode(_frame(array, pts)))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def _tags_not_utf8(container_format: str) -> bytes:
+    """Container and stream tags whose bytes are not UTF-8 (PyAV decodes tags as UTF-8 when it opens a file)."""
+    return _tagged(container_format).replace(TAG, b"\xff\xfe" + TAG[2:])
+
+
+def _codec_without_decoder() -> bytes:
+    """An MP4 whose video stream's codec tag ('avc1') is one no decoder knows."""
+    return coded_video().replace(b"avc1", b"zzz1")
+
+
 EDGE_CASES: dict[str, EdgeCase] = {
     "empty": EdgeCase(lambda: b"", "empty"),
     "random_bytes": EdgeCase(lambda: np.random.default_rng(0).bytes(20_000), "not_video"),
@@ -201,4 +229,7 @@ EDGE_CASES: dict[str, EdgeCase] = {
     "mov": EdgeCase(lambda: coded_video(container_format="mov")),
     "webm": EdgeCase(lambda: coded_video(container_format="webm", codec="vp9")),
     "avi": EdgeCase(lambda: coded_video(container_format="avi")),
+    "tags_not_utf8_mkv": EdgeCase(lambda: _tags_not_utf8("matroska")),
+    "tags_not_utf8_mp4": EdgeCase(lambda: _tags_not_utf8("mp4")),
+    "codec_without_decoder": EdgeCase(_codec_without_decoder, "undecodable"),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
 import random
 from pathlib import Path
 
@@ -422,3 +423,20 @@ def test_every_bit_of_the_frame_code_survives_compression():
     frames = list(index_coded_frames(5, first=first))
     data = encode_video(frames, container_format="mp4", gop=16)
     assert [read_frame_index(frame) for frame in decode_all(data)] == list(range(first, first + 5))
+
+
+def test_an_unexpected_error_while_reading_is_unreadable_naming_the_stage(monkeypatch: pytest.MonkeyPatch):
+    def broken_index(*args: object) -> None:
+        raise KeyError("a bug of the reader")
+
+    monkeypatch.setattr(video.decode, "_read_index", broken_index)
+    with pytest.raises(VideoError) as error:
+        load_clips(coded_video(), TSN_SPEC, limits=LIMITS)
+    assert error.value.reason == "unreadable"
+    assert "while indexing its packets (KeyError)" in str(error.value)
+    assert "a bug of the reader" in error.value.detail and "a bug of the reader" not in str(error.value)
+
+
+def test_a_video_error_crosses_processes_whole():
+    error = pickle.loads(pickle.dumps(VideoError("unreadable", "the message", "the traceback")))
+    assert (error.reason, str(error), error.detail) == ("unreadable", "the message", "the traceback")

@@ -62,6 +62,7 @@ import contextlib
 import dataclasses
 import io
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -82,7 +83,15 @@ from video.transforms import CROP_COUNTS, make_views, short_side_size
 ACCEPTED_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "gif")
 _OPEN_OPTIONS = {"format_whitelist": ",".join(ACCEPTED_FORMATS)}
 Reason = Literal[
-    "empty", "too_large", "not_video", "undecodable", "too_long", "too_many_pixels", "timeout", "no_frames"
+    "empty",
+    "too_large",
+    "not_video",
+    "undecodable",
+    "too_long",
+    "too_many_pixels",
+    "timeout",
+    "no_frames",
+    "unreadable",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 _AV_ERRORS = (av.error.FFmpegError, OSError)
@@ -106,11 +115,15 @@ _MAGIC_PREFIXES = (
 
 
 class VideoError(Exception):
-    """An upload that cannot be made into clips. ``reason`` is one of ``REASONS``; str() explains it."""
+    """An upload that cannot be made into clips. ``reason`` is one of ``REASONS``; str() explains it.
+    ``detail``: for the server's log only (the traceback of an unexpected error), never for the client."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, detail: str = "") -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
+
+    def __reduce__(self) -> tuple[type[VideoError], tuple[Reason, str, str]]:
+        return VideoError, (self.reason, str(self), self.detail)  # whole across processes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,26 +310,28 @@ def read_frames(
     started = time.perf_counter()
     deadline = _Deadline(limits.decode_timeout_s)
     with _open_video(data, limits) as (container, stream, header):
-        index = _read_index(container, stream, limits, deadline)
+        with _stage("indexing its packets"):
+            index = _read_index(container, stream, limits, deadline)
         if index.count == 0:
             raise VideoError("no_frames", "the video stream holds no decodable frame")
         reader = _FrameReader(container, stream, index, deadline, _converted_size(header, short_side))
         num_frames, fast = index.count, seek and index.timestamps_reliable
         frame_indices = _checked(plan(num_frames), num_frames)
-        while missing := reader.missing(frame_indices):
-            if fast:  # what the shortcuts miss (a keyframe that is none, say) is then read the plain way
-                _read_runs_in_parallel(reader, missing, data, limits, threads)
-                fast = False
-                continue
-            broken_at = reader.read(missing, fast=False)
-            failed = reader.missing(frame_indices)
-            if not failed:
-                break
-            # the stream broke, or the decoder did not return a frame: use the frames before that point
-            num_frames = min(failed[0], num_frames if broken_at is None else broken_at)
-            if num_frames == 0 or num_frames < min(min_frames, index.count):
-                raise VideoError("undecodable", f"the video stream breaks after {num_frames} frame(s)")
-            frame_indices = _checked(plan(num_frames), num_frames)
+        with _stage("decoding its frames"):
+            while missing := reader.missing(frame_indices):
+                if fast:  # what the shortcuts miss (a keyframe that is none, say) is then read the plain way
+                    _read_runs_in_parallel(reader, missing, data, limits, threads)
+                    fast = False
+                    continue
+                broken_at = reader.read(missing, fast=False)
+                failed = reader.missing(frame_indices)
+                if not failed:
+                    break
+                # the stream broke, or the decoder did not return a frame: use the frames before that point
+                num_frames = min(failed[0], num_frames if broken_at is None else broken_at)
+                if num_frames == 0 or num_frames < min(min_frames, index.count):
+                    raise VideoError("undecodable", f"the video stream breaks after {num_frames} frame(s)")
+                frame_indices = _checked(plan(num_frames), num_frames)
         truncated = not index.complete or num_frames < index.count
     return DecodedFrames(
         info=_stream_info(header, index, num_frames, reader.rotation),
@@ -326,6 +341,20 @@ def read_frames(
         truncated=truncated,
         decode_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """The safety net of reading a container: any exception other than a ``VideoError`` raised inside becomes
+    one, ``unreadable``, naming the stage ``name`` (an upload must never fail as a server error; the traceback
+    goes to ``detail`` for the log)."""
+    try:
+        yield
+    except VideoError:
+        raise
+    except Exception as error:
+        message = f"the video could not be read while {name} ({type(error).__name__})"
+        raise VideoError("unreadable", message, traceback.format_exc()) from error
 
 
 class _Deadline:
@@ -568,23 +597,42 @@ def _open_video(
         raise VideoError("empty", "the upload is empty")
     if len(data) > limits.max_upload_bytes:
         raise VideoError("too_large", f"the upload is larger than {limits.max_upload_bytes} bytes")
+    with _stage("opening it"):
+        container = _open_container(data)
+    with container:
+        with _stage("reading its headers"):
+            stream, info = _video_stream(container, limits)
+        yield container, stream, info
+
+
+def _open_container(data: bytes) -> av.container.InputContainer:
+    """The bytes opened by one of ``ACCEPTED_FORMATS``' demuxers; metadata that is not UTF-8 is read with its
+    bad bytes replaced (PyAV decodes every tag strictly while opening, otherwise)."""
     try:
-        container = av.open(io.BytesIO(data), mode="r", container_options=_OPEN_OPTIONS)
+        return av.open(io.BytesIO(data), mode="r", container_options=_OPEN_OPTIONS, metadata_errors="replace")
     except _AV_ERRORS as error:
         if _looks_like_container(data):
             raise VideoError("undecodable", f"the video container cannot be read ({error})") from error
         raise VideoError("not_video", _not_video_message(data)) from error
-    with container:
-        stream = container.streams.best("video")
-        if stream is None:
-            raise VideoError("not_video", "the upload has no video stream")
-        # one thread per decoder: parallelism comes from decoding runs at once (``read_frames(threads=...)``);
-        # FFmpeg's frame threads only add latency to each seek, and their count would escape the budget
-        stream.codec_context.thread_count = 1
-        stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
-        info = _header_info(container, stream)
-        _check_header(info, limits)
-        yield container, stream, info
+
+
+def _video_stream(container: av.container.InputContainer, limits: DecodeLimits) -> tuple[av.VideoStream, VideoInfo]:
+    """The best video stream, set to decode on one thread with frames over the pixel limit refused, and what
+    its headers say; ``undecodable`` for a stream without a decoder or a time base."""
+    stream = container.streams.best("video")
+    if stream is None:
+        raise VideoError("not_video", "the upload has no video stream")
+    if stream.codec_context is None:
+        raise VideoError("undecodable", "the video stream's codec has no decoder here")
+    if not stream.time_base:
+        raise VideoError("undecodable", "the video stream has no time base")
+    # one thread per decoder: parallelism comes from decoding runs at once (``read_frames(threads=...)``);
+    # FFmpeg's frame threads only add latency to each seek, and their count would escape the budget
+    stream.codec_context.thread_count = 1
+    stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
+    info = _header_info(container, stream)
+    _check_header(info, limits)
+    return stream, info
 
 
 def _header_info(container: av.container.InputContainer, stream: av.VideoStream) -> VideoInfo:
