@@ -40,7 +40,13 @@ class Settings(BaseSettings):
     models: Annotated[list[str] | None, NoDecode] = Field(
         None, description="models to load at startup, comma-separated (default: every model in the repository)"
     )
-    max_upload_mb: float = Field(200.0, gt=0, description="largest accepted upload (or v2 request body), MiB")
+    max_upload_mb: float = Field(200.0, gt=0, description="largest accepted upload (or binary v2 request body), MiB")
+    max_json_mb: float = Field(
+        16.0,
+        gt=0,
+        description="largest accepted v2 request body in JSON (its values take about ten times their size once "
+        "parsed), MiB; at most --max-upload-mb",
+    )
     max_duration_s: float = Field(600.0, gt=0, description="longest accepted video, seconds")
     max_pixels: int = Field(4096 * 2160, gt=0, description="largest accepted frame, width x height")
     decode_timeout_s: float = Field(30.0, gt=0, description="wall-time limit of decoding one upload, seconds")
@@ -111,6 +117,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MIB)
+
+    @property
+    def max_json_bytes(self) -> int:
+        return min(int(self.max_json_mb * MIB), self.max_upload_bytes)
 
 
 # RayServeSettings fields named among Settings' ones (flags --ray-*, Ray Serve application arguments ray_*)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,12 +25,15 @@ from pydantic import BaseModel, Field, ValidationError
 from models.base import Execution
 from service.errors import ApiError
 from service.inference import flops_report
+from service.log import REQUEST_ID
 from service.model_store import ServedModel
+from service.schemas import MAX_VIEWS
 
 INPUT_NAME = "clips"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"
 Parameter = bool | int | float | str
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class TensorMetadata(BaseModel):
@@ -59,14 +62,25 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata] = Field(description="the model's outputs")
 
 
-class InferInput(BaseModel):
-    """One input tensor of an inference request."""
+class InputHead(BaseModel):
+    """An input tensor of an inference request less its values: what is checked before they are read."""
 
     name: str = Field(description=f"input name: '{INPUT_NAME}'")
-    shape: list[int] = Field(description="[N, 3, T, crop, crop]")
+    shape: list[int] = Field(description=f"[N, 3, T, crop, crop], N at most {MAX_VIEWS}")
     datatype: str = Field(description="FP32")
     parameters: dict[str, Parameter] = Field(default_factory=dict, description=f"'{BINARY_SIZE}' for binary data")
+
+
+class InferInput(InputHead):
+    """One input tensor of an inference request."""
+
     data: list[Any] | None = Field(None, description="the values, row-major (flat or nested); absent for binary data")
+
+
+class RequestHead(BaseModel):
+    """An inference request's inputs less their values (the rest of the body is skipped, never made objects)."""
+
+    inputs: list[InputHead] = Field(min_length=1, max_length=1)
 
 
 class RequestedOutput(BaseModel):
@@ -100,7 +114,7 @@ class InferResponse(BaseModel):
 
     model_name: str = Field(description="model name")
     model_version: str = Field(description="the version that ran")
-    id: str | None = Field(None, description="the request's id")
+    id: str = Field(description="the request's id, or its X-Request-ID when it had none")
     parameters: dict[str, Parameter] = Field(
         description="backend, executed_gflops, policy_gflops, full_gflops, saving and policy_saving (over all "
         "clips), batch_size, policy (JSON)"
@@ -195,29 +209,37 @@ class DecodedRequest:
     outputs: list[tuple[OutputSpec, bool]]  # (output, as binary)
 
 
-def decode_request(body: bytes, header_length: str | None, clip_shape: tuple[int, ...]) -> DecodedRequest:
-    """Parse and check an inference request body; 400 for anything the model cannot take."""
-    request, binary = _parse(body, header_length)
-    return DecodedRequest(request.id, _input_clips(request, binary, clip_shape), _requested_outputs(request))
+def decode_request(body: bytearray, header_length: str | None, clip_shape: tuple[int, ...]) -> DecodedRequest:
+    """Parse and check an inference request body; 400 for anything the model cannot take. The input's name,
+    datatype and shape are checked before its values are read: only a request the model can take has its
+    JSON values made into objects (about ten times their size in the body)."""
+    json_size = _json_size(body, header_length)
+    head = body[:json_size] if json_size < len(body) else body  # a copy of the JSON header only
+    _check_input(_validated(RequestHead, head).inputs[0], clip_shape)
+    request = _validated(InferRequest, head)
+    binary = memoryview(body)[json_size:]
+    return DecodedRequest(request.id, _input_clips(request, binary), _requested_outputs(request))
 
 
-def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
-    """The JSON part of a request body and the binary data after it (empty without the extension)."""
-    json_size = len(body)
-    if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise bad_request(f"{HEADER_LENGTH} must be a byte count within the body; got {header_length!r}")
-        json_size = int(header_length)
+def _json_size(body: bytearray, header_length: str | None) -> int:
+    """The length of the JSON part of a request body: all of it, or what the binary extension's header says."""
+    if header_length is None:
+        return len(body)
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise bad_request(f"{HEADER_LENGTH} must be a byte count within the body; got {header_length!r}")
+    return int(header_length)
+
+
+def _validated(model: type[Model], data: bytearray) -> Model:
     try:
-        return InferRequest.model_validate_json(body[:json_size]), body[json_size:]
+        return model.model_validate_json(data)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}" for item in error.errors())
         raise bad_request(f"invalid inference request: {problems}") from None
 
 
-def _input_clips(request: InferRequest, binary: bytes, clip_shape: tuple[int, ...]) -> torch.Tensor:
-    """The ``clips`` input as an (N, *clip_shape) float tensor."""
-    (tensor,) = request.inputs
+def _check_input(tensor: InputHead, clip_shape: tuple[int, ...]) -> None:
+    """400 unless the input is ``clips``, FP32, of the model's clip shape and at most ``MAX_VIEWS`` clips."""
     if tensor.name != INPUT_NAME:
         raise bad_request(f"unexpected input {tensor.name!r}: the model takes one input, {INPUT_NAME!r}")
     if tensor.datatype != "FP32":
@@ -225,6 +247,13 @@ def _input_clips(request: InferRequest, binary: bytes, clip_shape: tuple[int, ..
     if len(tensor.shape) != len(clip_shape) + 1 or tuple(tensor.shape[1:]) != clip_shape or tensor.shape[0] < 1:
         expected = f"[N, {', '.join(map(str, clip_shape))}]"
         raise bad_request(f"input {INPUT_NAME!r} has shape {tensor.shape}; the model takes {expected}")
+    if tensor.shape[0] > MAX_VIEWS:
+        raise bad_request(f"input {INPUT_NAME!r} holds {tensor.shape[0]} clips; a request takes at most {MAX_VIEWS}")
+
+
+def _input_clips(request: InferRequest, binary: memoryview) -> torch.Tensor:
+    """The ``clips`` input (checked by ``_check_input``) as an (N, *clip_shape) float tensor."""
+    (tensor,) = request.inputs
     values = _binary_values(tensor, binary) if BINARY_SIZE in tensor.parameters else _json_values(tensor, binary)
     count = math.prod(tensor.shape)
     if values.size != count:
@@ -234,7 +263,7 @@ def _input_clips(request: InferRequest, binary: bytes, clip_shape: tuple[int, ..
     return torch.from_numpy(values.reshape(tensor.shape))
 
 
-def _binary_values(tensor: InferInput, binary: bytes) -> np.ndarray:
+def _binary_values(tensor: InferInput, binary: memoryview) -> np.ndarray:
     size = tensor.parameters[BINARY_SIZE]
     if tensor.data is not None or size != len(binary):
         raise bad_request(f"input {INPUT_NAME!r}: {BINARY_SIZE} must equal the binary data's length, {len(binary)}")
@@ -243,7 +272,7 @@ def _binary_values(tensor: InferInput, binary: bytes) -> np.ndarray:
     return np.frombuffer(binary, dtype="<f4").astype(np.float32)
 
 
-def _json_values(tensor: InferInput, binary: bytes) -> np.ndarray:
+def _json_values(tensor: InferInput, binary: memoryview) -> np.ndarray:
     if tensor.data is None or binary:
         raise bad_request(f"input {INPUT_NAME!r}: send its values as 'data', or as binary data with {BINARY_SIZE}")
     not_numbers = bad_request(f"input {INPUT_NAME!r}: 'data' must hold numbers, as a flat or evenly nested list")
@@ -281,7 +310,11 @@ def encode_response(
         "executed_gflops": np.asarray(execution.executed_gflops, dtype=np.float64),
     }
     response = InferResponse(
-        model_name=model_name, model_version=str(version), id=request.id, parameters=parameters, outputs=[]
+        model_name=model_name,
+        model_version=str(version),
+        id=request.id or REQUEST_ID.get(),
+        parameters=parameters,
+        outputs=[],
     )
     chunks: list[bytes] = []
     for spec, binary in request.outputs:

@@ -11,8 +11,10 @@ from pydantic import BaseModel, BeforeValidator, Field, field_serializer
 from models.checkpoint import PreprocessingSpec
 from models.policy import Policy
 from service.backends import BackendChoice, BackendLabel, BackendName, BackendRequest
+from video import CROP_COUNTS
 
 MAX_CLIPS = 10
+MAX_VIEWS = MAX_CLIPS * max(CROP_COUNTS)  # the most clips one request runs: /v1's views, /v2's N
 
 
 def _digits_to_int(value: object) -> object:

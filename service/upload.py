@@ -4,7 +4,8 @@ raw body (the v2 protocol's inference requests).
 FastAPI's ``UploadFile`` would spool the whole body to a temporary file before the endpoint runs. Here
 the body is read as it arrives (multipart: python-multipart's streaming parser): a declared Content-Length
 over the limit is refused before reading anything, and a body that grows past it is refused as soon as it
-does, so no more than the limit is ever held. The whole body must arrive within a time limit (408
+does, so no more than the limit is ever held, and held once: the bytes are appended to one buffer as they
+arrive (never a list of chunks joined into a second copy). The whole body must arrive within a time limit (408
 otherwise), so a client that stalls or trickles cannot hold its place for ever. Answered before its body
 ended by a 413 or 408, the connection is closed (``service.middleware``): the rest is never read.
 """
@@ -31,7 +32,7 @@ FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries, part headers and small ex
 class Upload:
     """The uploaded file and how long receiving it took."""
 
-    data: bytes
+    data: bytearray
     read_ms: float
 
 
@@ -132,9 +133,12 @@ async def _limited_stream(request: Request, limit: int, timeout_s: float, allowa
         yield chunk
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytearray:
     """The whole body, at most ``limit`` bytes (413 beyond) within ``timeout_s`` (408 beyond)."""
-    return b"".join([chunk async for chunk in _limited_stream(request, limit, timeout_s)])
+    body = bytearray()
+    async for chunk in _limited_stream(request, limit, timeout_s):
+        body += chunk
+    return body
 
 
 async def read_upload(request: Request, limit: int, timeout_s: float) -> Upload:
@@ -153,4 +157,4 @@ async def read_upload(request: Request, limit: int, timeout_s: float) -> Upload:
         raise ApiError(422, "validation_error", f"body.{FIELD}: a multipart part named '{FIELD}' is required")
     if not part.complete:
         raise ApiError(400, "malformed_multipart", f"the body ended inside the '{FIELD}' part")
-    return Upload(bytes(part.data), (time.perf_counter() - started) * 1000)
+    return Upload(part.data, (time.perf_counter() - started) * 1000)

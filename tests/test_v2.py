@@ -27,7 +27,8 @@ from service.config import Settings
 LABELS = [f"class_{i}" for i in range(6)]
 STATIC, ADAPTIVE = "tsn_r18_tiny", "adafuse_tsn_r18_tiny"
 CLIP_SHAPE = (3, 8, 64, 64)
-UPLOAD_LIMIT_MB = 16  # a JSON tensor takes about 20 bytes a value
+UPLOAD_LIMIT_MB = 16
+JSON_LIMIT_MB = 8  # a JSON tensor takes about 20 bytes a value
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,7 +45,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(repository: Path) -> Iterator[httpx.Client]:
-    with serving(create_app(Settings(model_repository=repository, max_upload_mb=UPLOAD_LIMIT_MB))) as client:
+    settings = Settings(model_repository=repository, max_upload_mb=UPLOAD_LIMIT_MB, max_json_mb=JSON_LIMIT_MB)
+    with serving(create_app(settings)) as client:
         yield client
 
 
@@ -183,6 +185,7 @@ def valid_body(**changes: object) -> dict:
         (valid_body(data=["a"] * int(np.prod(CLIP_SHAPE))), "must hold numbers"),
         (valid_body(data=[[0.5], [0.5, 0.5]]), "must hold numbers"),
         (valid_body(data=None), "send its values as 'data'"),
+        (valid_body(shape=[31, *CLIP_SHAPE], data=[0.5]), "at most 30"),
         ({"inputs": []}, "inputs"),
         ({**valid_body(), "outputs": [{"name": "features"}]}, "unknown output 'features'"),
         ({**valid_body(), "outputs": [{"name": "logits", "parameters": {"classification": 3}}]}, "classification"),
@@ -196,6 +199,7 @@ def valid_body(**changes: object) -> dict:
         "strings",
         "ragged",
         "no-data",
+        "too-many-clips",
         "no-input",
         "unknown-output",
         "classification",
@@ -230,6 +234,24 @@ def test_non_finite_values_and_bodies_that_are_not_requests_are_400(client: http
         f"/v2/models/{STATIC}/infer", content=header, headers={"Inference-Header-Content-Length": "999"}
     )
     assert_v2_error(response, 400, "Inference-Header-Content-Length")
+
+
+def test_a_response_always_carries_an_id(client: httpx.Client) -> None:
+    response = infer_json(client, STATIC, valid_body())
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == response.headers["x-request-id"]
+
+
+def test_a_json_body_has_a_lower_limit_than_a_binary_one(client: httpx.Client) -> None:
+    over_json = JSON_LIMIT_MB * (1 << 20) + 1
+    assert_v2_error(client.post(f"/v2/models/{STATIC}/infer", content=bytes(over_json)), 413, "limit")
+    header = json.dumps({"inputs": [{"name": "clips", "shape": [1], "datatype": "FP32"}]}).encode()
+    binary = client.post(
+        f"/v2/models/{STATIC}/infer",
+        content=header + bytes(over_json),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert_v2_error(binary, 400, "has shape [1]")  # read whole, then refused for its shape
 
 
 def test_other_errors_keep_the_protocol_shape(client: httpx.Client) -> None:

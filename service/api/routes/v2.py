@@ -50,7 +50,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "a request the model cannot take (input name, datatype, shape, values)",
         404: "unknown model, or a version not served",
-        413: "request body over the upload limit",
+        413: "request body over its limit (JSON bodies have a lower one than binary ones)",
         415: "compressed request body",
         422: "invalid parameter, or a backend the version cannot run on",
         503: "not ready, or no inference slot freed before the request deadline",
@@ -152,9 +152,11 @@ async def run_inference(
         runner = served.backend(backend)
         if request.headers.get("content-encoding", "identity") != "identity":
             raise ApiError(415, "unsupported_encoding", "send the request body uncompressed")
-        body = await read_body(request, settings.max_upload_bytes, settings.upload_timeout_s)
+        header_length = request.headers.get(HEADER_LENGTH)
+        limit = settings.max_json_bytes if header_length is None else settings.max_upload_bytes
+        body = await read_body(request, limit, settings.upload_timeout_s)
         deadline = deadline_in(settings.request_timeout_s)
-        parse = partial(_timed_decode, body, request.headers.get(HEADER_LENGTH), served.clip_shape)
+        parse = partial(_timed_decode, body, header_length, served.clip_shape)
         with state.batcher.expecting(served, runner):
             (decoded, decode_s), slot_ms = await state.runner.run(parse, deadline)
             batch = await state.batcher.execute(served, runner, decoded.clips, deadline)
@@ -166,7 +168,9 @@ async def run_inference(
     return Response(content, headers=headers)
 
 
-def _timed_decode(body: bytes, header_length: str | None, clip_shape: tuple[int, ...]) -> tuple[DecodedRequest, float]:
+def _timed_decode(
+    body: bytearray, header_length: str | None, clip_shape: tuple[int, ...]
+) -> tuple[DecodedRequest, float]:
     started = time.perf_counter()
     decoded = decode_request(body, header_length, clip_shape)
     return decoded, time.perf_counter() - started
