@@ -170,7 +170,7 @@ def _size_change() -> bytes:
 TAG = b"clipwise-tag"
 
 
-def _tagged(container_format: str) -> bytes:
+def tagged_video(container_format: str) -> bytes:
     """Index-coded frames with a title tag on the container and on the stream."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container_format) as container:
@@ -187,7 +187,7 @@ def _tagged(container_format: str) -> bytes:
 
 def _tags_not_utf8(container_format: str) -> bytes:
     """Container and stream tags whose bytes are not UTF-8 (PyAV decodes tags as UTF-8 when it opens a file)."""
-    return _tagged(container_format).replace(TAG, b"\xff\xfe" + TAG[2:])
+    return tagged_video(container_format).replace(TAG, b"\xff\xfe" + TAG[2:])
 
 
 def _codec_without_decoder() -> bytes:

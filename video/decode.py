@@ -421,12 +421,14 @@ class _FrameReader:
         return [index for index in _flatten(frame_indices) if index not in self.frames]
 
     def _frames_towards(self, targets: list[int], *, fast: bool) -> Iterator[tuple[int, av.VideoFrame]]:
-        """(frame index, frame) for each frame decoded on the way to ``targets``, stopping after the last."""
-        start = self.index.keyframe_before(targets[0]) if fast else 0
+        """(frame index, frame) for each frame decoded on the way to ``targets``, stopping after the last. The
+        plain way starts at the first keyframe, which need not be frame 0 (frames shown before it may follow it
+        in decode order)."""
+        start = self.index.keyframe_before(targets[0]) if fast else self.index.keyframes[0]
         locate = _locator(self.index)
         for frame in self._decode_from(start, targets, fast=fast):
             position = locate(frame)
-            if position is None or position < start:
+            if position is None or (fast and position < start):
                 continue  # no frame of the index, or an open GOP's leading frame (its references are gone)
             yield position, frame
             if position >= targets[-1]:
