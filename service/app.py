@@ -1,9 +1,9 @@
 """The FastAPI application: ``create_app(settings)`` builds one, ready for uvicorn.
 
 Startup checks the configuration at once (the repository exists, the default models are in it) and
-refuses to start otherwise; the models are then loaded and warmed up in the background, so ``/healthz``
-answers during loading and ``/readyz`` turns 200 when every default model is served. With ``watch`` on, the
-repository is then polled for new versions (``service.lifecycle``).
+refuses to start otherwise, then starts the decode workers; the models are then loaded and warmed up in the
+background, so ``/healthz`` answers during loading and ``/readyz`` turns 200 when every default model is
+served. With ``watch`` on, the repository is then polled for new versions (``service.lifecycle``).
 """
 
 from __future__ import annotations
@@ -73,12 +73,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     if state.settings.torch_threads:
         torch.set_num_threads(state.settings.torch_threads)
-    background = asyncio.create_task(load_models(state, default_models(state)))
+    names = default_models(state)
+    await asyncio.to_thread(state.decoder.start)
+    background = asyncio.create_task(load_models(state, names))
     try:
         yield
     finally:
         background.cancel()
         state.runner.shutdown()
+        state.decoder.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -49,15 +49,30 @@ class Settings(BaseSettings):
     )
     max_duration_s: float = Field(600.0, gt=0, description="longest accepted video, seconds")
     max_pixels: int = Field(4096 * 2160, gt=0, description="largest accepted frame, width x height")
-    decode_timeout_s: float = Field(30.0, gt=0, description="wall-time limit of decoding one upload, seconds")
+    decode_timeout_s: float = Field(
+        30.0, gt=0, description="wall-time limit of decoding one upload, checked at every packet, seconds"
+    )
+    decode_workers: int | None = Field(
+        None,
+        ge=0,
+        description="processes uploads are decoded in, started once, so a crash in the decoder costs one request "
+        "(default: --max-concurrent-inferences; 0: decode in the server process, unisolated)",
+    )
+    decode_deadline_s: float = Field(
+        45.0,
+        gt=0,
+        description="hard wall-time limit of one decode in its worker process: past it the worker is killed and "
+        "replaced and the request answered 504, seconds (decoding stuck where --decode-timeout-s cannot reach)",
+    )
     max_concurrent_inferences: int = Field(
         2, ge=1, description="jobs (decoding one upload, or running one batch) at the same time; the others wait"
     )
     decode_threads: int | None = Field(
         None,
         ge=1,
-        description="threads decoding may use at once across requests; a request decodes on its own thread plus "
-        "helpers while some are free, one per run of frames between seeks (default: the CPUs this process may use)",
+        description="threads decoding may use at once across requests, shared evenly by the decode workers; a request "
+        "decodes on one thread plus helpers while some are free, one per run of frames between seeks (default: the "
+        "CPUs this process may use)",
     )
     max_pending_requests: int = Field(
         16,

@@ -25,7 +25,8 @@ from video import VideoError
 
 # VideoError.reason -> (HTTP status, error code). Limits on the content answer 413 like the upload size:
 # the remedy is the same (send less). A decode that overruns its time limit is the upload's doing too,
-# so it is a 4xx (408), not a server error.
+# so it is a 4xx (408), not a server error; so is a decoder that crashed on it (422). A decode killed at the
+# worker's hard deadline is 504, as a request deadline missed while running.
 VIDEO_ERRORS: dict[str, tuple[int, str]] = {
     "empty": (400, "empty_video"),
     "undecodable": (400, "undecodable_video"),
@@ -36,6 +37,8 @@ VIDEO_ERRORS: dict[str, tuple[int, str]] = {
     "too_many_pixels": (413, "too_many_pixels"),
     "timeout": (408, "decode_timeout"),
     "unreadable": (422, "unreadable_video"),
+    "crashed": (422, "decoder_crashed"),
+    "overran": (504, "decode_deadline_exceeded"),
 }
 
 logger = logging.getLogger(__name__)
@@ -51,11 +54,11 @@ ERROR_DESCRIPTIONS = {
     408: "the upload did not arrive within the upload time limit, or decoding overran the decode time limit",
     413: "upload, duration or frame size over its limit",
     415: "not a video (no video stream), or the body is not multipart/form-data",
-    422: "invalid parameters, a backend the version cannot run on, or a video whose reading failed unexpectedly "
-    "(the stage named)",
+    422: "invalid parameters, a backend the version cannot run on, a video whose reading failed unexpectedly "
+    "(the stage named), or one the decoder crashed on",
     502: "the version in the repository cannot be served (manifest, weights or warm-up); the one serving is kept",
     503: "not ready, too many requests held, or no inference slot freed before the request deadline (Retry-After)",
-    504: "the request deadline passed while the video was being processed",
+    504: "the request deadline passed while the video was being processed, or its decode outran the hard deadline",
 }
 
 

@@ -1,5 +1,6 @@
 """What one running app holds: its settings, the model store, the admission count, the worker pool, the
-batcher, its metrics, the decoding threads' budget and its startup status."""
+batcher, its metrics, the decoding threads' budget, the decoder (a pool of processes, or this process) and its
+startup status."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.model_store import ModelStore
 from service.runner import Admission, InferenceRunner
+from video.isolation import DecodePool, InProcess
 from video.parallel import ThreadBudget, usable_cpus
 
 
@@ -42,6 +44,7 @@ class ServiceState:
     batcher: Batcher
     metrics: ServiceMetrics
     decode_threads: ThreadBudget
+    decoder: DecodePool | InProcess
     startup: Startup = field(default_factory=Startup)
 
     @classmethod
@@ -50,6 +53,7 @@ class ServiceState:
         store = ModelStore(settings.model_repository, settings.max_concurrent_inferences, device or torch.device("cpu"))
         admission = Admission(settings.max_pending_requests)
         runner = InferenceRunner(settings.max_concurrent_inferences)
+        decode_threads = ThreadBudget(settings.decode_threads or usable_cpus())
         return cls(
             settings=settings,
             store=store,
@@ -57,5 +61,16 @@ class ServiceState:
             runner=runner,
             batcher=Batcher(runner, settings),
             metrics=ServiceMetrics(store, admission),
-            decode_threads=ThreadBudget(settings.decode_threads or usable_cpus()),
+            decode_threads=decode_threads,
+            decoder=decoder(settings, decode_threads),
         )
+
+
+def decoder(settings: Settings, threads: ThreadBudget) -> DecodePool | InProcess:
+    """The settings' decode workers, sharing the thread budget evenly (one thread each at the least), or this
+    process. Each decode holds an inference slot while it runs, so decode threads, workers and slots together
+    stay within the budget plus the slots."""
+    workers = settings.max_concurrent_inferences if settings.decode_workers is None else settings.decode_workers
+    if workers == 0:
+        return InProcess(threads)
+    return DecodePool(workers, max(threads.threads // workers, 1), settings.decode_deadline_s)

@@ -92,8 +92,11 @@ Reason = Literal[
     "timeout",
     "no_frames",
     "unreadable",
+    "crashed",
+    "overran",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
+Buffer = bytes | bytearray  # an upload, read in place (never copied to be opened)
 _AV_ERRORS = (av.error.FFmpegError, OSError)
 # How frames are scaled while they are converted to RGB (``read_frames(short_side=...)``): of swscale's filters,
 # the closest to video.transforms.resize_short_side (antialiased bilinear) on downscaling
@@ -242,7 +245,7 @@ class FrameIndex:
         return self._seek_timestamp[keyframe]
 
 
-def probe(data: bytes, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
+def probe(data: Buffer, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
     """The video stream's description from the headers alone (the frame count estimated from duration × fps
     when the header has none); raises ``VideoError`` for input ``load_clips`` would refuse up front."""
     with _open_video(data, limits) as (_, _, info):
@@ -250,7 +253,7 @@ def probe(data: bytes, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
 
 
 def load_clips(
-    data: bytes,
+    data: Buffer,
     spec: ClipSpec,
     *,
     clips: int = 1,
@@ -288,7 +291,7 @@ def load_clips(
 
 
 def read_frames(
-    data: bytes,
+    data: Buffer,
     plan: Callable[[int], list[list[int]]],
     *,
     limits: DecodeLimits = DecodeLimits(),
@@ -355,6 +358,35 @@ def _stage(name: str) -> Iterator[None]:
     except Exception as error:
         message = f"the video could not be read while {name} ({type(error).__name__})"
         raise VideoError("unreadable", message, traceback.format_exc()) from error
+
+
+class _BufferFile(io.RawIOBase):
+    """A read-only file over a buffer, without copying it (``io.BytesIO`` copies a bytearray): each thread's
+    container opens its own over the same upload."""
+
+    def __init__(self, data: Buffer) -> None:
+        self._view = memoryview(data).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:
+        chunk = self._view[self._position : self._position + len(target)]
+        target[: len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        origin = (0, self._position, len(self._view))[whence]
+        self._position = max(origin + offset, 0)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
 
 class _Deadline:
@@ -503,7 +535,7 @@ def _runs(index: FrameIndex, targets: list[int]) -> list[list[int]]:
 
 
 def _read_runs_in_parallel(
-    reader: _FrameReader, targets: list[int], data: bytes, limits: DecodeLimits, threads: ThreadBudget
+    reader: _FrameReader, targets: list[int], data: Buffer, limits: DecodeLimits, threads: ThreadBudget
 ) -> None:
     """Decode the runs of ``targets`` the fast way into ``reader``: on its own thread and, as the budget allows,
     on helper threads that each open the bytes again (one demuxer and decoder per thread)."""
@@ -518,7 +550,7 @@ def _read_runs_in_parallel(
 
 
 def _read_runs_elsewhere(
-    reader: _FrameReader, data: bytes, limits: DecodeLimits, runs: Iterator[list[int]]
+    reader: _FrameReader, data: Buffer, limits: DecodeLimits, runs: Iterator[list[int]]
 ) -> _FrameReader | None:
     """``reader.read_runs`` through a container of its own, opened only if a run is left to take; returns the
     reader that holds the frames (None when the others had taken every run)."""
@@ -591,7 +623,7 @@ def _read_index(
 
 @contextlib.contextmanager
 def _open_video(
-    data: bytes, limits: DecodeLimits
+    data: Buffer, limits: DecodeLimits
 ) -> Iterator[tuple[av.container.InputContainer, av.VideoStream, VideoInfo]]:
     """The open container, its best video stream (decoded on one thread, frames over the pixel limit refused)
     and what its headers say."""
@@ -607,11 +639,11 @@ def _open_video(
         yield container, stream, info
 
 
-def _open_container(data: bytes) -> av.container.InputContainer:
+def _open_container(data: Buffer) -> av.container.InputContainer:
     """The bytes opened by one of ``ACCEPTED_FORMATS``' demuxers; metadata that is not UTF-8 is read with its
     bad bytes replaced (PyAV decodes every tag strictly while opening, otherwise)."""
     try:
-        return av.open(io.BytesIO(data), mode="r", container_options=_OPEN_OPTIONS, metadata_errors="replace")
+        return av.open(_BufferFile(data), mode="r", container_options=_OPEN_OPTIONS, metadata_errors="replace")
     except _AV_ERRORS as error:
         if _looks_like_container(data):
             raise VideoError("undecodable", f"the video container cannot be read ({error})") from error
@@ -674,14 +706,14 @@ def _stream_info(header: VideoInfo, index: FrameIndex, num_frames: int, rotation
     )
 
 
-def _not_video_message(data: bytes) -> str:
+def _not_video_message(data: Buffer) -> str:
     image = next((name for signature, name in _IMAGE_SIGNATURES.items() if data.startswith(signature)), None)
     if image is not None:
         return f"the upload is a still image ({image}), not a video"
     return "the upload is not a video in a container format Clipwise reads"
 
 
-def _looks_like_container(data: bytes) -> bool:
+def _looks_like_container(data: Buffer) -> bool:
     """Whether the bytes start like a file of one of ``ACCEPTED_FORMATS`` (a broken video, not another file)."""
     if data[4:8] in _ISO_BOX_TYPES:
         return True

@@ -18,7 +18,6 @@ from service.metrics import STAGES
 from service.runner import deadline_in
 from service.schemas import PredictQuery, PredictResponse, TimingReport
 from service.upload import FIELD, read_upload
-from video import load_clips
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
 logger = logging.getLogger(__name__)
@@ -68,13 +67,12 @@ async def predict(
         upload = await read_upload(request, settings.max_upload_bytes, settings.upload_timeout_s)
         deadline = deadline_in(settings.request_timeout_s)
         decode = partial(
-            load_clips,
+            state.decoder.load_clips,
             upload.data,
             served.spec,
             clips=query.clips,
             crops=query.crops,
             limits=decode_limits(settings),
-            threads=state.decode_threads,
         )
         with state.batcher.expecting(served, backend):
             views, slot_ms = await state.runner.run(decode, deadline)

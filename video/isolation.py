@@ -1,0 +1,221 @@
+"""Decoding in worker processes, so that a crash or a hang inside FFmpeg costs one upload, never the caller.
+
+A ``DecodePool`` starts its workers once: processes forked from multiprocessing's forkserver, which has
+imported this module (PyAV, numpy, torch) and nothing else of the caller, so a worker starts in milliseconds
+and inherits none of the caller's threads. ``load_clips`` hands a job to an idle worker over its pipe: the
+job's arguments pickled, then the upload's bytes written from the caller's buffer; the worker reads them into
+one buffer of its own, decodes them with ``video.load_clips`` and writes the views back, read straight into
+the tensor the caller returns. Pipes, not shared memory: nothing to size (a container's /dev/shm is often
+64 MiB) and nothing left behind by a worker killed mid-job.
+
+A worker that dies mid-job (a crash in FFmpeg, say) fails that job with ``VideoError("crashed")``; one that
+has not answered ``deadline_s`` after its job was sent (stuck where the decode time limit, checked at every
+packet, cannot reach) is killed, failing it with ``VideoError("overran")``. Either is replaced at once by a
+fresh worker; no other job notices. ``InProcess`` decodes in the calling process instead, with the same
+interface.
+
+Each worker decodes within a thread budget of its own, and runs torch (the views' resizing) on one thread:
+a pool of W workers with T threads each decodes on at most W × T threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from video.decode import Buffer, DecodeLimits, LoadedClips, VideoError, load_clips
+from video.parallel import ThreadBudget
+from video.sampling import ClipSpec
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What a worker needs besides the bytes."""
+
+    size: int  # bytes of the upload, written after the job
+    spec: ClipSpec
+    clips: int
+    crops: int
+    limits: DecodeLimits
+
+
+class _Overran(Exception):
+    """The worker did not answer within the deadline."""
+
+
+class InProcess:
+    """``load_clips`` in the calling thread, decoding within ``threads`` (no isolation)."""
+
+    def __init__(self, threads: ThreadBudget) -> None:
+        self.threads = threads
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+    def load_clips(self, data: Buffer, spec: ClipSpec, *, clips: int, crops: int, limits: DecodeLimits) -> LoadedClips:
+        return load_clips(data, spec, clips=clips, crops=crops, limits=limits, threads=self.threads)
+
+
+class DecodePool:
+    """``workers`` decoding processes, each on ``threads`` threads, each job answered within ``deadline_s``."""
+
+    def __init__(self, workers: int, threads: int, deadline_s: float) -> None:
+        if workers < 1 or threads < 1:
+            raise ValueError(f"a decode pool needs at least one worker and thread, not {workers} and {threads}")
+        self.workers, self.threads, self.deadline_s = workers, threads, deadline_s
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the workers (and, the first time in this process, the forkserver they are forked from)."""
+        _CONTEXT.set_forkserver_preload([__name__])
+        for _ in range(self.workers):
+            self._idle.put(self._new_worker())
+
+    def close(self) -> None:
+        """Kill every worker, busy or not; a job in flight fails as crashed."""
+        with self._lock:
+            workers, self._all = list(self._all), set()
+        for worker in workers:
+            worker.kill()
+
+    def pids(self) -> list[int]:
+        """The workers' process ids."""
+        with self._lock:
+            return sorted(worker.process.pid for worker in self._all if worker.process.pid is not None)
+
+    def load_clips(self, data: Buffer, spec: ClipSpec, *, clips: int, crops: int, limits: DecodeLimits) -> LoadedClips:
+        """``video.load_clips`` in an idle worker (waiting for one while all are busy). Raises what it raises;
+        ``VideoError`` ``crashed`` when the worker dies, ``overran`` when it outlives the deadline."""
+        worker = self._take()
+        try:
+            loaded = worker.run(_Job(len(data), spec, clips, crops, limits), data, self.deadline_s)
+        except (EOFError, OSError):
+            self._replace(worker)
+            raise VideoError("crashed", "the decoder crashed on this video") from None
+        except _Overran:
+            self._replace(worker)
+            raise VideoError("overran", f"decoding did not end within the {self.deadline_s:g} s deadline") from None
+        except BaseException:
+            self._idle.put(worker)  # it answered: still good
+            raise
+        self._idle.put(worker)
+        return loaded
+
+    def _take(self) -> _Worker:
+        """An idle worker that is alive (one that died while idle, killed from outside, is replaced first)."""
+        worker = self._idle.get()
+        while not worker.process.is_alive():
+            self._replace(worker)
+            worker = self._idle.get()
+        return worker
+
+    def _new_worker(self) -> _Worker:
+        worker = _Worker(self.threads)
+        with self._lock:
+            self._all.add(worker)
+        return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        with self._lock:
+            self._all.discard(worker)
+        self._idle.put(self._new_worker())
+
+
+class _Worker:
+    """One decoding process and the parent's end of its pipe."""
+
+    def __init__(self, threads: int) -> None:
+        self.connection, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(target=_serve, args=(child, threads), name="clipwise-decoder", daemon=True)
+        self.process.start()
+        child.close()
+
+    def run(self, job: _Job, data: Buffer, deadline_s: float) -> LoadedClips:
+        """Send the job and its bytes; the views and their description back, or the worker's ``VideoError``."""
+        deadline = time.monotonic() + deadline_s
+        self.connection.send(job)
+        _write_all(self.connection, data)
+        reply = self._reply(deadline)
+        if isinstance(reply, VideoError):
+            raise reply
+        if isinstance(reply, str):  # a bug, not the video's doing: the worker's traceback
+            raise RuntimeError(f"the decode worker failed:\n{reply}")
+        shape, fields = reply
+        views = torch.empty(shape, dtype=torch.float32)
+        _read_into(self.connection, views.numpy(), deadline)
+        return LoadedClips(clips=views, **fields)
+
+    def _reply(self, deadline: float) -> Any:
+        if not self.connection.poll(max(deadline - time.monotonic(), 0)):
+            raise _Overran
+        return self.connection.recv()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.connection.close()
+
+
+def _serve(connection: Connection, threads: int) -> None:
+    """A worker's life: decode job after job until the parent closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    torch.set_num_threads(1)
+    budget = ThreadBudget(threads)
+    while True:
+        try:
+            job: _Job = connection.recv()
+        except EOFError:
+            return
+        data = bytearray(job.size)
+        _read_into(connection, data, deadline=None)
+        try:
+            loaded = load_clips(data, job.spec, clips=job.clips, crops=job.crops, limits=job.limits, threads=budget)
+        except VideoError as error:
+            connection.send(error)
+            continue
+        except Exception:
+            connection.send(traceback.format_exc())
+            continue
+        views = loaded.clips.contiguous()
+        fields = {field.name: getattr(loaded, field.name) for field in dataclasses.fields(loaded)}
+        del fields["clips"]
+        connection.send((tuple(views.shape), fields))
+        _write_all(connection, views.numpy())
+
+
+def _write_all(connection: Connection, data: Any) -> None:
+    """Write a buffer's bytes to the pipe, from the buffer itself."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(connection.fileno(), view) :]
+
+
+def _read_into(connection: Connection, target: Any, deadline: float | None) -> None:
+    """Fill a writable buffer from the pipe, in place; EOFError when the other end closes first, ``_Overran``
+    when ``deadline`` (monotonic time) passes."""
+    view = memoryview(target).cast("B")
+    while view:
+        if deadline is not None and not connection.poll(max(deadline - time.monotonic(), 0)):
+            raise _Overran
+        received = os.readv(connection.fileno(), [view])
+        if received == 0:
+            raise EOFError("the pipe closed mid-message")
+        view = view[received:]
