@@ -46,7 +46,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -65,11 +65,13 @@ from models.gating import (
     calibrate_pair,
     in_blocks,
     run_pair,
+    seconds_of,
     uncalibrated_costs,
 )
 from models.policy import AdaFusePolicy, ChannelUsage
+from models.prefix_gating import PrefixPolicyNet, PrefixWeights, run_prefix_pair
 from models.registry import register_preset
-from models.tsn import TSN, Bottleneck, ResidualBlock, ResNet2D, TSNConfig, build_backbone
+from models.tsn import SMALL, TSN, Bottleneck, ResidualBlock, ResNet2D, TSNConfig, build_backbone
 
 DECISIONS = 3
 
@@ -84,10 +86,16 @@ class AdaFuseConfig(TSNConfig):
     share_policy_fcs: bool = True  # blocks of a stage with equal dimensions share the policy FCs
     tau: float = 0.67  # Gumbel-softmax temperature in training
     decision_group: int = 1  # channels per decision: 1 is the paper's; groups make sets an executor can exploit
+    # "channel": the paper's keep / reuse / skip per (frame, channel); "prefix": one level of an ordered channel
+    # list per block per clip (models.prefix_gating), which executes as dense slices
+    structure: Literal["channel", "prefix"] = "channel"
+    prefix_hidden: int = 64  # "prefix": hidden width of each block's policy net
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.gated_stages = tuple(self.gated_stages)
+        if self.structure not in ("channel", "prefix"):
+            raise ValueError(f"structure must be 'channel' or 'prefix', got {self.structure!r}")
 
     def policy_hidden(self, block_width: int) -> int:
         return self.hidden_width or max(1, self.hidden_quota // block_width)
@@ -105,6 +113,7 @@ class _Directive:
     masked: bool = False  # run the dense masked formulation at inference too (the reference)
     codes: torch.Tensor | None = None  # forced decision codes, (T, C) or (N, T, C)
     partitions: tuple[str, str] | None = None  # forced executor partitions (conv1, conv2): tests
+    choices: torch.Tensor | None = None  # "prefix": forced level indices, () or (N,)
     calibrate: bool = False  # time the executor's candidates at this input and keep the fitted costs
 
 
@@ -127,6 +136,8 @@ class BlockDecisions:
     input_size: tuple[int, int] = (0, 0)  # spatial size of the block's input
     partitions: tuple[str, str] | None = None  # how the executor ran conv1 and conv2 (models.gating)
     probabilities: torch.Tensor | None = None  # training: (N, T, C, 3) softmax of the logits the masks were drawn from
+    choice_weights: torch.Tensor | None = None  # "prefix": (N, L) one-hot level choices (straight-through in training)
+    choice_seconds: torch.Tensor | None = None  # "prefix": (L,) the block's time under each level (latency table)
 
     def saved_macs(self) -> torch.Tensor:
         """Per-clip MACs that Eq. 5 saves against computing every channel (differentiable in the masks)."""
@@ -234,7 +245,7 @@ class AdaFuseBlock(ResidualBlock):
     while weights and statistics stay the same) and, on the CPU, its ReLU and the residual sum fused into it.
     """
 
-    def __init__(self, block: ResidualBlock, policy: PolicyNet, tau: float) -> None:
+    def __init__(self, block: ResidualBlock, policy: PolicyNet | PrefixPolicyNet, tau: float) -> None:
         nn.Module.__init__(self)  # the modules come from ``block``, not from ResidualBlock's constructor
         for name, module in block.named_children():
             self.add_module(name, module)
@@ -247,27 +258,102 @@ class AdaFuseBlock(ResidualBlock):
         self.tau = tau
         self._folded = FoldCache()
         self._costs: dict[tuple[int, int], PairCosts] = {}  # calibrated, by spatial input size
+        self._prefix_weights: PrefixWeights | None = None  # "prefix": every level's slices, laid out once
+        self._choice_seconds: dict[tuple[int, int], torch.Tensor] = {}  # "prefix": latency table by input size
+
+    @property
+    def prefix(self) -> bool:
+        """The policy picks one level of an ordered channel list per clip (``models.prefix_gating``)."""
+        return isinstance(self.policy, PrefixPolicyNet)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         directive = _directive_of(self)
         if self.training or directive.masked:
-            return super().forward(x, frames)
+            return self.through_modules(x, frames)
         shifted = x if self.shift is None else self.shift(x, frames)
         shortcut = x if self.downsample is None else self._folded(*self.downsample).dense(x)
-        masks = self._decide(shifted, frames, directive)
-        codes = None if directive.keep_all else masks.argmax(-1)
         first, second = self._folded(self.conv1, self.bn1), self._folded(self.conv2, self.bn2)
         epilogue = {"relu": True} if self.bottleneck else {"residual": shortcut, "relu": True}
+        if self.prefix and directive.codes is None and _pair_executor.get() is gated_conv_pair:
+            out = self._run_prefix(shifted, frames, directive, first, second, epilogue.get("residual"))
+        else:
+            out = self._run_gated(shifted, frames, directive, first, second, epilogue)
+        if not self.bottleneck:
+            return out
+        return self._folded(self.conv3, self.bn3).dense(out, residual=shortcut, relu=True)
+
+    def _run_gated(
+        self,
+        shifted: torch.Tensor,
+        frames: int,
+        directive: _Directive,
+        first: FoldedConv,
+        second: FoldedConv,
+        epilogue: dict[str, object],
+    ) -> torch.Tensor:
+        """The pair under per-channel decisions, by the current executor (``gated_conv_pair`` by default)."""
+        masks = self._decide(shifted, frames, directive)
+        codes = None if directive.keep_all else masks.argmax(-1)
         size = (shifted.shape[-2], shifted.shape[-1])
         if directive.calibrate:
             self._costs[size] = calibrate_pair(shifted, frames, first, second, **epilogue)
         costs = self.pair_costs(size, first, second)
         if directive.partitions is not None:
             costs = replace(costs, forced=directive.partitions)
-        out = _pair_executor.get()(shifted, codes, first, second, costs=costs, **epilogue)
-        if not self.bottleneck:
-            return out
-        return self._folded(self.conv3, self.bn3).dense(out, residual=shortcut, relu=True)
+        return _pair_executor.get()(shifted, codes, first, second, costs=costs, **epilogue)
+
+    def _run_prefix(
+        self,
+        shifted: torch.Tensor,
+        frames: int,
+        directive: _Directive,
+        first: FoldedConv,
+        second: FoldedConv,
+        residual: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The pair under one level per clip: each clip's frames run as dense slices of pre-sliced weights."""
+        weights = self._prefix_weights
+        if weights is None or not weights.holds(first, second):
+            weights = self._prefix_weights = PrefixWeights(first, second, self.policy.choices)
+        if directive.calibrate:
+            self._choice_seconds[shifted.shape[-2:]] = self._time_choices(shifted[:frames], weights, residual)
+        indices = self._decide_prefix(shifted, frames, directive)[1] or []
+        outputs, macs = [], []
+        for clip, index in enumerate(indices):
+            rows = slice(clip * frames, (clip + 1) * frames)
+            clip_residual = None if residual is None else residual[rows]
+            out, clip_macs = run_prefix_pair(
+                shifted[rows], self.policy.choices[index], weights, residual=clip_residual, relu=True
+            )
+            outputs.append(out)
+            macs.append(clip_macs)
+        record_macs(torch.tensor(macs, dtype=torch.float64))
+        note_executed("prefix", "prefix")
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _time_choices(
+        self, x: torch.Tensor, weights: PrefixWeights, residual: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Seconds of one clip's pair under each level, on this machine: the latency table of training's cost."""
+        residual = None if residual is None else residual[: x.shape[0]]
+        return torch.tensor(
+            [
+                seconds_of(lambda choice=choice: run_prefix_pair(x, choice, weights, residual=residual, relu=True))
+                for choice in self.policy.choices
+            ],
+            dtype=torch.float64,
+        )
+
+    def choice_costs(self, decisions: BlockDecisions, frames: int) -> torch.Tensor:
+        """"prefix": the pair's cost under each level, (L,): its time at the decisions' input size as
+        ``calibrate`` timed it, or, where never timed, its MACs by Eq. 5."""
+        timed = self._choice_seconds.get(tuple(decisions.input_size))
+        if timed is not None:
+            return timed
+        levels = len(self.policy.choices)
+        masks = self.policy.masks(torch.eye(levels, dtype=torch.float64), frames)
+        full = BlockDecisions(torch.zeros_like(masks), decisions.conv1_macs, decisions.conv2_macs).saved_macs()
+        return full - BlockDecisions(masks, decisions.conv1_macs, decisions.conv2_macs).saved_macs()
 
     def pair_costs(self, size: tuple[int, int], first: FoldedConv, second: FoldedConv) -> PairCosts:
         """The executor's cost models at this spatial input size: calibrated, or from MACs where never timed."""
@@ -280,14 +366,43 @@ class AdaFuseBlock(ResidualBlock):
         return self.bn3(self.conv3(self.relu(out))) if self.bottleneck else out
 
     def _decide(self, x: torch.Tensor, frames: int, directive: _Directive) -> torch.Tensor:
-        """Run the policy net on the branch input and record the decisions it (or the directive) makes."""
+        """Run the policy net on the branch input and record the decisions it (or the directive) makes: the
+        (N, T, C, 3) keep / reuse / skip masks."""
+        if self.prefix and directive.codes is None:
+            return self._decide_prefix(x, frames, directive)[0]
         logits = self.policy(x, frames)
+        if self.prefix:  # forced per-channel codes: the policy net still runs, its logits are not per channel
+            logits = logits.new_zeros((len(logits), frames, self.conv1.out_channels, DECISIONS))
         masks = self._masks(logits, directive)
         probabilities = None
-        if self.training:
+        if self.training and not self.prefix:
             probabilities = (logits / self.tau).softmax(-1).repeat_interleave(self.policy.group, dim=2)
         self._record(masks, x, probabilities)
         return masks
+
+    def _decide_prefix(
+        self, x: torch.Tensor, frames: int, directive: _Directive
+    ) -> tuple[torch.Tensor, list[int] | None]:
+        """One level per clip: Gumbel-softmax with straight-through gradients in training, else the argmax (or
+        the forced level); recorded as the equivalent per-channel masks. Returns the masks and each clip's level
+        index (None in training, where the choices are sampled; full compute reads no data: meta device too)."""
+        logits = self.policy(x, frames)
+        clips, levels = logits.shape
+        if directive.keep_all:
+            indices: list[int] | None = [0] * clips
+        elif directive.choices is not None:
+            indices = directive.choices.expand(clips).tolist()
+        elif self.training:
+            indices = None
+        else:
+            indices = logits.argmax(-1).tolist()
+        if indices is None:
+            weights = F.gumbel_softmax(logits, tau=self.tau, hard=True)
+        else:
+            weights = F.one_hot(torch.tensor(indices, device=logits.device), levels).to(logits.dtype)
+        masks = self.policy.masks(weights, frames)
+        self._record(masks, x, None, weights)
+        return masks, indices
 
     def _masks(self, logits: torch.Tensor, directive: _Directive) -> torch.Tensor:
         """One-hot keep / reuse / skip per (clip, frame, channel), no reuse at the first frame; the policy net
@@ -304,7 +419,13 @@ class AdaFuseBlock(ResidualBlock):
             codes = logits.argmax(-1).repeat_interleave(self.policy.group, dim=2)
         return _first_frame_reuse_is_skip(F.one_hot(codes, DECISIONS).to(logits.dtype))
 
-    def _record(self, masks: torch.Tensor, x: torch.Tensor, probabilities: torch.Tensor | None) -> None:
+    def _record(
+        self,
+        masks: torch.Tensor,
+        x: torch.Tensor,
+        probabilities: torch.Tensor | None,
+        choice_weights: torch.Tensor | None = None,
+    ) -> None:
         record = _recorder.get()
         if record is None:
             return
@@ -314,7 +435,11 @@ class AdaFuseBlock(ResidualBlock):
         conv1_macs = conv_macs((width, *size1), self.conv1.in_channels, self.conv1.kernel_size)
         conv2_macs = conv_macs((self.conv2.out_channels, *size2), width, self.conv2.kernel_size)
         size = (x.shape[-2], x.shape[-1])
-        record.blocks.append(BlockDecisions(masks, conv1_macs, conv2_macs, size, probabilities=probabilities))
+        record.blocks.append(
+            BlockDecisions(
+                masks, conv1_macs, conv2_macs, size, probabilities=probabilities, choice_weights=choice_weights
+            )
+        )
 
 
 def _first_frame_reuse_is_skip(masks: torch.Tensor) -> torch.Tensor:
@@ -425,9 +550,12 @@ def build_adafuse_backbone(config: AdaFuseConfig) -> ResNet2D:
         stage = stages[index - 1]
         for position, block in enumerate(stage):
             dims = (block.conv1.in_channels, block.conv1.out_channels)
-            policy = PolicyNet(*dims, config.policy_hidden(dims[1]), config.decision_group)
-            if config.share_policy_fcs:
-                policy.tie_fcs(shared.setdefault(dims, policy))
+            if config.structure == "prefix":
+                policy: PolicyNet | PrefixPolicyNet = PrefixPolicyNet(*dims, config.prefix_hidden)
+            else:
+                policy = PolicyNet(*dims, config.policy_hidden(dims[1]), config.decision_group)
+                if config.share_policy_fcs:
+                    policy.tie_fcs(shared.setdefault(dims, policy))
             stage[position] = AdaFuseBlock(block, policy, config.tau)
     return backbone
 
@@ -492,6 +620,11 @@ class AdaFuse(TSN):
             raise RuntimeError("policy_time_ratio() describes the last forward pass: run one first")
         predicted = full = 0.0
         for block, decisions in zip(self.gated_blocks(), record.blocks, strict=True):
+            if decisions.choice_weights is not None:  # "prefix": the latency table of its levels
+                costs = block.choice_costs(decisions, record.frames).to(decisions.choice_weights)
+                predicted = predicted + decisions.choice_weights @ costs
+                full += costs[0]
+                continue
             first, second = block._folded(block.conv1, block.bn1), block._folded(block.conv2, block.bn2)
             costs = block.pair_costs(decisions.input_size, first, second)
             chances = decisions.masks if decisions.probabilities is None else decisions.probabilities
@@ -574,7 +707,13 @@ class AdaFuse(TSN):
 
     @contextlib.contextmanager
     def force_saving(self, fraction: float, *, reuse: bool = True) -> Iterator[float]:
-        """Follow ``fixed_decisions(fraction, reuse=reuse)``; yields the fraction they save by Eq. 5."""
+        """Follow ``fixed_decisions(fraction, reuse=reuse)`` (a prefix policy: ``fixed_choices(fraction)``); yields
+        the fraction they save by Eq. 5."""
+        if self.config.structure == "prefix":
+            choices = self.fixed_choices(fraction)
+            with self.follow_choices(choices):
+                yield self.choices_saving(choices)
+            return
         decisions = self.fixed_decisions(fraction, reuse=reuse)
         costs = self.block_costs(self.config.frames, self.config.size)
         full = self.full_gflops(self.config.frames, self.config.size) * 1e9
@@ -584,6 +723,78 @@ class AdaFuse(TSN):
         )
         with self.follow_policy(decisions):
             yield achieved / full
+
+    def follow_choices(self, choices: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
+        """A prefix policy: use the given levels instead of the policy nets' (the nets still run): per gated block,
+        a () or (N,) int64 tensor of indices into its ``policy.choices``."""
+        blocks = self.gated_blocks()
+        if self.config.structure != "prefix":
+            raise ValueError("follow_choices needs structure='prefix'; per-channel policies take follow_policy")
+        if len(choices) != len(blocks):
+            raise ValueError(f"{len(blocks)} gated blocks, {len(choices)} choice tensors")
+        for block, chosen in zip(blocks, choices, strict=True):
+            levels = len(block.policy.choices)
+            if chosen.dtype != torch.long or chosen.dim() > 1 or bool(((chosen < 0) | (chosen >= levels)).any()):
+                raise ValueError(f"choices for a block of {levels} levels must be int64 indices in [0, {levels})")
+        return _directing({block: {"choices": chosen} for block, chosen in zip(blocks, choices, strict=True)})
+
+    def level_savings(self, frames: int | None = None, size: int | None = None) -> list[torch.Tensor]:
+        """A prefix policy: per gated block, the MACs per clip each of its levels saves by Eq. 5, (L,)."""
+        frames, size = frames or self.config.frames, size or self.config.size
+        savings = []
+        for block, cost in zip(self.gated_blocks(), self.block_costs(frames, size), strict=True):
+            levels = len(block.policy.choices)
+            masks = block.policy.masks(torch.eye(levels, dtype=torch.float64), frames)
+            savings.append(BlockDecisions(masks, cost.conv1_macs, cost.conv2_macs).saved_macs())
+        return savings
+
+    def choices_saving(self, choices: Sequence[torch.Tensor]) -> float:
+        """The mean fraction of the full-compute MACs that these levels save at the configured input."""
+        saved = sum(level[chosen].double().mean() for level, chosen in zip(self.level_savings(), choices, strict=True))
+        return float(saved) / (self.full_gflops() * 1e9)
+
+    def fixed_choices(self, fraction: float) -> list[torch.Tensor]:
+        """A prefix policy: per gated block one level, the same for every clip, together saving about
+        ``fraction`` of the full-compute MACs: in every block the level nearest to one common share of that
+        block's gated MACs saved (the share searched on a grid)."""
+        if not 0 <= fraction < 1:
+            raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        savings = self.level_savings()
+        gated = [level.max() + (level.max() == 0) for level in savings]  # every block has a saving level
+        full = self.full_gflops() * 1e9
+
+        def nearest(share: float) -> list[torch.Tensor]:
+            return [(level / top - share).abs().argmin() for level, top in zip(savings, gated, strict=True)]
+
+        def saved(share: float) -> float:
+            return sum(float(level[index]) for level, index in zip(savings, nearest(share), strict=True)) / full
+
+        share = min((step / 100 for step in range(101)), key=lambda s: abs(saved(s) - fraction))
+        return nearest(share)
+
+    def random_choices(
+        self, saving: float, *, clips: int = 1, spread: float = 0.25, seed: int = 0
+    ) -> list[torch.Tensor]:
+        """A prefix policy: levels drawn per (clip, block) that save about ``saving`` of the full-compute MACs on
+        average: in each block the level nearest to a share of its gated MACs drawn uniformly in ``centre ±
+        spread``, the centre found by bisection. Per gated block, (N,) indices for ``follow_choices``: the random
+        case benchmarks measure beside learned policies."""
+        savings = self.level_savings()
+        shares = [level / level.max().clamp(min=1) for level in savings]
+        generator = torch.Generator().manual_seed(seed)
+        uniforms = [2 * torch.rand(clips, 1, generator=generator, dtype=torch.float64) - 1 for _ in shares]
+
+        def draw(centre: float) -> list[torch.Tensor]:
+            return [
+                (share[None] - (centre + spread * uniform)).abs().argmin(-1)
+                for share, uniform in zip(shares, uniforms, strict=True)
+            ]
+
+        low, high = 0.0, 1.0
+        for _ in range(20):
+            middle = (low + high) / 2
+            low, high = (middle, high) if self.choices_saving(draw(middle)) < saving else (low, middle)
+        return draw((low + high) / 2)
 
     def random_decisions(
         self, saving: float, *, clips: int = 1, reuse_share: float = 0.25, seed: int = 0
@@ -698,7 +909,8 @@ def _saving_pattern(channels: int, frames: int, share: float, reuse: bool, seed:
 
 def _register_presets() -> None:
     """AdaFuse on TSN-R18/R50, TSM-R50 and TSM-R50 gated in its last stage only (8×224², 174 classes), and
-    ``_tiny`` twins: quarter width, two blocks a stage, 8×64², policy nets scaled down (quota 3072)."""
+    ``_tiny`` twins: quarter width, two blocks a stage, 8×64², policy nets scaled down (quota 3072). The
+    ``_small`` presets (TSN / TSM-R18 at ``models.tsn.SMALL``) are execution-aware: ``structure="prefix"``."""
     paper = {
         "adafuse_tsn_r18": AdaFuseConfig(depth=18),
         "adafuse_tsn_r50": AdaFuseConfig(depth=50),
@@ -713,6 +925,9 @@ def _register_presets() -> None:
             config, width=16, layers=(2, 2, 2, 2), size=64, hidden_quota=3072, hidden_width=config.hidden_width // 16
         )
         register_preset(f"{name}_tiny", AdaFuse, tiny)
+    for name in ("adafuse_tsn_r18", "adafuse_tsm_r18"):
+        small = AdaFuseConfig(depth=18, temporal_shift=name.startswith("adafuse_tsm"), structure="prefix", **SMALL)
+        register_preset(f"{name}_small", AdaFuse, small)
 
 
 _register_presets()

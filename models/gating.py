@@ -491,7 +491,7 @@ CALIBRATION_SHARES = (0.25, 0.5, 0.75)  # of the gated channels, timed gathered
 CALIBRATION_REPEATS = 5
 
 
-def _seconds(call: Callable[[], object], repeats: int = CALIBRATION_REPEATS) -> float:
+def seconds_of(call: Callable[[], object], repeats: int = CALIBRATION_REPEATS) -> float:
     """The fastest of ``repeats`` calls after a warm-up call (oneDNN builds its primitive for the shape): the
     minimum, not the median, since what else runs on the machine only ever adds time."""
     call()
@@ -538,18 +538,18 @@ def calibrate_pair(
         conv1 = _Conv1Output(conv1_full[:count], None)
         mixed = Decisions.of(torch.randint(KEEP, REUSE + 1, (1, count, channels), generator=generator))
         tail = None if residual is None else residual[:count]
-        dense1.append((count, _seconds(partial(first, inputs, relu=True))))
+        dense1.append((count, seconds_of(partial(first, inputs, relu=True))))
         every = [Group(slice(0, count), count, None)]
-        dense2.append((count, _seconds(partial(run_conv2, conv1, every, second, mixed, tail, relu))))
+        dense2.append((count, seconds_of(partial(run_conv2, conv1, every, second, mixed, tail, relu))))
         for share in CALIBRATION_SHARES:
             rows = _random_channels(channels, share, generator)
-            gathered1.append((count, len(rows), _seconds(partial(first, inputs, outputs=rows, relu=True))))
+            gathered1.append((count, len(rows), seconds_of(partial(first, inputs, outputs=rows, relu=True))))
             some = [Group(slice(0, count), count, rows)]
-            gathered2.append((count, len(rows), _seconds(partial(run_conv2, conv1, some, second, mixed, tail, relu))))
+            gathered2.append((count, len(rows), seconds_of(partial(run_conv2, conv1, some, second, mixed, tail, relu))))
             if channels % CHANNEL_BLOCK == 0 and channels > CHANNEL_BLOCK:
                 blocks = _random_blocks(channels, share, generator)
                 whole = [Group(slice(0, count), count, blocks)]
-                seconds = _seconds(partial(run_conv2, conv1, whole, second, mixed, tail, relu))
+                seconds = seconds_of(partial(run_conv2, conv1, whole, second, mixed, tail, relu))
                 aligned2.append((count, len(blocks), seconds))
     cost1, cost2 = fit_cost(dense1, gathered1), fit_cost(dense2, gathered2, aligned2 or None)
     # every frame its own channels, as a policy that differs per frame makes "sets" run (conv1's in whole blocks)
@@ -561,8 +561,8 @@ def calibrate_pair(
     own2 = [Group(slice(f, f + 1), 1, _random_channels(channels, 0.5, generator)) for f in range(frames)]
     mixed = Decisions.of(torch.randint(KEEP, REUSE + 1, (1, frames, channels), generator=generator))
     tail = None if residual is None else residual[:frames]
-    split1 = _seconds(partial(run_conv1, x[:frames], own1, first, mixed))
-    split2 = _seconds(partial(run_conv2, _Conv1Output(conv1_full, None), own2, second, mixed, tail, relu))
+    split1 = seconds_of(partial(run_conv1, x[:frames], own1, first, mixed))
+    split2 = seconds_of(partial(run_conv2, _Conv1Output(conv1_full, None), own2, second, mixed, tail, relu))
     return PairCosts(_with_split(cost1, split1, own1), _with_split(cost2, split2, own2), calibrated=True)
 
 

@@ -39,6 +39,7 @@ from models.folding import FoldCache
 from models.registry import register_preset
 
 STANDARD_LAYERS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
+SMALL = {"width": 32, "layers": (2, 2, 2, 2), "size": 112}  # the ``_small`` presets' changes to a paper one
 
 
 @dataclass
@@ -88,7 +89,11 @@ def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Sequenti
 
 
 class ResidualBlock(nn.Module):
-    """A residual block on frames: ``relu(branch(shift(x)) + shortcut(x))``; subclasses define the branch."""
+    """A residual block on frames: ``relu(branch(shift(x)) + shortcut(x))``; subclasses define the branch.
+
+    At inference (eval, no autograd) it runs ``folded``: every convolution with its batch norm folded in and,
+    on the CPU, its ReLU and the residual sum fused (``models.folding``), as AdaFuse's gated blocks run.
+    """
 
     expansion = 1
 
@@ -98,12 +103,25 @@ class ResidualBlock(nn.Module):
         self.shift = TemporalShift(shift_div) if shift_div else None
         self.downsample = _downsample(in_channels, self.out_channels, stride)
         self.relu = nn.ReLU(inplace=True)
+        self._folded = FoldCache()
 
     def branch(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """The residual branch without its final ReLU (frames: per clip, for blocks that mix time)."""
         raise NotImplementedError
 
+    def folded(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``relu(branch(x) + shortcut)`` with folded, fused convolutions (inference)."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled():
+            return self.through_modules(x, frames)
+        shifted = x if self.shift is None else self.shift(x, frames)
+        shortcut = x if self.downsample is None else self._folded(*self.downsample).dense(x)
+        return self.folded(shifted, shortcut)
+
+    def through_modules(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """The block module by module (training, and references at inference)."""
         shortcut = x if self.downsample is None else self.downsample(x)
         shifted = x if self.shift is None else self.shift(x, frames)
         return self.relu(self.branch(shifted, frames) + shortcut)
@@ -121,6 +139,10 @@ class BasicBlock(ResidualBlock):
 
     def branch(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
+    def folded(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        out = self._folded(self.conv1, self.bn1).dense(x, relu=True)
+        return self._folded(self.conv2, self.bn2).dense(out, residual=shortcut, relu=True)
 
 
 class Bottleneck(ResidualBlock):
@@ -141,6 +163,11 @@ class Bottleneck(ResidualBlock):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
+
+    def folded(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        out = self._folded(self.conv1, self.bn1).dense(x, relu=True)
+        out = self._folded(self.conv2, self.bn2).dense(out, relu=True)
+        return self._folded(self.conv3, self.bn3).dense(out, residual=shortcut, relu=True)
 
 
 BlockFactory = Callable[[int, int, int, int], ResidualBlock]
@@ -230,14 +257,16 @@ class TSN(VideoClassifier):
 
 
 def _register_presets() -> None:
-    """``tsn_r18``, ``tsn_r50``, ``tsm_r18``, ``tsm_r50`` (8×224², Something-Something's 174 classes) and
-    their ``_tiny`` twins: quarter width, two blocks a stage, 8×64²."""
+    """``tsn_r18``, ``tsn_r50``, ``tsm_r18``, ``tsm_r50`` (8×224², Something-Something's 174 classes), their
+    ``_tiny`` twins (quarter width, two blocks a stage, 8×64²) and ``_small`` twins (half width, two blocks a
+    stage, 8×112²: the smallest size where compute, not per-call overhead, dominates a CPU forward pass)."""
     for method, shift in (("tsn", False), ("tsm", True)):
         for depth in (18, 50):
             name = f"{method}_r{depth}"
             paper = TSNConfig(depth=depth, temporal_shift=shift)
             register_preset(name, TSN, paper)
             register_preset(f"{name}_tiny", TSN, replace(paper, width=16, layers=(2, 2, 2, 2), size=64))
+            register_preset(f"{name}_small", TSN, replace(paper, **SMALL))
 
 
 _register_presets()

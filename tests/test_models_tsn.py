@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from randomised import assert_branches_live, randomise_batch_norms
 
 from clipwise.cli import main as clipwise_main
 from models import count_flops, create_model
@@ -60,11 +61,26 @@ def test_tsm_shifts_the_residual_branch_only():
     x = torch.randn(4, 64, 6, 6).relu()
     with torch.no_grad():
         block.bn3.weight.zero_()  # the branch outputs zeros: what is left is the identity path
-        assert torch.equal(block(x, frames=4), x)
-        captured = []
-        block.conv1.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
-        block(x, frames=4)
+    assert torch.equal(block(x, frames=4), x)  # with autograd: the unfolded modules, which hooks see
+    captured = []
+    block.conv1.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    block(x, frames=4)
     assert torch.equal(captured[0], block.shift(x, 4))
+
+
+@pytest.mark.parametrize("name", ["tsn_r18_tiny", "tsm_r50_tiny"])
+def test_folded_inference_equals_the_modules(name):
+    """Inference folds every block's batch norms into its convolutions; the features are the modules' own."""
+    model = randomise_batch_norms(create_model(name, num_classes=5))
+    frames = random_clips(2, 4, 64).transpose(1, 2).reshape(8, 3, 64, 64)
+
+    def folded(network: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return network.backbone(frames, 4)
+
+    reference = model.backbone(frames, 4).detach()  # autograd on: the modules one by one
+    torch.testing.assert_close(folded(model), reference, rtol=1e-4, atol=1e-4)
+    assert_branches_live(model, folded, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["tsn_r18_tiny", "tsm_r50_tiny"])
