@@ -70,9 +70,9 @@ class Settings(BaseSettings):
     decode_threads: int | None = Field(
         None,
         ge=1,
-        description="threads decoding may use at once across requests, shared evenly by the decode workers; a request "
-        "decodes on one thread plus helpers while some are free, one per run of frames between seeks (default: the "
-        "CPUs this process may use)",
+        description="threads decoding may use at once across requests (and decode workers); a request decodes on its "
+        "own thread plus helpers while some are free, one per run of frames between seeks (default: the CPUs this "
+        "process may use)",
     )
     max_pending_requests: int = Field(
         16,

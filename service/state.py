@@ -67,10 +67,10 @@ class ServiceState:
 
 
 def decoder(settings: Settings, threads: ThreadBudget) -> DecodePool | InProcess:
-    """The settings' decode workers, sharing the thread budget evenly (one thread each at the least), or this
-    process. Each decode holds an inference slot while it runs, so decode threads, workers and slots together
-    stay within the budget plus the slots."""
+    """The settings' decode workers, sharing the budget's count of threads, or this process. A decode holds an
+    inference slot while it runs: with the default of one worker per slot, the jobs at once (decodes and
+    batches) stay the slots, and the decode threads the budget plus the slots less one."""
     workers = settings.max_concurrent_inferences if settings.decode_workers is None else settings.decode_workers
     if workers == 0:
         return InProcess(threads)
-    return DecodePool(workers, max(threads.threads // workers, 1), settings.decode_deadline_s)
+    return DecodePool(workers, threads.threads, settings.decode_deadline_s)

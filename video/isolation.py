@@ -14,8 +14,9 @@ packet, cannot reach) is killed, failing it with ``VideoError("overran")``. Eith
 fresh worker; no other job notices. ``InProcess`` decodes in the calling process instead, with the same
 interface.
 
-Each worker decodes within a thread budget of its own, and runs torch (the views' resizing) on one thread:
-a pool of W workers with T threads each decodes on at most W × T threads.
+The workers share one budget of decoding threads (``ThreadBudget.shared``): a job decodes on its own thread
+plus helpers while the budget has some to spare, so W workers decode on at most the budget plus W - 1
+threads, as W requests decoding in one process would. Each runs torch (the views' resizing) on one thread.
 """
 
 from __future__ import annotations
@@ -72,12 +73,14 @@ class InProcess:
 
 
 class DecodePool:
-    """``workers`` decoding processes, each on ``threads`` threads, each job answered within ``deadline_s``."""
+    """``workers`` decoding processes sharing a budget of ``threads`` threads, each job answered within
+    ``deadline_s``."""
 
     def __init__(self, workers: int, threads: int, deadline_s: float) -> None:
-        if workers < 1 or threads < 1:
-            raise ValueError(f"a decode pool needs at least one worker and thread, not {workers} and {threads}")
-        self.workers, self.threads, self.deadline_s = workers, threads, deadline_s
+        if workers < 1:
+            raise ValueError(f"a decode pool needs at least one worker, not {workers}")
+        self.workers, self.deadline_s = workers, deadline_s
+        self.threads = ThreadBudget.shared(threads, _CONTEXT)
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
@@ -142,7 +145,7 @@ class DecodePool:
 class _Worker:
     """One decoding process and the parent's end of its pipe."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: ThreadBudget) -> None:
         self.connection, child = _CONTEXT.Pipe()
         self.process = _CONTEXT.Process(target=_serve, args=(child, threads), name="clipwise-decoder", daemon=True)
         self.process.start()
@@ -174,11 +177,10 @@ class _Worker:
         self.connection.close()
 
 
-def _serve(connection: Connection, threads: int) -> None:
+def _serve(connection: Connection, threads: ThreadBudget) -> None:
     """A worker's life: decode job after job until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     torch.set_num_threads(1)
-    budget = ThreadBudget(threads)
     while True:
         try:
             job: _Job = connection.recv()
@@ -187,7 +189,7 @@ def _serve(connection: Connection, threads: int) -> None:
         data = bytearray(job.size)
         _read_into(connection, data, deadline=None)
         try:
-            loaded = load_clips(data, job.spec, clips=job.clips, crops=job.crops, limits=job.limits, threads=budget)
+            loaded = load_clips(data, job.spec, clips=job.clips, crops=job.crops, limits=job.limits, threads=threads)
         except VideoError as error:
             connection.send(error)
             continue
