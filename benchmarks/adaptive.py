@@ -60,6 +60,7 @@ from models.checkpoint import LoadedVersion, list_model_names, load_version, sav
 from video import ClipSpec, load_clips  # noqa: E402
 
 PRESETS = ("adafuse_tsn_r50", "adafuse_tsm_r50", "ada3d_i3d_r50")
+PREFIX_PRESETS = ("adafuse_tsn_r50",)
 SYNTHETIC_VAL = ROOT / "runs" / "synthetic-benchmark" / "data"
 Policy = Callable[[], contextlib.AbstractContextManager]
 
@@ -78,10 +79,23 @@ class Row:
     policy_ms: float
     full_ms: float
     selection_share: float | None = None  # Ada3D: the selection net's share of the policy time
+    dense_ms: float | None = None  # the dense counterpart on the same backend, timed in the same rounds
+    dense_best_ms: float | None = None  # the dense counterpart on its fastest backend, same rounds
+    dense_best_backend: str | None = None
 
     @property
     def per_executed(self) -> float:
         return self.time_ratio / self.executed_ratio
+
+    @property
+    def vs_dense(self) -> float | None:
+        """Time against the dense model a user would deploy instead, on the same backend."""
+        return None if self.dense_ms is None else self.policy_ms / self.dense_ms
+
+    @property
+    def vs_dense_best(self) -> float | None:
+        """Time against the dense counterpart on its fastest backend."""
+        return None if self.dense_best_ms is None else self.policy_ms / self.dense_best_ms
 
     @property
     def per_policy(self) -> float:
@@ -122,16 +136,39 @@ def selection_seconds(model: VideoClassifier, clip: torch.Tensor, repeats: int) 
     return interleaved({"selection": lambda: model.select(clip)}, repeats)["selection"]
 
 
+@dataclass(frozen=True)
+class Counterpart:
+    """The dense model a user would deploy instead of an adaptive one: eager, and its graph on ONNX Runtime."""
+
+    model: VideoClassifier
+    graph: OnnxRunner | None
+
+
 @torch.inference_mode()
-def torch_row(network: VideoClassifier, clip: torch.Tensor, policy: Policy, repeats: int, **labels: str) -> Row:
-    """The eager model under ``policy`` against its full compute, on one clip."""
+def torch_row(
+    network: VideoClassifier,
+    clip: torch.Tensor,
+    policy: Policy,
+    repeats: int,
+    counterpart: Counterpart | None = None,
+    **labels: str,
+) -> Row:
+    """The eager model under ``policy`` against its full compute and its dense counterpart (eager and graph), on
+    one clip, every side through ``execute()`` as the service runs it, in the same interleaved rounds."""
     with policy():
         execution = network.execute(clip)
-    seconds = interleaved(
-        {"policy": under(policy, lambda: network(clip)), "full": under(network.full_compute, lambda: network(clip))},
-        repeats,
-    )
+    runs = {
+        "policy": under(policy, lambda: network.execute(clip)),
+        "full": under(network.full_compute, lambda: network.execute(clip)),
+    }
+    if counterpart is not None:
+        runs["torch"] = lambda: counterpart.model.execute(clip)
+        if counterpart.graph is not None:
+            runs["onnxruntime"] = lambda: counterpart.graph.execute(clip)
+    seconds = interleaved(runs, repeats)
     selection = selection_seconds(network, clip, repeats)
+    dense = {backend: seconds[backend] for backend in ("torch", "onnxruntime") if backend in seconds}
+    best = min(dense, key=dense.__getitem__) if dense else None
     return Row(
         backend="torch",
         policy_ratio=execution.policy_gflops[0] / execution.full_gflops,
@@ -140,7 +177,18 @@ def torch_row(network: VideoClassifier, clip: torch.Tensor, policy: Policy, repe
         policy_ms=seconds["policy"] * 1e3,
         full_ms=seconds["full"] * 1e3,
         selection_share=None if selection is None else selection / seconds["policy"],
+        dense_ms=dense["torch"] * 1e3 if dense else None,
+        dense_best_ms=dense[best] * 1e3 if best else None,
+        dense_best_backend=best,
         **labels,
+    )
+
+
+def counterpart_of(loaded: LoadedVersion, clip_shape: tuple[int, ...], work: Path, graph: bool) -> Counterpart:
+    """``loaded``'s dense counterpart, eager and (with ``graph``) exported for ONNX Runtime."""
+    path = work / f"{loaded.name}-dense.onnx"
+    return Counterpart(
+        loaded.model.eval(), graph_runner(loaded, contextlib.nullcontext, path, clip_shape) if graph else None
     )
 
 
@@ -200,6 +248,8 @@ def learned_rows(repository: Path, videos: list[Path], backends: list[str], repe
         clips = list(learned_clips(spec, videos))
         clip_shape = tuple(clips[0][1].shape[1:])
         model.calibrate(clip_shape[1], clip_shape[-1])
+        dense = loaded.manifest.counterpart
+        counterpart = counterpart_of(load_version(repository, dense), clip_shape, work, graph=True) if dense else None
         full_graph = (
             graph_runner(loaded, model.full_compute, work / f"{name}-full.onnx", clip_shape)
             if "onnxruntime" in backends
@@ -208,7 +258,7 @@ def learned_rows(repository: Path, videos: list[Path], backends: list[str], repe
         for case, clip in clips:
             labels = {"model": name, "kind": "learned", "case": case}
             if "torch" in backends:
-                yield torch_row(model, clip, contextlib.nullcontext, repeats, **labels)
+                yield torch_row(model, clip, contextlib.nullcontext, repeats, counterpart, **labels)
             if full_graph is not None:
                 yield onnx_row(loaded, clip, contextlib.nullcontext, full_graph, work, repeats, **labels)
 
@@ -246,7 +296,7 @@ def preset_rows(
         loaded = load_version(work, preset, int(save_version(model, labels, work, preset, trained=False).name))
         model = loaded.model.eval()
         config = model.config
-        clip = torch.randn(1, 3, config.frames, config.size, config.size, generator=torch.Generator().manual_seed(0))
+        clip = random_clip(config)
         model.calibrate()
         clip_shape = tuple(clip.shape[1:])
         full_graph = (
@@ -262,23 +312,108 @@ def preset_rows(
                 yield onnx_row(loaded, clip, policy, full_graph, work, repeats, **row_labels)
 
 
+def gated_share(model: AdaFuse) -> float:
+    """The share of a clip's full-compute MACs that the gated conv pairs hold."""
+    frames, size = model.config.frames, model.config.size
+    gated = sum(frames * (cost.conv1_macs + cost.conv2_macs) for cost in model.block_costs(frames, size))
+    return gated / (model.full_gflops() * 1e9)
+
+
+def random_clip(config: object) -> torch.Tensor:
+    shape = (1, 3, config.frames, config.size, config.size)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def prefix_rows(presets: list[str], savings: list[float], kinds: list[str], repeats: int, work: Path) -> Iterator[Row]:
+    """Execution-aware AdaFuse (``structure="prefix"``) at paper size with random weights, levels drawn per clip
+    (random) or one per block (fixed) saving each ``savings`` share of the gated MACs, against the dense TSN /
+    TSM of the same weights (eager, and its graph on ONNX Runtime). Torch only: the graph export runs levels
+    through the per-channel gated node."""
+    for preset in presets:
+        torch.manual_seed(0)
+        model = create_model(preset, structure="prefix").eval()
+        dense_name = preset.removeprefix("adafuse_")
+        dense = create_model(dense_name)
+        dense.load_state_dict({key: value for key, value in model.state_dict().items() if ".policy." not in key})
+        labels = [str(index) for index in range(model.config.num_classes)]
+        version = int(save_version(dense, labels, work, dense_name, trained=False).name)
+        clip = random_clip(model.config)
+        model.calibrate()
+        counterpart = counterpart_of(load_version(work, dense_name, version), tuple(clip.shape[1:]), work, graph=True)
+        gated = gated_share(model)
+        for saving in savings:
+            policies = []
+            if "random" in kinds:
+                drawn = model.random_choices(saving * gated)
+                policies.append(("random", lambda drawn=drawn, model=model: model.follow_choices(drawn)))
+            if "fixed" in kinds:
+                fixed = model.fixed_choices(saving * gated)
+                policies.append(("fixed", lambda fixed=fixed, model=model: model.follow_choices(fixed)))
+            for kind, policy in policies:
+                case = f"-{saving:.0%} of gated"
+                yield torch_row(
+                    model, clip, policy, repeats, counterpart, model=f"{preset} prefix", kind=kind, case=case
+                )
+
+
 # --------------------------------------------------------------------------- report
+
+
+def _optional(value: float | None, width: int, digits: int = 3) -> str:
+    return f"{'—':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
 def print_row(row: Row) -> None:
     selection = "" if row.selection_share is None else f" {row.selection_share:>6.1%}"
+    best = f"{row.dense_best_backend or '—':<11}"
     print(
-        f"{row.model:<26} {row.backend:<11} {row.kind:<7} {row.case:<30} {row.policy_ratio:>7.3f} "
+        f"{row.model:<26} {row.backend:<11} {row.kind:<7} {row.case:<30} {_optional(row.vs_dense, 8)} "
+        f"{_optional(row.vs_dense_best, 9)} {best} {row.policy_ratio:>7.3f} "
         f"{row.executed_ratio:>8.3f} {row.time_ratio:>6.3f} {row.per_executed:>7.3f} {row.per_policy:>7.3f} "
-        f"{row.policy_ms:>9.1f} {row.full_ms:>9.1f}{selection}",
+        f"{row.policy_ms:>9.1f} {row.full_ms:>9.1f} {_optional(row.dense_ms, 8, 1)}{selection}",
         flush=True,
     )
 
 
 HEADER = (
-    f"{'model':<26} {'backend':<11} {'kind':<7} {'case':<30} {'policy':>7} {'executed':>8} {'time':>6} "
-    f"{'t/exec':>7} {'t/pol':>7} {'policy ms':>9} {'full ms':>9} selection"
+    f"{'model':<26} {'backend':<11} {'kind':<7} {'case':<30} {'vs dense':>8} {'vs d.best':>9} {'d.best':<11} "
+    f"{'policy':>7} {'executed':>8} {'time':>6} {'t/exec':>7} {'t/pol':>7} {'policy ms':>9} {'full ms':>9} "
+    f"{'dense ms':>8} selection"
 )
+
+
+def prefix_targets(rows: list[Row], bundled_prefix: set[str], random_presets: list[str]) -> list[str]:
+    """The execution-aware AdaFuse's targets against the dense counterpart that ``rows`` miss or never measured:
+    ``bundled_prefix`` models learned on torch, ``random_presets`` drawn per clip at 40 % and 60 % of the gated
+    MACs."""
+    missed = []
+    for model in sorted(bundled_prefix):
+        group = [r for r in rows if r.model == model and r.kind == "learned" and r.vs_dense is not None]
+        if not group:
+            missed.append(f"NOT MEASURED: {model} learned against its dense counterpart (manifest 'counterpart')")
+            continue
+        median = statistics.median(r.vs_dense for r in group)
+        worst = max(r.vs_dense for r in group)
+        best = statistics.median(r.vs_dense_best for r in group)
+        if median > 0.75 or worst > 0.9 or best > 1.0:
+            missed.append(
+                f"{model} torch learned: time vs dense median {median:.3f} (≤ 0.75), worst {worst:.3f} (≤ 0.90), "
+                f"vs the dense model's fastest backend median {best:.3f} (≤ 1.0)"
+            )
+    for preset in random_presets:
+        for saving, bound in ((0.4, 0.80), (0.6, 0.65)):
+            case = f"-{saving:.0%} of gated"
+            group = [r for r in rows if r.model == f"{preset} prefix" and r.kind == "random" and r.case == case]
+            if not group:
+                missed.append(f"NOT MEASURED: {preset} prefix random {case} (--policy random, --savings {saving})")
+            for row in group:
+                per_executed = row.vs_dense / row.executed_ratio
+                if row.vs_dense > bound or per_executed > 1.15:
+                    missed.append(
+                        f"{preset} prefix random {case}: time vs dense {row.vs_dense:.3f} (≤ {bound}), "
+                        f"/ executed {per_executed:.3f} (≤ 1.15)"
+                    )
+    return missed
 
 
 def missed_targets(rows: list[Row], bundled_adafuse: set[str]) -> list[str]:
@@ -341,6 +476,9 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--videos", type=Path, nargs="+", help="clips of the learned run (default: see above)")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument(
+        "--prefix-presets", nargs="*", default=list(PREFIX_PRESETS), help="AdaFuse presets run execution-aware"
+    )
     parser.add_argument("--savings", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds after the warm-up round")
     parser.add_argument("--threads", type=int, default=2)
@@ -376,10 +514,20 @@ def main() -> int:
             for row in preset_rows(args.presets, args.savings, kinds, args.backends, args.repeats, work):
                 print_row(row)
                 rows.append(row)
+            if "torch" in args.backends:
+                for row in prefix_rows(args.prefix_presets, args.savings, kinds, args.repeats, work):
+                    print_row(row)
+                    rows.append(row)
     if args.json:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=1) + "\n")
-    bundled = {name for name in list_model_names(args.repository) if name.startswith("adafuse")}
-    missed = missed_targets(rows, bundled)
+    names = list_model_names(args.repository)
+    bundled = {name for name in names if name.startswith("adafuse")}
+    prefix = {name for name in bundled if load_version(args.repository, name).manifest.counterpart}
+    missed = missed_targets([row for row in rows if not row.model.endswith(" prefix")], bundled - prefix)
+    if "learned" in args.policy and "torch" in args.backends:
+        missed += prefix_targets(rows, prefix, [])
+    if "random" in args.policy and "torch" in args.backends:
+        missed += prefix_targets(rows, set(), [p for p in args.prefix_presets if p == "adafuse_tsn_r50"])
     return finish(missed)
 
 

@@ -398,9 +398,10 @@ class AdaFuseBlock(ResidualBlock):
             indices = logits.argmax(-1).tolist()
         if indices is None:
             weights = F.gumbel_softmax(logits, tau=self.tau, hard=True)
+            masks = self.policy.masks(weights, frames)
         else:
             weights = F.one_hot(torch.tensor(indices, device=logits.device), levels).to(logits.dtype)
-        masks = self.policy.masks(weights, frames)
+            masks = self.policy.masks_of(indices, frames, logits)
         self._record(masks, x, None, weights)
         return masks, indices
 

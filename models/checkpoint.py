@@ -93,6 +93,12 @@ class Manifest(BaseModel):
         AUTO_BACKEND, description="the backend serving by default; auto: the fastest measured when it loads"
     )
     source: SourceCheckpoint | None = Field(default=None, description="imported versions: the file they came from")
+    counterpart: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="adaptive models: the dense model of the same size a user would deploy instead, a model name "
+        "of the same repository; benchmarks time it beside this one",
+    )
 
     @model_validator(mode="after")
     def _labels_match_classes(self) -> Manifest:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.flops import record_macs
 from models.folding import FoldedConv
 from models.gating import KEEP, REUSE, SKIP
 
@@ -92,15 +93,28 @@ class PrefixPolicyNet(nn.Module):
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """(N·T, C_in, H, W) block input → logits (N, L)."""
-        pooled = x.mean((2, 3)).view(-1, frames, x.shape[1]).mean(1)
-        return self.fc_out(self.relu(self.bn(self.fc_in(pooled))))
+        pooled = x.view(-1, frames, *x.shape[1:]).mean((1, 3, 4))
+        if self.training or torch.is_grad_enabled():
+            return self.fc_out(self.relu(self.bn(self.fc_in(pooled))))
+        bn = self.bn  # inference: the same layers as functions (a per-clip decision's overhead counts)
+        hidden = F.linear(pooled, self.fc_in.weight, self.fc_in.bias)
+        hidden = F.batch_norm(hidden, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        record_macs(len(pooled) * (self.fc_in.weight.numel() + self.fc_out.weight.numel()))
+        return F.linear(hidden.relu_(), self.fc_out.weight, self.fc_out.bias)
 
     def masks(self, weights: torch.Tensor, frames: int) -> torch.Tensor:
         """(N, T, C, 3) masks of (N, L) choice weights (one-hot, or straight-through one-hot in training)."""
-        key = (frames, weights.device, weights.dtype)
+        return torch.einsum("nl,ltcd->ntcd", weights, self._choice_masks(frames, weights))
+
+    def masks_of(self, indices: list[int], frames: int, like: torch.Tensor) -> torch.Tensor:
+        """(N, T, C, 3) masks of the levels ``indices`` (inference: no gradient to carry)."""
+        return self._choice_masks(frames, like)[indices]
+
+    def _choice_masks(self, frames: int, like: torch.Tensor) -> torch.Tensor:
+        key = (frames, like.device, like.dtype)
         if key not in self._masks:
-            self._masks[key] = choice_masks(self.choices, frames, self.width).to(weights.device, weights.dtype)
-        return torch.einsum("nl,ltcd->ntcd", weights, self._masks[key])
+            self._masks[key] = choice_masks(self.choices, frames, self.width).to(like.device, like.dtype)
+        return self._masks[key]
 
 
 class PrefixWeights:
