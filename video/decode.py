@@ -61,6 +61,7 @@ import bisect
 import contextlib
 import dataclasses
 import io
+import mmap
 import time
 import traceback
 from collections import Counter
@@ -96,7 +97,8 @@ Reason = Literal[
     "overran",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
-Buffer = bytes | bytearray  # an upload, read in place (never copied to be opened)
+Buffer = bytes | bytearray | mmap.mmap  # an upload, read in place (never copied to be opened)
+_HEAD_BYTES = 256  # what telling a container format or an image by its first bytes reads
 _AV_ERRORS = (av.error.FFmpegError, OSError)
 # How frames are scaled while they are converted to RGB (``read_frames(short_side=...)``): of swscale's filters,
 # the closest to video.transforms.resize_short_side (antialiased bilinear) on downscaling
@@ -645,9 +647,10 @@ def _open_container(data: Buffer) -> av.container.InputContainer:
     try:
         return av.open(_BufferFile(data), mode="r", container_options=_OPEN_OPTIONS, metadata_errors="replace")
     except _AV_ERRORS as error:
-        if _looks_like_container(data):
+        head = bytes(data[:_HEAD_BYTES])
+        if _looks_like_container(head):
             raise VideoError("undecodable", f"the video container cannot be read ({error})") from error
-        raise VideoError("not_video", _not_video_message(data)) from error
+        raise VideoError("not_video", _not_video_message(head)) from error
 
 
 def _video_stream(container: av.container.InputContainer, limits: DecodeLimits) -> tuple[av.VideoStream, VideoInfo]:
@@ -706,14 +709,14 @@ def _stream_info(header: VideoInfo, index: FrameIndex, num_frames: int, rotation
     )
 
 
-def _not_video_message(data: Buffer) -> str:
+def _not_video_message(data: bytes) -> str:
     image = next((name for signature, name in _IMAGE_SIGNATURES.items() if data.startswith(signature)), None)
     if image is not None:
         return f"the upload is a still image ({image}), not a video"
     return "the upload is not a video in a container format Clipwise reads"
 
 
-def _looks_like_container(data: Buffer) -> bool:
+def _looks_like_container(data: bytes) -> bool:
     """Whether the bytes start like a file of one of ``ACCEPTED_FORMATS`` (a broken video, not another file)."""
     if data[4:8] in _ISO_BOX_TYPES:
         return True

@@ -3,10 +3,11 @@
 A ``DecodePool`` starts its workers once: processes forked from multiprocessing's forkserver, which has
 imported this module (PyAV, numpy, torch) and nothing else of the caller, so a worker starts in milliseconds
 and inherits none of the caller's threads. ``load_clips`` hands a job to an idle worker over its pipe: the
-job's arguments pickled, then the upload's bytes written from the caller's buffer; the worker reads them into
-one buffer of its own, decodes them with ``video.load_clips`` and writes the views back, read straight into
-the tensor the caller returns. Pipes, not shared memory: nothing to size (a container's /dev/shm is often
-64 MiB) and nothing left behind by a worker killed mid-job.
+job's arguments pickled, and the upload copied once into a block of shared memory whose descriptor goes
+along the pipe; the worker decodes the block in place with ``video.load_clips`` and sends its views back the
+same way, and the tensor the caller gets is that block, mapped, not copied. The blocks are anonymous
+(``memfd_create``): nothing to size (a container's /dev/shm is often 64 MiB), no name to clean up, and a block
+is freed when neither side holds it, even when a worker is killed mid-job.
 
 A worker that dies mid-job (a crash in FFmpeg, say) fails that job with ``VideoError("crashed")``; one that
 has not answered ``deadline_s`` after its job was sent (stuck where the decode time limit, checked at every
@@ -22,6 +23,8 @@ threads, as W requests decoding in one process would. Each runs torch (the views
 from __future__ import annotations
 
 import dataclasses
+import math
+import mmap
 import multiprocessing
 import os
 import queue
@@ -30,6 +33,7 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
 import torch
@@ -155,16 +159,15 @@ class _Worker:
         """Send the job and its bytes; the views and their description back, or the worker's ``VideoError``."""
         deadline = time.monotonic() + deadline_s
         self.connection.send(job)
-        _write_all(self.connection, data)
+        _send_block(self.connection, data)
         reply = self._reply(deadline)
         if isinstance(reply, VideoError):
             raise reply
         if isinstance(reply, str):  # a bug, not the video's doing: the worker's traceback
             raise RuntimeError(f"the decode worker failed:\n{reply}")
         shape, fields = reply
-        views = torch.empty(shape, dtype=torch.float32)
-        _read_into(self.connection, views.numpy(), deadline)
-        return LoadedClips(clips=views, **fields)
+        views = torch.frombuffer(_received_block(self.connection, math.prod(shape) * 4), dtype=torch.float32)
+        return LoadedClips(clips=views.view(shape), **fields)
 
     def _reply(self, deadline: float) -> Any:
         if not self.connection.poll(max(deadline - time.monotonic(), 0)):
@@ -186,8 +189,7 @@ def _serve(connection: Connection, threads: ThreadBudget) -> None:
             job: _Job = connection.recv()
         except EOFError:
             return
-        data = bytearray(job.size)
-        _read_into(connection, data, deadline=None)
+        data = _received_block(connection, job.size)
         try:
             loaded = load_clips(data, job.spec, clips=job.clips, crops=job.crops, limits=job.limits, threads=threads)
         except VideoError as error:
@@ -196,28 +198,32 @@ def _serve(connection: Connection, threads: ThreadBudget) -> None:
         except Exception:
             connection.send(traceback.format_exc())
             continue
-        views = loaded.clips.contiguous()
         fields = {field.name: getattr(loaded, field.name) for field in dataclasses.fields(loaded)}
-        del fields["clips"]
+        views = fields.pop("clips").contiguous()
         connection.send((tuple(views.shape), fields))
-        _write_all(connection, views.numpy())
+        _send_block(connection, views.numpy())
 
 
-def _write_all(connection: Connection, data: Any) -> None:
-    """Write a buffer's bytes to the pipe, from the buffer itself."""
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(connection.fileno(), view) :]
+def _send_block(connection: Connection, data: Any) -> None:
+    """A buffer's bytes written once into a new block of shared memory, whose descriptor is sent along the pipe
+    (the block lives while either side holds it)."""
+    block = os.memfd_create("clipwise-decode", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(block, view) :]
+        send_handle(connection, block, 0)  # the destination is ignored on Linux
+    finally:
+        os.close(block)
 
 
-def _read_into(connection: Connection, target: Any, deadline: float | None) -> None:
-    """Fill a writable buffer from the pipe, in place; EOFError when the other end closes first, ``_Overran``
-    when ``deadline`` (monotonic time) passes."""
-    view = memoryview(target).cast("B")
-    while view:
-        if deadline is not None and not connection.poll(max(deadline - time.monotonic(), 0)):
-            raise _Overran
-        received = os.readv(connection.fileno(), [view])
-        if received == 0:
-            raise EOFError("the pipe closed mid-message")
-        view = view[received:]
+def _received_block(connection: Connection, size: int) -> Buffer:
+    """The block of shared memory ``_send_block`` sent, mapped (not copied); EOFError when the pipe closed."""
+    try:
+        block = recv_handle(connection)
+    except (OSError, RuntimeError) as error:  # RuntimeError: the message carried no descriptor
+        raise EOFError("the pipe closed before the block came") from error
+    try:
+        return mmap.mmap(block, size) if size else b""
+    finally:
+        os.close(block)
