@@ -224,6 +224,6 @@ def _received_block(connection: Connection, size: int) -> Buffer:
     except (OSError, RuntimeError) as error:  # RuntimeError: the message carried no descriptor
         raise EOFError("the pipe closed before the block came") from error
     try:
-        return mmap.mmap(block, size) if size else b""
+        return mmap.mmap(block, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) if size else b""  # mapped at once
     finally:
         os.close(block)
