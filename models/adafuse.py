@@ -385,19 +385,23 @@ class AdaFuseBlock(ResidualBlock):
     ) -> tuple[torch.Tensor, list[int] | None]:
         """One level per clip: Gumbel-softmax with straight-through gradients in training, else the argmax (or
         the forced level); recorded as the equivalent per-channel masks. Returns the masks and each clip's level
-        index (None in training, where the choices are sampled; full compute reads no data: meta device too)."""
+        index (None in training, where the choices are sampled, and while tracing; full compute reads no data:
+        meta device too)."""
         logits = self.policy(x, frames)
         clips, levels = logits.shape
         if directive.keep_all:
             indices: list[int] | None = [0] * clips
         elif directive.choices is not None:
             indices = directive.choices.expand(clips).tolist()
-        elif self.training:
+        elif self.training or torch.jit.is_tracing():  # a traced graph decides in the graph
             indices = None
         else:
             indices = logits.argmax(-1).tolist()
         if indices is None:
-            weights = F.gumbel_softmax(logits, tau=self.tau, hard=True)
+            if self.training:
+                weights = F.gumbel_softmax(logits, tau=self.tau, hard=True)
+            else:  # the argmax as a one-hot, in operators every exporter keeps shape-agnostic
+                weights = (logits == logits.amax(-1, keepdim=True)).to(logits.dtype)
             masks = self.policy.masks(weights, frames)
         else:
             weights = F.one_hot(torch.tensor(indices, device=logits.device), levels).to(logits.dtype)

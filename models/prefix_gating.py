@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,13 +63,14 @@ def prefix_choices(width: int) -> tuple[PrefixChoice, ...]:
 
 
 def choice_masks(choices: tuple[PrefixChoice, ...], frames: int, width: int) -> torch.Tensor:
-    """(L, T, C, 3) one-hot keep / reuse / skip masks of every choice: what each means per (frame, channel)."""
-    codes = torch.full((len(choices), frames, width), SKIP, dtype=torch.long)
+    """(L, T, C, 3) one-hot keep / reuse / skip masks of every choice: what each means per (frame, channel).
+    Built in NumPy, so that a traced graph holds them as a constant."""
+    codes = np.full((len(choices), frames, width), SKIP)
     for index, choice in enumerate(choices):
         codes[index, :, : choice.keep] = KEEP
         codes[index, 0::2, choice.keep : choice.read] = KEEP
         codes[index, 1::2, choice.keep : choice.read] = REUSE
-    return F.one_hot(codes, DECISIONS).float()
+    return torch.from_numpy(np.eye(DECISIONS, dtype=np.float32)[codes])
 
 
 class PrefixPolicyNet(nn.Module):
@@ -93,7 +95,7 @@ class PrefixPolicyNet(nn.Module):
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """(N·T, C_in, H, W) block input → logits (N, L)."""
-        pooled = x.view(-1, frames, *x.shape[1:]).mean((1, 3, 4))
+        pooled = x.mean((2, 3)).view(-1, frames, x.shape[1]).mean(1)
         if self.training or torch.is_grad_enabled():
             return self.fc_out(self.relu(self.bn(self.fc_in(pooled))))
         bn = self.bn  # inference: the same layers as functions (a per-clip decision's overhead counts)
@@ -104,7 +106,8 @@ class PrefixPolicyNet(nn.Module):
 
     def masks(self, weights: torch.Tensor, frames: int) -> torch.Tensor:
         """(N, T, C, 3) masks of (N, L) choice weights (one-hot, or straight-through one-hot in training)."""
-        return torch.einsum("nl,ltcd->ntcd", weights, self._choice_masks(frames, weights))
+        masks = self._choice_masks(frames, weights)
+        return (weights @ masks.flatten(1)).view(-1, *masks.shape[1:])
 
     def masks_of(self, indices: list[int], frames: int, like: torch.Tensor) -> torch.Tensor:
         """(N, T, C, 3) masks of the levels ``indices`` (inference: no gradient to carry)."""
