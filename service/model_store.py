@@ -181,6 +181,11 @@ class ModelStore:
             )
         return served
 
+    def find(self, name: str) -> ServedModel | None:
+        """The version serving ``name``, or None when it is not served."""
+        with self._lock:
+            return self._served.get(name)
+
     def served(self) -> list[ServedModel]:
         """Every served version, by model name."""
         with self._lock:

@@ -184,6 +184,20 @@ class ModelDetail(ModelSummary):
         description="per backend, the time of one view through the full-compute path, measured on this server "
         "when the version loaded (after calibrating the adaptive executor)"
     )
+    counterpart: CounterpartReport | None = Field(
+        default=None,
+        description="adaptive models whose manifest names one: the dense model of the same size a user would "
+        "deploy instead, with its time per view on its default backend as measured when it loaded (null when "
+        "the manifest names none; ms_per_view null while that model is not served)",
+    )
+
+
+class CounterpartReport(BaseModel):
+    """The dense model an adaptive one is compared with."""
+
+    name: str = Field(description="model name of the dense counterpart, in the same repository")
+    backend: BackendName | None = Field(description="its default backend, whose time is given")
+    ms_per_view: float | None = Field(description="its time of one view on that backend, measured at its load")
 
 
 class LoadResponse(BaseModel):

@@ -568,3 +568,29 @@ def test_the_runner_answers_504_past_the_deadline_and_keeps_the_slot_until_the_w
         runner.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_an_adaptive_model_reports_its_dense_counterparts_time(tmp_path: Path) -> None:
+    """The manifest names the dense model a user would deploy instead; GET /v1/models/{name} gives that model's
+    own time per view, measured when it loaded, beside the adaptive model's full-compute time."""
+    torch.manual_seed(0)
+    adaptive = create_model("adafuse_tsn_r18_tiny", num_classes=len(LABELS), structure="prefix")
+    save_version(adaptive, LABELS, tmp_path, "adafuse", trained=False, counterpart=MODEL)
+    save_version(create_model(MODEL, num_classes=len(LABELS)), LABELS, tmp_path, MODEL, trained=False)
+    orphan = create_model("adafuse_tsn_r18_tiny", num_classes=len(LABELS), structure="prefix")
+    save_version(orphan, LABELS, tmp_path, "orphan", trained=False, counterpart="not_served")
+    with serving(create_app(Settings(model_repository=tmp_path))) as client:
+        dense = client.get(f"/v1/models/{MODEL}").json()
+        report = client.get("/v1/models/adafuse").json()["counterpart"]
+        assert report == {
+            "name": MODEL,
+            "backend": dense["backend"],
+            "ms_per_view": dense["full_compute_ms"][dense["backend"]],
+        }
+        assert report["ms_per_view"] > 0
+        assert client.get("/v1/models/orphan").json()["counterpart"] == {
+            "name": "not_served",
+            "backend": None,
+            "ms_per_view": None,
+        }
+        assert client.get(f"/v1/models/{MODEL}").json()["counterpart"] is None

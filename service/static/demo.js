@@ -47,6 +47,7 @@ function definitions(pairs) {
 
 const formatGflops = (value) => `${value.toFixed(3)} GFLOPs`;
 const percent = (fraction) => `${(fraction * 100).toFixed(1)}%`;
+const signedPercent = (fraction) => `${fraction >= 0 ? "+" : ""}${percent(fraction)}`; // a change: + is longer
 const milliseconds = (value) => `${value.toFixed(1)} ms`;
 
 // ------------------------------------------------------------------ API
@@ -138,7 +139,7 @@ function showResult(result, model, views) {
     `${video.width}×${video.height} ${video.codec}, ${video.duration_s.toFixed(1)} s, ` +
     `${video.frames_decoded} frames decoded · request ${result.request_id}`;
   showTopClasses(result.predictions);
-  showCompute(result.flops, result.timing_ms.inference / views, result.full_compute_ms_per_view);
+  showCompute(result.flops, result.timing_ms.inference / views, result.full_compute_ms_per_view, model.counterpart);
   showTiming(result.timing_ms, result.batch_size);
   byId("policy").replaceChildren(...policyFigures(result.policy, model));
   byId("raw").textContent = JSON.stringify(result, null, 2);
@@ -161,13 +162,20 @@ function showTopClasses(predictions) {
 }
 
 // The FLOPs the policy asked for and those that ran, beside the time: a FLOPs saving is not a time saving
-// until the clock says so. The full model's time per view was measured when the version loaded.
-function showCompute(flops, inferencePerView, fullPerView) {
+// until the clock says so. The full model's time per view was measured when the version loaded, and so was
+// the dense counterpart's (the model a user would deploy instead), when the manifest names one.
+function showCompute(flops, inferencePerView, fullPerView, counterpart) {
   const time = fullPerView == null ? [] : [
     ["Time per view", milliseconds(inferencePerView)],
     ["Full-compute time", milliseconds(fullPerView)],
-    ["Time saved", percent(1 - inferencePerView / fullPerView)],
+    ["Time vs full compute", signedPercent(inferencePerView / fullPerView - 1)],
   ];
+  if (counterpart?.ms_per_view != null) {
+    time.push(
+      [`Dense ${counterpart.name} (${counterpart.backend})`, milliseconds(counterpart.ms_per_view)],
+      ["Time vs the dense model", signedPercent(inferencePerView / counterpart.ms_per_view - 1)],
+    );
+  }
   byId("compute").replaceChildren(
     ...definitions([
       ["Policy asked for", formatGflops(flops.policy_gflops)],

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path
 
 from service.deps import StoreDep
 from service.errors import documented_errors
-from service.model_store import ServedModel
-from service.schemas import BackendChoiceReport, ModelDetail, ModelList, ModelSummary
+from service.model_store import ModelStore, ServedModel
+from service.schemas import BackendChoiceReport, CounterpartReport, ModelDetail, ModelList, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 # a repository's model names have at most 64 characters (models.checkpoint.NAME_PATTERN): longer is a 422
@@ -28,7 +28,19 @@ def model_summary(served: ServedModel) -> ModelSummary:
     )
 
 
-def model_detail(served: ServedModel, versions: list[int]) -> ModelDetail:
+def counterpart_report(served: ServedModel, store: ModelStore) -> CounterpartReport | None:
+    """The manifest's dense counterpart and its time per view, when that model is served here."""
+    name = served.manifest.counterpart
+    if name is None:
+        return None
+    dense = store.find(name)
+    if dense is None:
+        return CounterpartReport(name=name, backend=None, ms_per_view=None)
+    backend = dense.backend_name()
+    return CounterpartReport(name=name, backend=backend, ms_per_view=dense.full_compute_ms.get(backend))
+
+
+def model_detail(served: ServedModel, versions: list[int], counterpart: CounterpartReport | None) -> ModelDetail:
     manifest = served.manifest
     return ModelDetail(
         **model_summary(served).model_dump(),
@@ -45,6 +57,7 @@ def model_detail(served: ServedModel, versions: list[int]) -> ModelDetail:
         created_at=manifest.created_at,
         weights_sha256=manifest.weights_sha256,
         full_compute_ms=served.full_compute_ms,
+        counterpart=counterpart,
     )
 
 
@@ -57,4 +70,5 @@ async def list_models(store: StoreDep) -> ModelList:
     "/{name}", summary="A served model: versions, labels, input spec, cost", responses=documented_errors(404, 422)
 )
 async def get_model(name: ModelName, store: StoreDep) -> ModelDetail:
-    return model_detail(store.get(name), store.versions_on_disk(name))
+    served = store.get(name)
+    return model_detail(served, store.versions_on_disk(name), counterpart_report(served, store))
