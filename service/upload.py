@@ -5,7 +5,8 @@ FastAPI's ``UploadFile`` would spool the whole body to a temporary file before t
 the body is read as it arrives (multipart: python-multipart's streaming parser): a declared Content-Length
 over the limit is refused before reading anything, and a body that grows past it is refused as soon as it
 does, so no more than the limit is ever held, and held once: the bytes are appended to one buffer as they
-arrive (never a list of chunks joined into a second copy). The whole body must arrive within a time limit (408
+arrive (never a list of chunks joined into a second copy); an upload's buffer is the shared memory its decode
+worker maps (``video.isolation.SharedBlock``). The whole body must arrive within a time limit (408
 otherwise), so a client that stalls or trickles cannot hold its place for ever. Answered before its body
 ended by a 413 or 408, the connection is closed (``service.middleware``): the rest is never read.
 """
@@ -23,6 +24,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from service.errors import ApiError
+from video.isolation import SharedBlock
 
 FIELD = "file"
 FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries, part headers and small extra fields
@@ -32,7 +34,7 @@ FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries, part headers and small ex
 class Upload:
     """The uploaded file and how long receiving it took."""
 
-    data: bytearray
+    data: SharedBlock
     read_ms: float
 
 
@@ -45,7 +47,7 @@ class _FilePart:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.data: bytearray | None = None
+        self.data: SharedBlock | None = None
         self.complete = False  # the part's closing boundary arrived
         self._capturing = False
         self._name = b""
@@ -83,16 +85,16 @@ class _FilePart:
             return
         if self.data is not None:
             raise ApiError(422, "validation_error", f"more than one '{FIELD}' part")
-        self.data = bytearray()
+        self.data = SharedBlock()
         self._capturing = True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if not self._capturing:
             return
         assert self.data is not None
-        if len(self.data) + end - start > self.limit:
+        if self.data.size + end - start > self.limit:
             raise too_large(self.limit)
-        self.data += data[start:end]
+        self.data.append(memoryview(data)[start:end])
 
     def _part_end(self) -> None:
         if self._capturing:

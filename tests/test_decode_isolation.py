@@ -28,7 +28,7 @@ from models.checkpoint import load_version, save_version
 from service.app import create_app
 from service.config import Settings
 from video import ClipSpec, VideoError, load_clips
-from video.isolation import DecodePool
+from video.isolation import DecodePool, SharedBlock
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(5)]
@@ -50,7 +50,7 @@ def pool() -> Iterator[DecodePool]:
 def test_a_worker_gives_the_views_decoding_in_process_gives(pool: DecodePool) -> None:
     data = coded_video(container_format="matroska")
     expected = load_clips(data, SPEC, clips=2, crops=3, limits=LIMITS)
-    got = pool.load_clips(bytearray(data), SPEC, clips=2, crops=3, limits=LIMITS)
+    got = pool.load_clips(SharedBlock.of(data), SPEC, clips=2, crops=3, limits=LIMITS)
     assert torch.equal(got.clips, expected.clips)
     assert (got.info, got.frame_indices, got.truncated) == (expected.info, expected.frame_indices, expected.truncated)
 
@@ -58,7 +58,7 @@ def test_a_worker_gives_the_views_decoding_in_process_gives(pool: DecodePool) ->
 def test_a_refused_video_keeps_its_reason_and_its_worker(pool: DecodePool) -> None:
     workers = pool.pids()
     with pytest.raises(VideoError) as error:
-        pool.load_clips(b"not a video", SPEC, clips=1, crops=1, limits=LIMITS)
+        pool.load_clips(SharedBlock.of(b"not a video"), SPEC, clips=1, crops=1, limits=LIMITS)
     assert error.value.reason == "not_video"
     assert pool.pids() == workers
 
@@ -66,7 +66,8 @@ def test_a_refused_video_keeps_its_reason_and_its_worker(pool: DecodePool) -> No
 def test_a_worker_that_died_idle_is_replaced_before_it_takes_a_job(pool: DecodePool) -> None:
     os.kill(pool.pids()[0], signal.SIGKILL)
     for _ in range(3):  # whichever worker the queue hands out first
-        assert pool.load_clips(coded_video(), SPEC, clips=1, crops=1, limits=LIMITS).clips.shape == (1, 3, 8, 64, 64)
+        loaded = pool.load_clips(SharedBlock.of(coded_video()), SPEC, clips=1, crops=1, limits=LIMITS)
+        assert loaded.clips.shape == (1, 3, 8, 64, 64)
     assert len(pool.pids()) == 2
 
 

@@ -3,11 +3,11 @@
 A ``DecodePool`` starts its workers once: processes forked from multiprocessing's forkserver, which has
 imported this module (PyAV, numpy, torch) and nothing else of the caller, so a worker starts in milliseconds
 and inherits none of the caller's threads. ``load_clips`` hands a job to an idle worker over its pipe: the
-job's arguments pickled, and the upload copied once into a block of shared memory whose descriptor goes
-along the pipe; the worker decodes the block in place with ``video.load_clips`` and sends its views back the
-same way, and the tensor the caller gets is that block, mapped, not copied. The blocks are anonymous
-(``memfd_create``): nothing to size (a container's /dev/shm is often 64 MiB), no name to clean up, and a block
-is freed when neither side holds it, even when a worker is killed mid-job.
+job's arguments pickled, and the upload — a ``SharedBlock``, written into shared memory as it arrived — by its
+descriptor, sent along the pipe; the worker decodes the block in place with ``video.load_clips`` and sends its
+views back the same way, and the tensor the caller gets is that block, mapped, not copied. The blocks are
+anonymous (``memfd_create``): nothing to size (a container's /dev/shm is often 64 MiB), no name to clean up,
+and a block is freed once no process holds it, even when a worker is killed mid-job.
 
 A worker that dies mid-job (a crash in FFmpeg, say) fails that job with ``VideoError("crashed")``; one that
 has not answered ``deadline_s`` after its job was sent (stuck where the decode time limit, checked at every
@@ -60,6 +60,35 @@ class _Overran(Exception):
     """The worker did not answer within the deadline."""
 
 
+class SharedBlock:
+    """Bytes in anonymous shared memory (``memfd_create``), written once: an upload as it arrives, or a worker's
+    views. A decode worker maps the same memory through the descriptor; it is freed once no process holds it."""
+
+    def __init__(self) -> None:
+        self._file = os.fdopen(os.memfd_create("clipwise-decode", os.MFD_CLOEXEC), "r+b", buffering=0)
+        self.size = 0
+
+    @classmethod
+    def of(cls, data: Any) -> SharedBlock:
+        """A block holding a copy of a buffer's bytes."""
+        block = cls()
+        block.append(data)
+        return block
+
+    def append(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        while view:
+            view = view[os.write(self.fileno(), view) :]
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def mapped(self) -> Buffer:
+        """The bytes, mapped (not copied)."""
+        return _mapped(self.fileno(), self.size)
+
+
 class InProcess:
     """``load_clips`` in the calling thread, decoding within ``threads`` (no isolation)."""
 
@@ -72,8 +101,10 @@ class InProcess:
     def close(self) -> None:
         """Nothing to stop."""
 
-    def load_clips(self, data: Buffer, spec: ClipSpec, *, clips: int, crops: int, limits: DecodeLimits) -> LoadedClips:
-        return load_clips(data, spec, clips=clips, crops=crops, limits=limits, threads=self.threads)
+    def load_clips(
+        self, data: SharedBlock, spec: ClipSpec, *, clips: int, crops: int, limits: DecodeLimits
+    ) -> LoadedClips:
+        return load_clips(data.mapped(), spec, clips=clips, crops=crops, limits=limits, threads=self.threads)
 
 
 class DecodePool:
@@ -107,12 +138,14 @@ class DecodePool:
         with self._lock:
             return sorted(worker.process.pid for worker in self._all if worker.process.pid is not None)
 
-    def load_clips(self, data: Buffer, spec: ClipSpec, *, clips: int, crops: int, limits: DecodeLimits) -> LoadedClips:
+    def load_clips(
+        self, data: SharedBlock, spec: ClipSpec, *, clips: int, crops: int, limits: DecodeLimits
+    ) -> LoadedClips:
         """``video.load_clips`` in an idle worker (waiting for one while all are busy). Raises what it raises;
         ``VideoError`` ``crashed`` when the worker dies, ``overran`` when it outlives the deadline."""
         worker = self._take()
         try:
-            loaded = worker.run(_Job(len(data), spec, clips, crops, limits), data, self.deadline_s)
+            loaded = worker.run(_Job(data.size, spec, clips, crops, limits), data, self.deadline_s)
         except (EOFError, OSError):
             self._replace(worker)
             raise VideoError("crashed", "the decoder crashed on this video") from None
@@ -155,11 +188,11 @@ class _Worker:
         self.process.start()
         child.close()
 
-    def run(self, job: _Job, data: Buffer, deadline_s: float) -> LoadedClips:
+    def run(self, job: _Job, data: SharedBlock, deadline_s: float) -> LoadedClips:
         """Send the job and its bytes; the views and their description back, or the worker's ``VideoError``."""
         deadline = time.monotonic() + deadline_s
         self.connection.send(job)
-        _send_block(self.connection, data)
+        send_handle(self.connection, data.fileno(), 0)  # the destination is ignored on Linux
         reply = self._reply(deadline)
         if isinstance(reply, VideoError):
             raise reply
@@ -201,29 +234,22 @@ def _serve(connection: Connection, threads: ThreadBudget) -> None:
         fields = {field.name: getattr(loaded, field.name) for field in dataclasses.fields(loaded)}
         views = fields.pop("clips").contiguous()
         connection.send((tuple(views.shape), fields))
-        _send_block(connection, views.numpy())
-
-
-def _send_block(connection: Connection, data: Any) -> None:
-    """A buffer's bytes written once into a new block of shared memory, whose descriptor is sent along the pipe
-    (the block lives while either side holds it)."""
-    block = os.memfd_create("clipwise-decode", os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data).cast("B")
-        while view:
-            view = view[os.write(block, view) :]
-        send_handle(connection, block, 0)  # the destination is ignored on Linux
-    finally:
-        os.close(block)
+        block = SharedBlock.of(views.numpy())  # held until sent: its descriptor closes with it
+        send_handle(connection, block.fileno(), 0)
 
 
 def _received_block(connection: Connection, size: int) -> Buffer:
-    """The block of shared memory ``_send_block`` sent, mapped (not copied); EOFError when the pipe closed."""
+    """The ``SharedBlock`` whose descriptor came along the pipe, mapped; EOFError when the pipe closed."""
     try:
         block = recv_handle(connection)
     except (OSError, RuntimeError) as error:  # RuntimeError: the message carried no descriptor
         raise EOFError("the pipe closed before the block came") from error
     try:
-        return mmap.mmap(block, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) if size else b""  # mapped at once
+        return _mapped(block, size)
     finally:
         os.close(block)
+
+
+def _mapped(descriptor: int, size: int) -> Buffer:
+    """``size`` bytes of a shared memory file, mapped at once (one call, not a fault a page)."""
+    return mmap.mmap(descriptor, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) if size else b""
