@@ -34,6 +34,13 @@ Choices where the paper is silent, following the authors' code (``ops/batenet.py
 * TSM+Last gates only the last stage (``layer4``, their ``--enabled_stages 3``) with 1024 hidden units and
   unshared FCs (their training script and Table 7).
 
+``structure="prefix"`` (the ``_small`` presets) is the execution-aware variant (``models.prefix_gating``): the
+policy picks, once per block per clip, a level of an ordered channel list — keep the first k, reuse the next r
+on odd frames from the even frame before, skip the rest — so that every convolution runs as a dense slice of
+weights laid out when the version loads. Its decisions are recorded as the same per-channel masks, so Eq. 5,
+training's masked formulation and the policy report are shared; ``calibrate`` also times each level of every
+block, the latency table of ``policy_time_ratio``. The paper presets keep the per-channel policy.
+
 One refinement of Eq. 5: a *reuse* at the first frame copies zeros (no frame before it), so it is executed,
 counted and reported as a *skip*. The authors' count charges conv2 for it. Everything else is Eq. 5 as
 printed: MACs of conv1 (all frames, channel i at t when kept at t or reused at t+1) + conv2 (input channels
