@@ -475,7 +475,7 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", choices=("torch", "onnxruntime"), default=["torch", "onnxruntime"])
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--videos", type=Path, nargs="+", help="clips of the learned run (default: see above)")
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--presets", nargs="*", default=list(PRESETS))
     parser.add_argument(
         "--prefix-presets", nargs="*", default=list(PREFIX_PRESETS), help="AdaFuse presets run execution-aware"
     )
