@@ -17,9 +17,12 @@ far more than the tolerance on every upload, so an answer from the other version
 wrong too.
 
 Reports the requests by status, the server errors (5xx: the target is 0), the answers other than expected
-(200 for a good video, the documented 4xx for a bad one: the target is 0), the wrong answers among the 200s
-(the target is 0), the reloads, and the resident memory growth after warm-up: the peak after the first
-``--warmup-s`` seconds over the peak during them (target < 10%). Exits 1 when a target is missed. ``--json
+(200 for a good video, the documented 4xx for a bad one: the target is 0), the requests that got no answer
+(transport errors: connection refused or reset, timeouts; the target is 0), the wrong answers among the 200s
+(the target is 0), the reloads, the threads that died of an exception (clients, reloader, memory sampler: the
+target is none), whether the server process is still running at the end (it must be), and the resident
+memory growth after warm-up: the peak after the first ``--warmup-s`` seconds over the peak during them
+(target < 10%; not measured without samples on both sides). Exits 1 when a target is missed. ``--json
 PATH`` writes the report as JSON.
 
 Run: ``.venv/bin/python benchmarks/load.py`` (8 clients, 2 minutes).
@@ -32,13 +35,14 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -78,12 +82,15 @@ class Report:
     statuses: dict[str, int]
     server_errors: int
     unexpected: dict[str, int]  # "upload name: status" -> count, for answers other than expected
+    transport_errors: dict[str, int]  # "upload name: error" -> count, for requests without an answer
     answers_checked: int  # 200s compared with their version run in-process
     wrong_answers: dict[str, int]  # "upload name: why" -> count
     reloads: int
     reloads_failed: int
     corrupt_refused: int
     corrupt_accepted: int
+    threads_died: list[str]  # "thread: exception", for each thread an exception ended
+    server_exit: int | None  # the server's exit status if it was no longer running at the end
     rss_warmup_peak_mib: float
     rss_peak_mib: float
     rss_end_mib: float
@@ -91,8 +98,11 @@ class Report:
     requests_per_s: float
 
     def passed(self) -> bool:
-        clean = self.server_errors == 0 and not self.unexpected and not self.wrong_answers and self.reloads_failed == 0
-        return clean and self.corrupt_accepted == 0 and self.rss_growth < MEMORY_TARGET
+        """Every target met; a NaN memory growth (no samples) fails too."""
+        answered = not (self.server_errors or self.unexpected or self.transport_errors or self.wrong_answers)
+        reloaded = self.reloads_failed == 0 and self.corrupt_accepted == 0
+        whole = not self.threads_died and self.server_exit is None
+        return answered and reloaded and whole and self.rss_growth < MEMORY_TARGET
 
 
 def uploads() -> list[Upload]:
@@ -188,12 +198,16 @@ def resident_mib(pid: int) -> float:
 
 
 class Load:
-    """The clients, the reloader and the memory sampler of one run."""
+    """The clients, the reloader and the memory sampler of one run against the server ``process``."""
 
-    def __init__(self, url: str, pid: int, repository: Path, expected: Scores, args: argparse.Namespace) -> None:
-        self.url, self.pid, self.repository, self.expected, self.args = url, pid, repository, expected, args
+    def __init__(
+        self, url: str, process: subprocess.Popen, repository: Path, expected: Scores, args: argparse.Namespace
+    ) -> None:
+        self.url, self.process, self.repository, self.expected, self.args = url, process, repository, expected, args
         self.statuses: Counter[int] = Counter()
         self.unexpected: Counter[str] = Counter()
+        self.transport_errors: Counter[str] = Counter()
+        self.died: list[str] = []
         self.answers_checked = 0
         self.wrong: Counter[str] = Counter()
         self.reloads = Counter[str]()
@@ -203,8 +217,8 @@ class Load:
 
     def run(self, mix: list[Upload]) -> Report:
         started = time.monotonic()
-        threads = [threading.Thread(target=self.client, args=(mix, offset)) for offset in range(self.args.clients)]
-        threads += [threading.Thread(target=self.reloader), threading.Thread(target=self.sample_memory)]
+        threads = [self.thread(f"client {offset}", self.client, mix, offset) for offset in range(self.args.clients)]
+        threads += [self.thread("reloader", self.reloader), self.thread("memory sampler", self.sample_memory)]
         for thread in threads:
             thread.start()
         self.stop.wait(self.args.duration_s)
@@ -213,17 +227,35 @@ class Load:
             thread.join()
         return self.report(time.monotonic() - started)
 
+    def thread(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
+        """A thread running ``target``; an exception that ends it is recorded under ``name``, so the report
+        fails rather than counting fewer requests."""
+
+        def recorded() -> None:
+            try:
+                target(*args)
+            except Exception as error:
+                with self.lock:
+                    self.died.append(f"{name}: {error!r}")
+
+        return threading.Thread(target=recorded, name=name)
+
     def client(self, mix: list[Upload], offset: int) -> None:
         order = itertools.islice(itertools.cycle(mix), offset * 3, None)  # clients out of step
         with httpx.Client(base_url=self.url, timeout=120) as client:
             for upload in order:
                 if self.stop.is_set():
                     return
-                response = client.post(
-                    f"/v1/models/{MODEL}/predict",
-                    files={"file": (upload.name, upload.data)},
-                    params={"clips": CLIPS, "top_k": len(LABELS)},
-                )
+                try:
+                    response = client.post(
+                        f"/v1/models/{MODEL}/predict",
+                        files={"file": (upload.name, upload.data)},
+                        params={"clips": CLIPS, "top_k": len(LABELS)},
+                    )
+                except httpx.TransportError as error:
+                    with self.lock:
+                        self.transport_errors[f"{upload.name}: {type(error).__name__}"] += 1
+                    continue
                 wrong = None
                 if response.status_code == 200 and upload.name in self.expected:
                     wrong = wrong_answer(response.json(), self.expected[upload.name])
@@ -254,27 +286,31 @@ class Load:
     def sample_memory(self) -> None:
         started = time.monotonic()
         while not self.stop.wait(RSS_PERIOD_S):
-            self.rss.append((time.monotonic() - started, resident_mib(self.pid)))
+            self.rss.append((time.monotonic() - started, resident_mib(self.process.pid)))
 
     def report(self, elapsed_s: float) -> Report:
         warmup = [mib for at, mib in self.rss if at <= self.args.warmup_s]
         after = [mib for at, mib in self.rss if at > self.args.warmup_s]
+        warmup_peak, peak = max(warmup, default=math.nan), max(after, default=math.nan)
         requests = sum(self.statuses.values())
         return Report(
             requests=requests,
             statuses={str(status): count for status, count in sorted(self.statuses.items())},
             server_errors=sum(count for status, count in self.statuses.items() if status >= 500),
             unexpected=dict(self.unexpected),
+            transport_errors=dict(self.transport_errors),
             answers_checked=self.answers_checked,
             wrong_answers=dict(self.wrong),
             reloads=self.reloads["ok"] + self.reloads["failed"],
             reloads_failed=self.reloads["failed"],
             corrupt_refused=self.reloads["corrupt_refused"],
             corrupt_accepted=self.reloads["corrupt_accepted"],
-            rss_warmup_peak_mib=max(warmup),
-            rss_peak_mib=max(after),
-            rss_end_mib=after[-1],
-            rss_growth=max(after) / max(warmup) - 1,
+            threads_died=list(self.died),
+            server_exit=self.process.poll(),
+            rss_warmup_peak_mib=warmup_peak,
+            rss_peak_mib=peak,
+            rss_end_mib=after[-1] if after else math.nan,
+            rss_growth=peak / warmup_peak - 1,
             requests_per_s=requests / elapsed_s,
         )
 
@@ -286,6 +322,7 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
     )
     print(f"requests: {report.requests} ({report.requests_per_s:.1f}/s), by status: {report.statuses}")
     print(f"server errors (5xx): {report.server_errors}   answers other than expected: {report.unexpected or 0}")
+    print(f"requests without an answer (transport errors): {report.transport_errors or 0}")
     print(
         f"200s checked against their version run in-process (version, top-1, scores within {SCORE_TOLERANCE:g}): "
         f"{report.answers_checked}, wrong: {report.wrong_answers or 0}"
@@ -298,6 +335,9 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
         f"resident memory: warm-up peak {report.rss_warmup_peak_mib:.1f} MiB, peak after {report.rss_peak_mib:.1f} "
         f"MiB, end {report.rss_end_mib:.1f} MiB: growth {report.rss_growth:+.1%} (target < {MEMORY_TARGET:.0%})"
     )
+    print(f"threads ended by an exception: {report.threads_died or 0}")
+    running = "running" if report.server_exit is None else f"EXITED with {report.server_exit}"
+    print(f"server process at the end: {running}")
     print("PASS" if report.passed() else "FAIL")
 
 
@@ -316,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = expected_scores(repository, mix)
         log = Path(directory) / "server.log"
         with server_process(repository, log, args.torch_threads) as (process, url):
-            report = Load(url, process.pid, repository, expected, args).run(mix)
+            report = Load(url, process, repository, expected, args).run(mix)
         server_log = log.read_text()
     print_report(report, args)
     if args.json:
