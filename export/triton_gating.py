@@ -17,9 +17,11 @@ accumulation, the weights laid out per call so that a tile's loads of them are c
    optional residual and ReLU. A frame that reads no channel gets ``relu(bias + residual)``.
 
 A reuse at a clip's first frame copies zeros: it runs and counts as a skip, as in the eager executor. The
-executed MACs (per clip, ``models.flops.record_macs``) are those of the channels the kernels compute, which
-is Eq. 5 for the decisions. The dot products run in IEEE float32, or in TF32 on CUDA where
-``torch.backends.cudnn.allow_tf32`` lets the dense convolutions beside them use it (PyTorch's default).
+MACs reported (per clip, ``models.flops.record_macs``) are nominal: what the decisions cost by Eq. 5, each
+frame's channel counts times one channel's MACs, computed from the decisions and not counted in the kernels
+(whose tiles are whole: a frame's last tile of channels or pixels runs masked lanes too). The dot products run
+in IEEE float32, or in TF32 on CUDA where ``torch.backends.cudnn.allow_tf32`` lets the dense convolutions
+beside them use it (PyTorch's default).
 
 Triton is imported with this module: import it only where it is installed (``export.runtime`` does so for
 CUDA clips). With ``TRITON_INTERPRET=1`` set before the import, the kernels run on CPU tensors in Triton's
@@ -175,7 +177,7 @@ def gated_conv_pair(
 ) -> torch.Tensor:
     """``second(fuse(relu(first(x))), residual, relu)`` under ``codes`` (N, T, C) with the kernels above; None
     keeps everything (the dense eager path). ``costs`` (the eager executor's cost models) is not used: every
-    frame computes its own channel set. Reports the MACs per clip."""
+    frame computes its own channel set. Reports the decisions' nominal MACs per clip (Eq. 5)."""
     if codes is None:
         return eager_gated_conv_pair(x, None, first, second, residual=residual, relu=relu)
     if x.dtype != torch.float32:
@@ -212,8 +214,8 @@ def gated_conv_pair(
         HAS_RESIDUAL=residual is not None, RELU=relu,
         BLOCK_O=BLOCK_OUT, BLOCK_P=BLOCK_PIXELS, BLOCK_C=BLOCK_IN,
     )  # fmt: skip
-    conv1_macs = row_counts.double() * conv_macs((height1, width1), in_channels, first.kernel_size)
-    conv2_macs = column_counts.double() * conv_macs((out_channels, height2, width2), 1, second.kernel_size)
-    record_macs((conv1_macs + conv2_macs).view(clips, frames).sum(1))
+    nominal_conv1 = row_counts.double() * conv_macs((height1, width1), in_channels, first.kernel_size)
+    nominal_conv2 = column_counts.double() * conv_macs((out_channels, height2, width2), 1, second.kernel_size)
+    record_macs((nominal_conv1 + nominal_conv2).view(clips, frames).sum(1))
     note_executed("triton", "triton")
     return out
