@@ -42,7 +42,8 @@ def _still_serving(state: ServiceState, name: str) -> str:
 
 
 async def watch_repository(state: ServiceState) -> None:
-    """Poll the repository forever, loading versions of served models newer than any seen before."""
+    """Poll the repository forever, loading versions of served models newer than any seen before; each poll
+    finished, failed or not, is counted in ``state.watch_polls``."""
     seen: dict[str, int] = {}
     while True:
         await asyncio.sleep(state.settings.watch_interval_s)
@@ -50,6 +51,7 @@ async def watch_repository(state: ServiceState) -> None:
             await _poll(state, seen)
         except Exception:  # the watcher outlives any one bad poll (an unreadable directory, ...)
             logger.exception("polling the repository failed; trying again in %g s", state.settings.watch_interval_s)
+        state.watch_polls += 1
 
 
 async def _poll(state: ServiceState, seen: dict[str, int]) -> None:

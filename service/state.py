@@ -1,6 +1,6 @@
 """What one running app holds: its settings, the model store, the admission count, the worker pool, the
-batcher, its metrics, the decoding threads' budget, the decoder (a pool of processes, or this process) and its
-startup status."""
+batcher, its metrics, the decoding threads' budget, the decoder (a pool of processes, or this process), its
+startup status and the repository watcher's count of completed polls."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class ServiceState:
     decode_threads: ThreadBudget
     decoder: DecodePool | InProcess
     startup: Startup = field(default_factory=Startup)
+    watch_polls: int = 0  # polls the repository watcher has finished: to wait for one begun after a change
 
     @classmethod
     def from_settings(cls, settings: Settings, device: torch.device | None = None) -> ServiceState:

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -239,7 +238,10 @@ def refused_loads(client: httpx.Client) -> float:
 
 
 def test_the_watcher_loads_new_versions_refuses_bad_ones_and_respects_rollbacks(repository: Path) -> None:
-    with admin_server(repository, watch=True, watch_interval_s=WATCH_INTERVAL_S) as client:
+    settings = Settings(model_repository=repository, admin_token=TOKEN, watch=True, watch_interval_s=WATCH_INTERVAL_S)
+    app = create_app(settings)
+    state = app.state.service
+    with serving(app) as client:
         add_version(repository.parent, 3)
         wait_for(lambda: served_version(client) == 3, "the watcher to load version 3")
 
@@ -249,7 +251,8 @@ def test_the_watcher_loads_new_versions_refuses_bad_ones_and_respects_rollbacks(
         assert served_version(client) == 3
 
         assert load(client, 1).status_code == 200  # a rollback: version 3 is not loaded again
-        time.sleep(10 * WATCH_INTERVAL_S)
+        polls = state.watch_polls  # the next poll may have begun before the rollback: wait for the one after it
+        wait_for(lambda: state.watch_polls >= polls + 2, "a whole poll of the watcher after the rollback")
         assert (served_version(client), refused_loads(client)) == (1, 1)
 
         add_version(repository.parent, 5)
