@@ -89,3 +89,14 @@ def assert_branches_live(
     for branch in BRANCHES:
         changed = logits_of(silenced(model, branch))
         assert not torch.allclose(changed, logits, rtol=rtol, atol=atol), f"branch {branch} leaves the logits"
+
+
+def decisive_policies(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Policy nets (AdaFuse's ``fc_in`` / ``fc_out``, Ada3D's heads) with large random weights: decisions that
+    differ by channel, block and clip, so that a test comparing them compares something."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and name.split(".")[-1] in ("fc_in", "fc_out", "frame_head", "stage_head"):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
+    return model

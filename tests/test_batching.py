@@ -15,6 +15,7 @@ import httpx
 import pytest
 import torch
 from live_server import serving
+from randomised import decisive_policies, randomise_batch_norms
 
 from models import create_model
 from models.base import Execution
@@ -28,6 +29,7 @@ from service.runner import InferenceRunner, deadline_in
 
 LABELS = [f"class_{i}" for i in range(5)]
 STATIC, ADAPTIVE, PER_CLIP = "tsn_r18_tiny", "adafuse_tsn_r18_tiny", "ada3d_i3d_r50_tiny"
+PREFIX = "adafuse_prefix"  # the execution-aware AdaFuse, decisive policies: one level per block per clip
 WINDOW_MS = 300.0  # long enough that requests sent together always meet in one window
 LONG_WINDOW_MS = 1000.0  # the largest allowed: a batch leaving well before it did not wait for it
 
@@ -41,6 +43,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, name in enumerate((STATIC, ADAPTIVE, PER_CLIP)):
         torch.manual_seed(seed)
         save_version(create_model(name, num_classes=len(LABELS)), LABELS, root, name, trained=False)
+    prefix = decisive_policies(randomise_batch_norms(create_model(ADAPTIVE, num_classes=5, structure="prefix")))
+    save_version(prefix, LABELS, root, PREFIX, trained=False)
     return root
 
 
@@ -96,6 +100,20 @@ def test_requests_sent_together_share_one_pass_and_each_gets_its_own_answer(repo
         # executor may compute them alike: a union or dense)
         decided = [gflops for result in results for gflops in result.execution.policy_gflops]
         assert len(set(decided)) > 1
+
+
+def test_each_request_gets_its_own_executed_flops_under_clip_specific_levels(repository: Path) -> None:
+    """The execution-aware AdaFuse runs each clip's levels as that clip's own calls: a request's executed GFLOPs
+    and policy are exactly what its clips cost alone, whatever its batch mates chose."""
+    served = served_model(repository, PREFIX)
+    jobs = [(served, random_clips(served, count, seed) * scale) for seed, (count, scale) in enumerate(((1, 1), (2, 4)))]
+    results = run_concurrently(jobs)
+    assert [result.batch_size for result in results] == [2, 2]  # two requests in one pass
+    for (_, clips), result in zip(jobs, results, strict=True):
+        assert_alone_equivalent(served, clips, result.execution)
+    executed = [gflops for result in results for gflops in result.execution.executed_gflops]
+    assert len(set(executed)) > 1  # the clips ran different levels, so a shared or swapped figure would show
+    assert all(entry == "prefix/prefix" for result in results for entry in result.execution.policy[0].executed)
 
 
 def test_a_per_clip_family_runs_its_requests_alone(repository: Path) -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from randomised import randomise_batch_norms
-from torch import nn
+from randomised import decisive_policies, randomise_batch_norms
 
 from clipwise.cli import main as clipwise_main
 from export.onnx import policies_agree
@@ -24,21 +23,11 @@ CASES = {
 }
 
 
-def decisive(model: nn.Module) -> nn.Module:
-    """Policy heads with large random weights: the decisions differ by channel, block and clip."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and name.split(".")[-1] in ("fc_in", "fc_out", "frame_head", "stage_head"):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
-    return model
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_export_checks_every_adaptive_family(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     preset, kwargs = CASES[case]
     torch.manual_seed(0)
-    model = decisive(randomise_batch_norms(create_model(preset, num_classes=4, **kwargs)))
+    model = decisive_policies(randomise_batch_norms(create_model(preset, num_classes=4, **kwargs)))
     version = save_version(model, ["a", "b", "c", "d"], tmp_path, preset, trained=False)
     loaded = load_version(tmp_path, preset)
     config = loaded.model.config
