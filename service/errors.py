@@ -88,9 +88,6 @@ def error_response(
 
 
 def video_error(error: VideoError) -> ApiError:
-    """The answer to a video error; an unexpected one (with a ``detail``) is logged with its traceback."""
-    if error.detail:
-        logger.warning("an upload could not be read: %s\n%s", error, error.detail)
     status, code = VIDEO_ERRORS.get(error.reason, (400, "undecodable_video"))
     return ApiError(status, code, str(error))
 
@@ -128,6 +125,8 @@ def _describe_validation(error: RequestValidationError) -> str:
 
 
 async def _known_error(request: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, VideoError) and error.detail:  # an unexpected error reading the upload: its traceback
+        logger.warning("an upload could not be read: %s\n%s", error, error.detail)
     answered = as_api_error(error)
     assert answered is not None  # registered only for the types as_api_error answers
     return error_response(answered.status, answered.code, answered.message, answered.headers, path=request.url.path)

@@ -170,10 +170,10 @@ def _size_change() -> bytes:
 TAG = b"clipwise-tag"
 
 
-def tagged_video(container_format: str) -> bytes:
-    """Index-coded frames with a title tag on the container and on the stream."""
+def tagged_video(container_format: str, container_options: dict[str, str] | None = None) -> bytes:
+    """Index-coded frames with a title tag on the container and on the stream (options: the muxer's)."""
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container_format) as container:
+    with av.open(buffer, "w", format=container_format, options=container_options) as container:
         container.metadata["title"] = TAG.decode()
         stream = container.add_stream("libx264", rate=FPS)
         stream.width = stream.height = SIZE

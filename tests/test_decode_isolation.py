@@ -8,6 +8,7 @@ second one waits for it, and is answered once the worker is replaced.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -129,7 +130,10 @@ def one_held_by_the_worker_and_one_waiting(
     return first, second
 
 
-def test_a_worker_killed_mid_request_costs_that_request_only(server: Server, repository: Path) -> None:
+def test_a_worker_killed_mid_request_costs_that_request_only(
+    server: Server, repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="video.isolation")
     data, worker = coded_video(), server.worker()
     os.kill(worker, signal.SIGSTOP)
     with ThreadPoolExecutor(2) as requests:
@@ -139,6 +143,7 @@ def test_a_worker_killed_mid_request_costs_that_request_only(server: Server, rep
         assert_error(first.result(), 422, "decoder_crashed")
         right_answer(server, repository, second.result(), data)
     assert server.worker() != worker
+    assert f"decode worker {worker} failed mid-job" in caplog.text
     right_answer(server, repository, server.predict(data), data)
 
 

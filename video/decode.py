@@ -100,6 +100,8 @@ REASONS: tuple[Reason, ...] = get_args(Reason)
 Buffer = bytes | bytearray | mmap.mmap  # an upload, read in place (never copied to be opened)
 _HEAD_BYTES = 256  # what telling a container format or an image by its first bytes reads
 _AV_ERRORS = (av.error.FFmpegError, OSError)
+# ... and, while demuxing, PyAV's IndexError for a packet of a stream that appeared after the header was read
+_DEMUX_ERRORS = (*_AV_ERRORS, IndexError)
 # How frames are scaled while they are converted to RGB (``read_frames(short_side=...)``): of swscale's filters,
 # the closest to video.transforms.resize_short_side (antialiased bilinear) on downscaling
 SCALING = Interpolation.BILINEAR
@@ -441,7 +443,7 @@ class _FrameReader:
                 last = max(last, position)
                 if position in wanted and position not in self.frames:
                     self.frames[position] = self._to_rgb(frame)
-        except _AV_ERRORS:
+        except _DEMUX_ERRORS:
             return last + 1
         return None
 
@@ -618,7 +620,7 @@ def _read_index(
                 raise VideoError("too_long", _too_long_message(limits))
         else:
             complete = payloads >= stream.frames  # fewer packets than the header counts: cut short
-    except _AV_ERRORS:
+    except _DEMUX_ERRORS:
         pass
     return FrameIndex(packets, stream.time_base, reorders=stream.codec_context.has_b_frames, complete=complete)
 

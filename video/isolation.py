@@ -23,6 +23,7 @@ threads, as W requests decoding in one process would. Each runs torch (the views
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import mmap
 import multiprocessing
@@ -43,13 +44,14 @@ from video.parallel import ThreadBudget
 from video.sampling import ClipSpec
 
 _CONTEXT = multiprocessing.get_context("forkserver")
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
     """What a worker needs besides the bytes."""
 
-    size: int  # bytes of the upload, written after the job
+    size: int  # bytes of the upload, whose block's descriptor follows the job
     spec: ClipSpec
     clips: int
     crops: int
@@ -119,6 +121,7 @@ class DecodePool:
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
+        self._closed = False
 
     def start(self) -> None:
         """Start the workers (and, the first time in this process, the forkserver they are forked from)."""
@@ -129,7 +132,7 @@ class DecodePool:
     def close(self) -> None:
         """Kill every worker, busy or not; a job in flight fails as crashed."""
         with self._lock:
-            workers, self._all = list(self._all), set()
+            workers, self._all, self._closed = list(self._all), set(), True
         for worker in workers:
             worker.kill()
 
@@ -146,11 +149,11 @@ class DecodePool:
         worker = self._take()
         try:
             loaded = worker.run(_Job(data.size, spec, clips, crops, limits), data, self.deadline_s)
-        except (EOFError, OSError):
-            self._replace(worker)
+        except (EOFError, OSError) as error:
+            self._replace(worker, f"failed mid-job ({error!r})")
             raise VideoError("crashed", "the decoder crashed on this video") from None
         except _Overran:
-            self._replace(worker)
+            self._replace(worker, f"overran the {self.deadline_s:g} s deadline")
             raise VideoError("overran", f"decoding did not end within the {self.deadline_s:g} s deadline") from None
         except BaseException:
             self._idle.put(worker)  # it answered: still good
@@ -162,7 +165,7 @@ class DecodePool:
         """An idle worker that is alive (one that died while idle, killed from outside, is replaced first)."""
         worker = self._idle.get()
         while not worker.process.is_alive():
-            self._replace(worker)
+            self._replace(worker, "died while idle")
             worker = self._idle.get()
         return worker
 
@@ -172,10 +175,14 @@ class DecodePool:
             self._all.add(worker)
         return worker
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker, why: str) -> None:
+        """Kill ``worker`` and start another in its place, unless the pool is closed."""
         worker.kill()
+        logger.warning("decode worker %s %s (exit code %s); replaced", worker.process.pid, why, worker.process.exitcode)
         with self._lock:
             self._all.discard(worker)
+            if self._closed:
+                return
         self._idle.put(self._new_worker())
 
 
