@@ -76,7 +76,7 @@ from models.gating import (
     uncalibrated_costs,
 )
 from models.policy import AdaFusePolicy, ChannelUsage
-from models.prefix_gating import PrefixPolicyNet, PrefixWeights, run_prefix_pair
+from models.prefix_gating import PrefixPolicyNet, PrefixWeights, order_by_importance, run_prefix_pair
 from models.registry import register_preset
 from models.tsn import SMALL, TSN, Bottleneck, ResidualBlock, ResNet2D, TSNConfig, build_backbone
 
@@ -343,13 +343,12 @@ class AdaFuseBlock(ResidualBlock):
     ) -> torch.Tensor:
         """Seconds of one clip's pair under each level, on this machine: the latency table of training's cost."""
         residual = None if residual is None else residual[: x.shape[0]]
-        return torch.tensor(
-            [
-                seconds_of(lambda choice=choice: run_prefix_pair(x, choice, weights, residual=residual, relu=True))
-                for choice in self.policy.choices
-            ],
-            dtype=torch.float64,
-        )
+        seconds = [
+            seconds_of(lambda choice=choice: run_prefix_pair(x, choice, weights, residual=residual, relu=True))
+            for choice in self.policy.choices
+        ]
+        with torch.inference_mode(False):  # timed at inference, read by training's autograd
+            return torch.tensor(seconds, dtype=torch.float64)
 
     def choice_costs(self, decisions: BlockDecisions, frames: int) -> torch.Tensor:
         """"prefix": the pair's cost under each level, (L,): its time at the decisions' input size as
@@ -749,6 +748,15 @@ class AdaFuse(TSN):
             if chosen.dtype != torch.long or chosen.dim() > 1 or bool(((chosen < 0) | (chosen >= levels)).any()):
                 raise ValueError(f"choices for a block of {levels} levels must be int64 indices in [0, {levels})")
         return _directing({block: {"choices": chosen} for block, chosen in zip(blocks, choices, strict=True)})
+
+    def order_channels_by_importance(self) -> None:
+        """A prefix policy: permute every gated block's conv1 output channels most important first
+        (``models.prefix_gating.order_by_importance``), the network's function unchanged: what makes a trained
+        TSN / TSM, or a per-channel AdaFuse's backbone, a good start for levels that keep prefixes."""
+        if self.config.structure != "prefix":
+            raise ValueError("ordering channels serves structure='prefix'")
+        for block in self.gated_blocks():
+            order_by_importance(block.conv1, block.bn1, block.conv2)
 
     def level_savings(self, frames: int | None = None, size: int | None = None) -> list[torch.Tensor]:
         """A prefix policy: per gated block, the MACs per clip each of its levels saves by Eq. 5, (L,)."""

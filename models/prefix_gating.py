@@ -116,7 +116,8 @@ class PrefixPolicyNet(nn.Module):
     def _choice_masks(self, frames: int, like: torch.Tensor) -> torch.Tensor:
         key = (frames, like.device, like.dtype)
         if key not in self._masks:
-            self._masks[key] = choice_masks(self.choices, frames, self.width).to(like.device, like.dtype)
+            with torch.inference_mode(False):  # made at inference, read by training's autograd too
+                self._masks[key] = choice_masks(self.choices, frames, self.width).to(like.device, like.dtype)
         return self._masks[key]
 
 
@@ -173,3 +174,17 @@ def run_prefix_pair(
     second = weights.conv2[choice.read]
     out = second(y, residual=residual, relu=relu)
     return out, macs + frames * second.macs(out, choice.read)
+
+
+@torch.no_grad()
+def order_by_importance(conv1: nn.Conv2d, bn1: nn.BatchNorm2d, conv2: nn.Conv2d) -> torch.Tensor:
+    """Permute conv1's output channels, with bn1's and conv2's input channels, most important first: the block
+    computes the same function, and a prefix then keeps the channels that matter most. Importance: |γ| of bn1
+    times the L1 norm of conv2's weights that read the channel (no data needed). Returns the order applied."""
+    importance = bn1.weight.abs() * conv2.weight.abs().sum((0, 2, 3))
+    order = importance.argsort(descending=True, stable=True)
+    for tensor in (conv1.weight, conv1.bias, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var):
+        if tensor is not None:
+            tensor.copy_(tensor[order])
+    conv2.weight.copy_(conv2.weight[:, order])
+    return order

@@ -166,3 +166,21 @@ def test_meta_device_count_of_the_small_preset():
     dense = count_flops(create_model("tsn_r18_small", num_classes=11), 8, 112)
     assert dense.gflops == pytest.approx(1.028724736, rel=1e-9)
     assert 0 < adaptive.gflops - dense.gflops < 1e-4
+
+
+def test_ordering_channels_by_importance_keeps_the_function_and_sorts_the_prefix():
+    model = prefix_model()
+    clips = clips_of(2)
+    with torch.inference_mode(), model.full_compute():
+        before = model.execute(clips).logits
+    block = model.gated_blocks()[3]
+    importance = block.bn1.weight.abs() * block.conv2.weight.abs().sum((0, 2, 3))
+    model.order_channels_by_importance()
+    with torch.inference_mode(), model.full_compute():
+        after = model.execute(clips).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-6)
+    ordered = block.bn1.weight.abs() * block.conv2.weight.abs().sum((0, 2, 3))
+    assert torch.equal(ordered, importance.sort(descending=True).values)
+    assert not torch.equal(ordered, importance)  # the channels moved
+    with pytest.raises(ValueError, match="prefix"):
+        create_model(PRESET).order_channels_by_importance()

@@ -206,6 +206,35 @@ def test_adafuse_flops_term_lowers_the_executed_cost(flops_weight):
     assert (after < 0.5 * before) == (flops_weight > 0)
 
 
+def test_the_flops_term_moves_a_prefix_policy_to_cheaper_levels():
+    batch = fixed_batch(3)
+    executed = {}
+    for flops_weight in (0.0, 1e4):
+        torch.manual_seed(0)
+        model = create_model("adafuse_tsn_r18_tiny", num_classes=3, frames=4, size=32, structure="prefix")
+        config = TrainConfig(lr=0.1, flops_weight=flops_weight, policy_lr_scale=10, clip_grad_norm=0)
+        run_steps(phase_named(model, config, "train"), batch, 4, config)
+        executed[flops_weight] = sum(model.eval().execute(batch.clips).executed_gflops)
+    assert executed[1e4] < 0.8 * executed[0.0]
+
+
+def test_the_latency_term_of_a_prefix_policy_reads_the_levels_timed_at_calibration():
+    """With ``cost="latency"`` the phases calibrate the model here; the term is then, per clip, the blocks'
+    timed seconds under the levels drawn over their seconds at full compute."""
+    torch.manual_seed(0)
+    model = create_model("adafuse_tsn_r18_tiny", num_classes=3, frames=4, size=32, structure="prefix")
+    phase_named(model, TrainConfig(cost="latency"), "train")
+    blocks = model.gated_blocks()
+    tables = [next(iter(block._choice_seconds.values())) for block in blocks]
+    assert all(bool((table > 0).all()) for table in tables)  # every level of every block timed
+    levels = [torch.tensor(len(block.policy.choices) - 1) for block in blocks]
+    clips = fixed_batch(3).clips
+    with model.follow_choices(levels):
+        model.train()(clips)
+    expected = sum(float(table[-1]) for table in tables) / sum(float(table[0]) for table in tables)
+    assert model.policy_time_ratio().tolist() == pytest.approx([expected] * len(clips), rel=1e-6)  # float32
+
+
 def test_adafuse_policy_nets_train_at_their_learning_rate_scale():
     changes = {}
     for scale in (1.0, 10.0):

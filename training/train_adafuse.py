@@ -17,6 +17,11 @@ first, and the term counts a channel used at any frame of a clip as computed for
 ``union``), so it rewards policies that skip the same channels across frames. ``decision_group`` in
 ``--model-args`` makes the policy decide per group of channels.
 
+The execution-aware AdaFuse (``structure="prefix"``) picks one level of an ordered channel list per block per
+clip; its channels are first ordered most important first (``AdaFuse.order_channels_by_importance``: the
+``--init`` network's function unchanged), and ``--cost latency`` then reads the time of each level measured
+when the model is calibrated here (LAUDNet's latency table).
+
 ``policy_lr_scale`` trains the policy nets at a multiple of the learning rate (the paper and the authors'
 code use one rate). Inference here takes the argmax decision, where the authors' code keeps sampling; a policy
 trained for few epochs stays near uniform (its FCs start at N(0, 0.001)) and its argmax is then an arbitrary
@@ -61,6 +66,8 @@ class CrossEntropyAndCost(nn.Module):
 
 def phases(model: AdaFuse, config: TrainConfig, train_clips: int) -> list[Phase]:
     policy_nets = {id(p): p for block in model.gated_blocks() for p in block.policy.parameters()}  # FCs shared
+    if model.config.structure == "prefix":
+        model.order_channels_by_importance()  # the --init network's channels, most important first
     if config.cost == "latency":
         model.calibrate()  # the cost models of this machine: the latency term predicts what the executor runs
     latency_weight = config.latency_weight if config.cost == "latency" else None
