@@ -15,6 +15,9 @@ ada3d_i3d_r50_tiny         ada3d                         Ada3D on I3D-R50, start
 e3d_s_tiny                 e3d                           E3D-S
 ctnet_r50_tiny             ctnet                         CT-Net-R50
 fusion_densenet121_tiny    fusion_best                   the best sampled fusion strategy, frozen
+tsn_r18_small              tsn_small                     TSN-R18 at width 32, 8×112²
+adafuse_tsn_r18_small      adafuse_small                 execution-aware AdaFuse-TSN-R18, started from
+                                                         tsn_small; its manifest names it as counterpart
 =========================  ============================  ==========================================
 
 The sample clips are validation clips of the benchmark's dataset: for each class of ``SAMPLE_CLASSES``, the
@@ -22,11 +25,13 @@ first one that every bundled model able to tell that class classifies correctly 
 of motion, so it is not asked to on the moving clip).
 
     .venv/bin/python scripts/bundle_defaults.py [--work runs/synthetic-benchmark] [--jobs 2]
+    .venv/bin/python scripts/bundle_defaults.py --work WORK --only tsn_r18_small adafuse_tsn_r18_small
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -35,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import LoadedVersion, load_version, validate_name  # noqa: E402
+from models.checkpoint import MANIFEST_FILE, LoadedVersion, Manifest, load_version, validate_name  # noqa: E402
 from training.data import DatasetFiles, read_annotations, read_labels  # noqa: E402
 from training.synthetic import TEMPORAL_CLASSES  # noqa: E402
 from video import ClipSpec, load_clips  # noqa: E402
@@ -51,8 +56,11 @@ BUNDLED = {  # served name -> benchmark model
     "e3d_s_tiny": "e3d",
     "ctnet_r50_tiny": "ctnet",
     "fusion_densenet121_tiny": "fusion_best",
+    "tsn_r18_small": "tsn_small",
+    "adafuse_tsn_r18_small": "adafuse_small",
 }
-ORDER_BLIND = {"tsn_r18_tiny"}  # frame averaging: sees what moves, not which way
+COUNTERPARTS = {"adafuse_tsn_r18_small": "tsn_r18_small"}  # adaptive model -> the dense one users would deploy
+ORDER_BLIND = {"tsn_r18_tiny", "tsn_r18_small"}  # frame averaging: sees what moves, not which way
 SAMPLE_CLASSES = ("moving_right", "static_circle")
 
 
@@ -62,12 +70,18 @@ def run_benchmark(work: Path, jobs: int) -> None:
     subprocess.run(command, check=True)
 
 
-def copy_versions(work: Path, repository: Path) -> None:
-    """Each bundled model's trained version from the benchmark, as version 1 of ``repository/NAME``."""
-    for name, source in BUNDLED.items():
+def copy_versions(work: Path, repository: Path, names: list[str]) -> None:
+    """Each named bundled model's trained version from the benchmark, as version 1 of ``repository/NAME``; an
+    adaptive model's manifest gains its dense counterpart (the weights, and so their sha256, are untouched)."""
+    for name in names:
         target = repository / validate_name(name)
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(work / "repo" / source / "1", target / "1")
+        shutil.copytree(work / "repo" / BUNDLED[name] / "1", target / "1")
+        if name in COUNTERPARTS:
+            manifest_path = target / "1" / MANIFEST_FILE
+            manifest = Manifest.model_validate_json(manifest_path.read_text())
+            manifest = manifest.model_copy(update={"counterpart": COUNTERPARTS[name]})
+            manifest_path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
         weights = target / "1" / "weights.safetensors"
         print(f"{target}: {weights.stat().st_size / 1e6:.2f} MB")
 
@@ -99,9 +113,19 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="repository to write")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="the benchmark's work directory")
     parser.add_argument("--jobs", type=int, default=1, help="benchmark chains run at once (default: 1)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(BUNDLED),
+        help="copy just these models from a work directory whose recipes for them are done (no benchmark run, "
+        "examples/ unchanged)",
+    )
     args = parser.parse_args()
+    if args.only:
+        copy_versions(args.work, args.repository, args.only)
+        return
     run_benchmark(args.work, args.jobs)
-    copy_versions(args.work, args.repository)
+    copy_versions(args.work, args.repository, list(BUNDLED))
     choose_samples(args.work, args.repository)
 
 
