@@ -3,12 +3,15 @@
 One Ray node of 2 CPUs, no dashboard, every server of it on 127.0.0.1 on a free port; the deployment has
 2 replicas of 1 CPU and 1 torch thread each, watching a repository in a temporary directory. Clients send
 ``examples/moving_right.mp4`` in closed loops and the replica that answered is read from each response's
-``X-Clipwise-Replica`` header (the replica's actor name, which ``ray.kill`` takes).
+``X-Clipwise-Replica`` header (the replica's actor name, which ``ray.kill`` takes). A request is held in
+flight on a replica by sending its upload halfway and the rest only later.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -21,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from live_server import assert_error
+from live_server import assert_error, wait_for
 from pydantic import ValidationError
 
 from models.checkpoint import save_version
@@ -44,6 +47,9 @@ CLIENTS = 4
 WATCH_INTERVAL_S = 0.2
 VIDEO = Path(__file__).resolve().parent.parent / "examples" / "moving_right.mp4"
 REPLACEMENT_TIMEOUT_S = 90.0
+HELD = REPLICAS  # uploads held halfway: one a replica (Ray routes a request to the one with fewer in flight)
+HELD_GAP_S = 0.5  # between two held uploads: the first is routed before the second arrives
+BOUNDARY = "clipwise-test-boundary"
 
 
 def add_version(repository: Path, seed: int) -> int:
@@ -128,6 +134,10 @@ def predict(client: httpx.Client, video: bytes, **params: int) -> Answer:
         )
     except httpx.HTTPError:
         return Answer(status=0)
+    return answer_of(response)
+
+
+def answer_of(response: httpx.Response) -> Answer:
     replica, retry_after = response.headers.get(REPLICA_HEADER), response.headers.get("retry-after")
     if response.status_code != 200:
         return Answer(response.status_code, replica, code=documented_code(response), retry_after=retry_after)
@@ -177,6 +187,70 @@ class Load:
         self.stop.set()
         for thread in self.threads:
             thread.join()
+
+
+def held_prediction(port: int, video: bytes, release: threading.Event) -> Answer:
+    """A prediction whose upload stops halfway until ``release`` is set: a request in flight on its replica
+    meanwhile. An answer that comes first (the proxy's, once that replica died) is read without the rest."""
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n'.encode()
+    body = head + video + f"\r\n--{BOUNDARY}--\r\n".encode()
+    half = len(head) + len(video) // 2
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.putrequest("POST", f"/v1/models/{MODEL}/predict?top_k={len(LABELS)}")
+        connection.putheader("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body[:half])
+        answered = False
+        while not (answered or release.wait(0.05)):
+            answered = bool(select.select([connection.sock], [], [], 0)[0])
+        if not answered:
+            connection.send(body[half:])
+        raw = connection.getresponse()
+        response = httpx.Response(raw.status, headers=raw.getheaders(), content=raw.read())
+    except (OSError, http.client.HTTPException):
+        return Answer(status=0)
+    finally:
+        connection.close()
+    return answer_of(response)
+
+
+class HeldUploads:
+    """``count`` predictions held halfway (``held_prediction``), each in a thread, until the block ends; started
+    ``HELD_GAP_S`` apart, so that Ray's router counts each before it routes the next."""
+
+    def __init__(self, port: int, count: int) -> None:
+        video = VIDEO.read_bytes()
+        self.release = threading.Event()
+        self.answers: list[Answer] = []
+        self.threads = [
+            threading.Thread(target=lambda: self.answers.append(held_prediction(port, video, self.release)))
+            for _ in range(count)
+        ]
+
+    def __enter__(self) -> HeldUploads:
+        for thread in self.threads:
+            thread.start()
+            time.sleep(HELD_GAP_S)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def replica_holding_a_request(client: httpx.Client, timeout: float = 30) -> str:
+    """A replica whose ``/metrics`` shows an inference request in progress, by its actor name. (Ray routes
+    ``/metrics`` too to the replica with fewer requests in flight: a request held on each replica is seen.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/metrics")
+        for line in response.text.splitlines():
+            if line.startswith("clipwise_requests_in_progress ") and float(line.split()[-1]) >= 1:
+                return response.headers[REPLICA_HEADER]
+        time.sleep(0.05)
+    raise TimeoutError("no replica showed a request in progress")
 
 
 def replicas_of(answers: list[Answer]) -> set[str | None]:
@@ -245,22 +319,27 @@ def test_a_new_version_reaches_every_replica_under_load_and_no_request_fails(
 def test_a_killed_replica_costs_only_retryable_503s_and_ray_replaces_it(
     clipwise: httpx.Client, settings: Settings
 ) -> None:
-    # 12 views a request: the replicas are kept busy, so the victim usually dies with requests in flight
-    with Load(str(clipwise.base_url), clips=4, crops=3) as load:
+    """A replica is killed with a held upload in flight on it: that request is answered 503
+    ``replica_unavailable`` (retryable), every other one 200 or 503, and a new replica serves the newest version."""
+    with Load(str(clipwise.base_url)) as load:
         load.wait_until(lambda answers: len(replicas_of(answers)) == REPLICAS, "both replicas answering")
-        survivors = replicas_of(load.answers)
-        victim = load.answers[-1].replica
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        load.wait_until(
-            lambda answers: len(replicas_of(answers) - survivors) == 1, "a new replica", REPLACEMENT_TIMEOUT_S
-        )
-    answers = load.answers
+    before = replicas_of(load.answers)
+    with HeldUploads(settings.port, HELD) as held:
+        victim = replica_holding_a_request(clipwise)
+        with Load(str(clipwise.base_url)) as load:
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            wait_for(lambda: len(held.answers) > 0, "an answer to the request held on the killed replica")
+            held.release.set()  # the others finish on the surviving replica
+            load.wait_until(
+                lambda answers: len(replicas_of(answers) - before) == 1, "a new replica", REPLACEMENT_TIMEOUT_S
+            )
+    answers = load.answers + held.answers
     failed = [answer for answer in answers if answer.status != 200]
     print(f"\nkilled {victim}: {len(answers) - len(failed)} answered 200, failed: {Counter(failed)}")
-    # a request in flight on the victim fails as a retryable 503; on a quiet machine none may be in flight
+    assert any(answer.code == "replica_unavailable" for answer in held.answers), held.answers
     assert all(answer.status == 503 and answer.retry_after == "1" for answer in failed), failed
     assert {answer.code for answer in failed} <= {"replica_unavailable", "overloaded"}
-    (replacement,) = replicas_of(answers) - survivors
+    (replacement,) = replicas_of(answers) - before
     newest = versions_on_disk(settings.model_repository)[-1]
     assert {answer.version for answer in answers if answer.replica == replacement} == {newest}
 
