@@ -255,6 +255,8 @@ class Load:
                 except httpx.TransportError as error:
                     with self.lock:
                         self.transport_errors[f"{upload.name}: {type(error).__name__}"] += 1
+                    if self.process.poll() is not None:
+                        return  # the server is gone: the report says so
                     continue
                 wrong = None
                 if response.status_code == 200 and upload.name in self.expected:
