@@ -67,7 +67,7 @@ FUSION_EPOCHS = 12
 ADAFUSE = {"epochs": 6, "lr": 0.02, "flops_weight": 9.0, "policy_lr_scale": 50.0}
 # the execution-aware AdaFuse: Eq. 6's cost from its levels' time measured on the training machine
 ADAFUSE_PREFIX = {
-    "epochs": 5, "lr": 0.01, "lr_warmup_epochs": 0, "cost": "latency", "latency_weight": 1.0, "policy_lr_scale": 10.0
+    "epochs": 3, "lr": 0.01, "lr_warmup_epochs": 0, "cost": "latency", "latency_weight": 1.0, "policy_lr_scale": 10.0
 }  # fmt: skip
 DENSE_STRIDE_2 = {"sample_stride": 2}  # 8 frames two apart: 15 of the 16 frames of a synthetic clip
 FUSION = {"epochs": FUSION_EPOCHS, "lr": 0.02}
