@@ -118,7 +118,7 @@ class DecodePool:
             raise ValueError(f"a decode pool needs at least one worker, not {workers}")
         self.workers, self.deadline_s = workers, deadline_s
         self.threads = ThreadBudget.shared(threads, _CONTEXT)
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # the last used first: its caches are warm
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
