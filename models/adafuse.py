@@ -325,18 +325,23 @@ class AdaFuseBlock(ResidualBlock):
         if directive.calibrate:
             self._choice_seconds[shifted.shape[-2:]] = self._time_choices(shifted[:frames], weights, residual)
         indices = self._decide_prefix(shifted, frames, directive)[1] or []
-        outputs, macs = [], []
+        note_executed("prefix", "prefix")
+        if len(set(indices)) == 1:  # one level for the whole batch: one set of calls, each clip its share
+            choice = self.policy.choices[indices[0]]
+            out, macs = run_prefix_pair(shifted, choice, weights, residual=residual, relu=True, frames=frames)
+            record_macs(macs)
+            return out
+        outputs, per_clip = [], []
         for clip, index in enumerate(indices):
             rows = slice(clip * frames, (clip + 1) * frames)
             clip_residual = None if residual is None else residual[rows]
-            out, clip_macs = run_prefix_pair(
-                shifted[rows], self.policy.choices[index], weights, residual=clip_residual, relu=True
+            out, macs = run_prefix_pair(
+                shifted[rows], self.policy.choices[index], weights, residual=clip_residual, relu=True, frames=frames
             )
             outputs.append(out)
-            macs.append(clip_macs)
-        record_macs(torch.tensor(macs, dtype=torch.float64))
-        note_executed("prefix", "prefix")
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            per_clip.append(macs)
+        record_macs(torch.tensor(per_clip, dtype=torch.float64))
+        return torch.cat(outputs)
 
     def _time_choices(
         self, x: torch.Tensor, weights: PrefixWeights, residual: torch.Tensor | None

@@ -153,27 +153,31 @@ def run_prefix_pair(
     *,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    frames: int | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """``conv2(fuse(relu(conv1(x))), residual, relu)`` of one clip's frames (T, C_in, H, W) under ``choice``;
-    the output and the MACs it ran."""
-    frames = x.shape[0]
+    """``conv2(fuse(relu(conv1(x))), residual, relu)`` of clips of ``frames`` frames each (default: one clip),
+    (N·T, C_in, H, W), every clip under ``choice``; the output and the MACs it ran."""
+    frames = frames or x.shape[0]
     whole = weights.conv1[choice.read]
     if choice.reuse == 0 or frames == 1:
         y = whole(x, relu=True)
-        macs = frames * whole.macs(y, x.shape[1])
+        macs = x.shape[0] * whole.macs(y, x.shape[1])
     else:
-        even = whole(x[0::2], relu=True)
+        clips = x.view(-1, frames, *x.shape[1:])
+        even = whole(clips[:, 0::2].flatten(0, 1), relu=True)
         part = weights.conv1[choice.keep]
-        odd = part(x[1::2], relu=True)
-        y = torch.empty((frames, choice.read, *even.shape[2:]), dtype=even.dtype, device=even.device)
+        odd = part(clips[:, 1::2].flatten(0, 1), relu=True)
+        y = torch.empty((x.shape[0], choice.read, *even.shape[2:]), dtype=even.dtype, device=even.device)
         y = y.contiguous(memory_format=torch.channels_last)
-        y[0::2] = even
-        y[1::2, : choice.keep] = odd
-        y[1::2, choice.keep :] = even[: odd.shape[0], choice.keep :]
+        fused = y.view(-1, frames, *y.shape[1:])
+        evens = even.view(-1, (frames + 1) // 2, *even.shape[1:])
+        fused[:, 0::2] = evens
+        fused[:, 1::2, : choice.keep] = odd.view(-1, frames // 2, *odd.shape[1:])
+        fused[:, 1::2, choice.keep :] = evens[:, : frames // 2, choice.keep :]  # frame 2i + 1 reuses frame 2i
         macs = even.shape[0] * whole.macs(even, x.shape[1]) + odd.shape[0] * part.macs(odd, x.shape[1])
     second = weights.conv2[choice.read]
     out = second(y, residual=residual, relu=relu)
-    return out, macs + frames * second.macs(out, choice.read)
+    return out, macs + x.shape[0] * second.macs(out, choice.read)
 
 
 @torch.no_grad()
