@@ -9,12 +9,14 @@ second one waits for it, and is answered once the worker is replaced.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import httpx
@@ -30,6 +32,7 @@ from service.app import create_app
 from service.config import Settings
 from video import ClipSpec, VideoError, load_clips
 from video.isolation import DecodePool, SharedBlock
+from video.parallel import ThreadBudget
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(5)]
@@ -70,6 +73,28 @@ def test_a_worker_that_died_idle_is_replaced_before_it_takes_a_job(pool: DecodeP
         loaded = pool.load_clips(SharedBlock.of(coded_video()), SPEC, clips=1, crops=1, limits=LIMITS)
         assert loaded.clips.shape == (1, 3, 8, 64, 64)
     assert len(pool.pids()) == 2
+
+
+def hold_threads(budget: ThreadBudget, wanted: int, held: Event, release: Event) -> None:
+    with budget.lease(wanted):
+        held.set()
+        release.wait(30)
+
+
+def test_the_thread_budget_is_shared_by_processes() -> None:
+    context = multiprocessing.get_context("forkserver")
+    budget, held, release = ThreadBudget.shared(3, context), context.Event(), context.Event()
+    holder = context.Process(target=hold_threads, args=(budget, 2, held, release))
+    holder.start()
+    try:
+        assert held.wait(30)
+        with budget.lease(3) as granted:
+            assert granted == 1  # the other process holds 2 of the 3
+    finally:
+        release.set()
+        holder.join(30)
+    with budget.lease(3) as granted:
+        assert granted == 3
 
 
 @pytest.fixture(scope="module")
