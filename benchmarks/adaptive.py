@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from export.onnx import save_onnx, to_onnx  # noqa: E402
-from export.runtime import OnnxRunner  # noqa: E402
+from export.runtime import OnnxRunner, OpenVinoRunner  # noqa: E402
 from models import VideoClassifier, create_model  # noqa: E402
 from models.ada3d import Ada3D  # noqa: E402
 from models.adafuse import AdaFuse  # noqa: E402
@@ -138,10 +138,10 @@ def selection_seconds(model: VideoClassifier, clip: torch.Tensor, repeats: int) 
 
 @dataclass(frozen=True)
 class Counterpart:
-    """The dense model a user would deploy instead of an adaptive one: eager, and its graph on ONNX Runtime."""
+    """The dense model a user would deploy instead of an adaptive one: eager, and its graph on the runtimes."""
 
     model: VideoClassifier
-    graph: OnnxRunner | None
+    graphs: dict[str, OnnxRunner | OpenVinoRunner]
 
 
 @torch.inference_mode()
@@ -163,11 +163,11 @@ def torch_row(
     }
     if counterpart is not None:
         runs["torch"] = lambda: counterpart.model.execute(clip)
-        if counterpart.graph is not None:
-            runs["onnxruntime"] = lambda: counterpart.graph.execute(clip)
+        for backend, runner in counterpart.graphs.items():
+            runs[backend] = lambda runner=runner: runner.execute(clip)
     seconds = interleaved(runs, repeats)
     selection = selection_seconds(network, clip, repeats)
-    dense = {backend: seconds[backend] for backend in ("torch", "onnxruntime") if backend in seconds}
+    dense = {backend: seconds[backend] for backend in ("torch", *DENSE_GRAPHS) if backend in seconds}
     best = min(dense, key=dense.__getitem__) if dense else None
     return Row(
         backend="torch",
@@ -184,12 +184,14 @@ def torch_row(
     )
 
 
-def counterpart_of(loaded: LoadedVersion, clip_shape: tuple[int, ...], work: Path, graph: bool) -> Counterpart:
-    """``loaded``'s dense counterpart, eager and (with ``graph``) exported for ONNX Runtime."""
+DENSE_GRAPHS = ("onnxruntime", "openvino")
+
+
+def counterpart_of(loaded: LoadedVersion, clip_shape: tuple[int, ...], work: Path) -> Counterpart:
+    """``loaded``'s dense counterpart, eager and its graph on ONNX Runtime and OpenVINO."""
     path = work / f"{loaded.name}-dense.onnx"
-    return Counterpart(
-        loaded.model.eval(), graph_runner(loaded, contextlib.nullcontext, path, clip_shape) if graph else None
-    )
+    onnx_runner = graph_runner(loaded, contextlib.nullcontext, path, clip_shape)
+    return Counterpart(loaded.model.eval(), {"onnxruntime": onnx_runner, "openvino": OpenVinoRunner(path, loaded)})
 
 
 def graph_runner(loaded: LoadedVersion, policy: Policy, path: Path, clip_shape: tuple[int, ...]) -> OnnxRunner:
@@ -249,7 +251,7 @@ def learned_rows(repository: Path, videos: list[Path], backends: list[str], repe
         clip_shape = tuple(clips[0][1].shape[1:])
         model.calibrate(clip_shape[1], clip_shape[-1])
         dense = loaded.manifest.counterpart
-        counterpart = counterpart_of(load_version(repository, dense), clip_shape, work, graph=True) if dense else None
+        counterpart = counterpart_of(load_version(repository, dense), clip_shape, work) if dense else None
         full_graph = (
             graph_runner(loaded, model.full_compute, work / f"{name}-full.onnx", clip_shape)
             if "onnxruntime" in backends
@@ -339,7 +341,7 @@ def prefix_rows(presets: list[str], savings: list[float], kinds: list[str], repe
         version = int(save_version(dense, labels, work, dense_name, trained=False).name)
         clip = random_clip(model.config)
         model.calibrate()
-        counterpart = counterpart_of(load_version(work, dense_name, version), tuple(clip.shape[1:]), work, graph=True)
+        counterpart = counterpart_of(load_version(work, dense_name, version), tuple(clip.shape[1:]), work)
         gated = gated_share(model)
         for saving in savings:
             policies = []
