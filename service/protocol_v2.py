@@ -78,7 +78,7 @@ class InferInput(InputHead):
 
 
 class RequestHead(BaseModel):
-    """An inference request's inputs less their values (the rest of the body is skipped, never made objects)."""
+    """An inference request's inputs less their values (the rest of the body is parsed, never made Python objects)."""
 
     inputs: list[InputHead] = Field(min_length=1, max_length=1)
 
