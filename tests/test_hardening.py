@@ -27,6 +27,7 @@ from answers import in_process_scores, wrong_answer
 from edge_cases import EDGE_CASES, LIMITS
 from live_server import assert_error, serving, wait_for
 
+import video.decode
 from models import create_model
 from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, LoadedVersion, load_version, save_version, sha256_file
 from service.app import create_app
@@ -466,3 +467,20 @@ def test_logs_carry_request_ids_and_never_request_bodies(
     assert not [record.getMessage() for record in server_side if MARKER.decode() in record.getMessage()]
     ours = [record for record in server_side if record.name.startswith(("service", "clipwise"))]
     assert len(ours) > len(sent) and all(record.request_id != "-" for record in ours)  # "-": outside a request
+
+
+def test_an_unexpected_error_reading_an_upload_is_a_422_naming_the_stage_logged_once_with_its_request_id(
+    repository: Path, h264_video: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_index(*args: object) -> None:
+        raise KeyError("a bug of the reader")
+
+    monkeypatch.setattr(video.decode, "_read_index", broken_index)  # decoding in this process reaches it
+    caplog.handler.addFilter(RequestIdFilter())
+    with serving(create_app(settings(repository, decode_workers=0))) as client, caplog.at_level(logging.WARNING):
+        response = predict(client, h264_video.read_bytes())
+    body = assert_error(response, 422, "unreadable_video")
+    assert "while indexing its packets (KeyError)" in body.error.message and "a bug" not in body.error.message
+    logged = [record for record in caplog.records if "an upload could not be read" in record.getMessage()]
+    assert len(logged) == 1 and logged[0].request_id == response.headers["x-request-id"]
+    assert "a bug of the reader" in logged[0].getMessage()
