@@ -240,8 +240,8 @@ def _serve(connection: Connection, threads: ThreadBudget) -> None:
             continue
         fields = {field.name: getattr(loaded, field.name) for field in dataclasses.fields(loaded)}
         views = fields.pop("clips").contiguous()
+        block = SharedBlock.of(views.numpy())  # written before the reply, so that the caller wakes once for both
         connection.send((tuple(views.shape), fields))
-        block = SharedBlock.of(views.numpy())  # held until sent: its descriptor closes with it
         send_handle(connection, block.fileno(), 0)
 
 
