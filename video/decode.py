@@ -2,7 +2,8 @@
 
 A request goes through four steps, all inside one container that is closed on every path:
 
-1. **Open** the bytes in memory (``io.BytesIO``: no file path, nothing shared between requests), with
+1. **Open** the bytes in memory (a read-only file over the caller's buffer, never a copy of it: no file path,
+   nothing shared between requests; metadata tags that are not UTF-8 read with their bad bytes replaced), with
    FFmpeg restricted to ``ACCEPTED_FORMATS`` (playlist or script demuxers such as HLS or concat would open
    other files or URLs named inside the upload), and pick the video stream FFmpeg calls best (what ffmpeg
    and ffprobe pick: a moving stream over a still picture such as cover art, then the first). Size,
@@ -45,7 +46,10 @@ frame count over it.
 
 Failures: an error while opening is ``undecodable`` when the bytes start like a container format we
 accept and ``not_video`` otherwise (naming the format of a still image: a PNG or JPEG is refused, while a
-GIF is a video, of one frame if need be). Should the fast path (seeks, skipped frames) miss a wanted
+GIF is a video, of one frame if need be); so is a video stream whose codec has no decoder here, or that has
+no time base. Any other exception while reading the container (a bug, of PyAV's or ours, that some upload
+reaches) becomes ``unreadable``, naming the stage it came from, with its traceback in ``detail``: an upload
+never fails as a server error. Should the fast path (seeks, skipped frames) miss a wanted
 frame, it is decoded the plain way, forward from the start. Should that fail too (a decoding error, or a
 frame the decoder does not return), the stream ends there: the frames before it are kept when there are at
 least ``min_frames`` of them, the sampler plans again over them and the result is marked ``truncated``. In a
