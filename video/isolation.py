@@ -136,6 +136,10 @@ class DecodePool:
         for worker in workers:
             worker.kill()
 
+    def idle(self) -> int:
+        """Workers waiting for a job."""
+        return self._idle.qsize()
+
     def pids(self) -> list[int]:
         """The workers' process ids."""
         with self._lock:
