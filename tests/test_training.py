@@ -218,6 +218,20 @@ def test_the_flops_term_moves_a_prefix_policy_to_cheaper_levels():
     assert executed[1e4] < 0.8 * executed[0.0]
 
 
+def test_a_per_channel_adafuse_converts_to_the_execution_aware_one_through_init(tmp_path):
+    """``--init`` of a per-channel AdaFuse version (trained or imported) into the prefix structure: every backbone
+    tensor loads, the policy nets start new; ``phases`` then orders the channels by importance."""
+    torch.manual_seed(0)
+    source = create_model("adafuse_tsn_r18_tiny", num_classes=3, frames=4, size=32)
+    version = save_version(source, ["a", "b", "c"], tmp_path, "per_channel", trained=True)
+    config = TrainConfig(model="adafuse_tsn_r18_tiny", frames=4, size=32, init=version)
+    config.model_args = {"structure": "prefix"}
+    converted = build_model(config, num_classes=3)
+    backbone = {key: tensor for key, tensor in source.state_dict().items() if ".policy." not in key}
+    assert all(torch.equal(tensor, converted.state_dict()[key]) for key, tensor in backbone.items())
+    assert converted.config.structure == "prefix"
+
+
 def test_the_latency_term_of_a_prefix_policy_reads_the_levels_timed_at_calibration():
     """With ``cost="latency"`` the phases calibrate the model here; the term is then, per clip, the blocks'
     timed seconds under the levels drawn over their seconds at full compute."""
