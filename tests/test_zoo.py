@@ -24,7 +24,8 @@ from models.x3d import E3D_S, architecture_of
 
 ALL = list_models(buildable=True)
 TINY = [name for name in ALL if name.endswith("_tiny")]
-PAPER = [name for name in ALL if not name.endswith("_tiny")]
+SMALL_TWINS = [name for name in ALL if name.endswith("_small")]  # between the paper presets and the tiny ones
+PAPER = [name for name in ALL if not name.endswith(("_tiny", "_small"))]
 
 
 SMALL = {"frames": 8, "size": 32}  # fast to trace; 8 frames: the fusion stem and transitions pool time by 8
@@ -40,7 +41,7 @@ def test_every_paper_preset_has_a_tiny_twin():
     assert [name for name in PAPER if f"{name}_tiny" not in ALL] == []
 
 
-@pytest.mark.parametrize("name", PAPER + TINY)
+@pytest.mark.parametrize("name", PAPER + TINY + SMALL_TWINS)
 def test_preset_builds_and_counts_on_the_meta_device(name):
     with torch.device("meta"):
         model = create_model(name, num_classes=10)
@@ -64,10 +65,12 @@ def required_fields(name: str, directory: Path) -> dict[str, str]:
 def decision_gflops(model: torch.nn.Module, frames: int, size: int) -> float:
     """What an adaptive model computes to decide, which fvcore leaves out of its full-compute count: under full
     compute nothing reads the decisions, and the graph fvcore traces drops what nothing reads. AdaFuse: both FCs
-    of every policy net on every frame (from their shapes); Ada3D: the selection net (fvcore counts it alone)."""
+    of every policy net on every frame (from their shapes), once per clip for an execution-aware (prefix) policy;
+    Ada3D: the selection net (fvcore counts it alone)."""
     if isinstance(model, AdaFuse):
         fcs = [fc for block in model.gated_blocks() for fc in (block.policy.fc_in, block.policy.fc_out)]
-        return frames * sum(fc.in_features * fc.out_features for fc in fcs) / 1e9
+        decisions = 1 if model.config.structure == "prefix" else frames
+        return decisions * sum(fc.in_features * fc.out_features for fc in fcs) / 1e9
     if isinstance(model, Ada3D):
         return fvcore_gflops(model.selection, frames, size)
     return 0.0
