@@ -144,7 +144,6 @@ class BlockDecisions:
     partitions: tuple[str, str] | None = None  # how the executor ran conv1 and conv2 (models.gating)
     probabilities: torch.Tensor | None = None  # training: (N, T, C, 3) softmax of the logits the masks were drawn from
     choice_weights: torch.Tensor | None = None  # "prefix": (N, L) one-hot level choices (straight-through in training)
-    choice_seconds: torch.Tensor | None = None  # "prefix": (L,) the block's time under each level (latency table)
 
     def saved_macs(self) -> torch.Tensor:
         """Per-clip MACs that Eq. 5 saves against computing every channel (differentiable in the masks)."""
@@ -629,7 +628,9 @@ class AdaFuse(TSN):
         expected ones under the policy's probabilities (frames drawn independently): channel c is in the union
         with probability 1 − Π_t (1 − p_t,c), so a channel a policy uses at one frame costs as much as one it
         uses at all, and the term rewards skipping the same channels at every frame — what execution can turn
-        into time. At inference it counts the decisions themselves.
+        into time. At inference it counts the decisions themselves. A prefix policy's blocks are predicted from
+        their latency table instead: the time of each level as ``calibrate`` measured it (MACs where never
+        timed), weighted by the level choices (straight-through one-hot in training).
         """
         record = self.last_record
         if record is None:
