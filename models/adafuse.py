@@ -63,6 +63,7 @@ from models.base import forced_on, forcing
 from models.flops import conv_macs, count_flops, record_macs
 from models.folding import CHANNEL_BLOCK, FoldCache, FoldedConv, conv_output_size
 from models.gating import (
+    DECISIONS,
     KEEP,
     PARTITIONS,
     REUSE,
@@ -79,8 +80,6 @@ from models.policy import AdaFusePolicy, ChannelUsage
 from models.prefix_gating import PrefixPolicyNet, PrefixWeights, order_by_importance, run_prefix_pair
 from models.registry import register_preset
 from models.tsn import SMALL, TSN, Bottleneck, ResidualBlock, ResNet2D, TSNConfig, build_backbone
-
-DECISIONS = 3
 
 
 @dataclass

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from models.folding import CHANNEL_BLOCK, FoldedConv, channels_of, conv_output_size
 
 KEEP, REUSE, SKIP = 0, 1, 2
+DECISIONS = 3  # keep, reuse, skip: the last axis of a block's one-hot masks
 Count = TypeVar("Count", float, torch.Tensor)  # a channel count: a number, or a tensor of them
 PARTITIONS = ("dense", "union", "blocks", "clips", "sets")
 # "sets" must be predicted this much faster than the best single call per clip: its many small calls on cold

@@ -27,9 +27,7 @@ from torch import nn
 
 from models.flops import record_macs
 from models.folding import FoldedConv
-from models.gating import KEEP, REUSE, SKIP
-
-DECISIONS = 3
+from models.gating import DECISIONS, KEEP, REUSE, SKIP
 
 
 @dataclass(frozen=True)
