@@ -170,8 +170,7 @@ class ModelStore:
 
     def get(self, name: str, version: int | None = None) -> ServedModel:
         """The version serving ``name``; ``version``, if given, must be that one."""
-        with self._lock:
-            served = self._served.get(name)
+        served = self.find(name)
         if served is None:
             raise ModelNotFound(f"model {name!r} is not served; served models: {self.names()}")
         if version is not None and version != served.version:
