@@ -43,10 +43,14 @@ class ServiceState:
     runner: InferenceRunner
     batcher: Batcher
     metrics: ServiceMetrics
-    decode_threads: ThreadBudget
     decoder: DecodePool | InProcess
     startup: Startup = field(default_factory=Startup)
     watch_polls: int = 0  # polls the repository watcher has finished: to wait for one begun after a change
+
+    @property
+    def decode_threads(self) -> ThreadBudget:
+        """The budget of decoding threads, the decoder's (shared by its workers)."""
+        return self.decoder.threads
 
     @classmethod
     def from_settings(cls, settings: Settings, device: torch.device | None = None) -> ServiceState:
@@ -54,7 +58,6 @@ class ServiceState:
         store = ModelStore(settings.model_repository, settings.max_concurrent_inferences, device or torch.device("cpu"))
         admission = Admission(settings.max_pending_requests)
         runner = InferenceRunner(settings.max_concurrent_inferences)
-        decode_threads = ThreadBudget(settings.decode_threads or usable_cpus())
         return cls(
             settings=settings,
             store=store,
@@ -62,16 +65,16 @@ class ServiceState:
             runner=runner,
             batcher=Batcher(runner, settings),
             metrics=ServiceMetrics(store, admission),
-            decode_threads=decode_threads,
-            decoder=decoder(settings, decode_threads),
+            decoder=decoder(settings),
         )
 
 
-def decoder(settings: Settings, threads: ThreadBudget) -> DecodePool | InProcess:
-    """The settings' decode workers, sharing the budget's count of threads, or this process. A decode holds an
+def decoder(settings: Settings) -> DecodePool | InProcess:
+    """The settings' decode workers, sharing one budget of decoding threads, or this process. A decode holds an
     inference slot while it runs: with the default of one worker per slot, the jobs at once (decodes and
     batches) stay the slots, and the decode threads the budget plus the slots less one."""
+    threads = settings.decode_threads or usable_cpus()
     workers = settings.max_concurrent_inferences if settings.decode_workers is None else settings.decode_workers
     if workers == 0:
-        return InProcess(threads)
-    return DecodePool(workers, threads.threads, settings.decode_deadline_s)
+        return InProcess(ThreadBudget(threads))
+    return DecodePool(workers, threads, settings.decode_deadline_s)
