@@ -359,10 +359,13 @@ class AdaFuseBlock(ResidualBlock):
         timed = self._choice_seconds.get(tuple(decisions.input_size))
         if timed is not None:
             return timed
-        levels = len(self.policy.choices)
-        masks = self.policy.masks(torch.eye(levels, dtype=torch.float64), frames)
-        full = BlockDecisions(torch.zeros_like(masks), decisions.conv1_macs, decisions.conv2_macs).saved_macs()
-        return full - BlockDecisions(masks, decisions.conv1_macs, decisions.conv2_macs).saved_macs()
+        full = frames * (decisions.conv1_macs + decisions.conv2_macs)
+        return full - self.level_saved_macs(decisions, frames)
+
+    def level_saved_macs(self, decisions: BlockDecisions, frames: int) -> torch.Tensor:
+        """"prefix": the MACs per clip each level saves by Eq. 5 at the block's costs in ``decisions``, (L,)."""
+        masks = self.policy.masks(torch.eye(len(self.policy.choices), dtype=torch.float64), frames)
+        return BlockDecisions(masks, decisions.conv1_macs, decisions.conv2_macs).saved_macs()
 
     def pair_costs(self, size: tuple[int, int], first: FoldedConv, second: FoldedConv) -> PairCosts:
         """The executor's cost models at this spatial input size: calibrated, or from MACs where never timed."""
@@ -766,12 +769,8 @@ class AdaFuse(TSN):
     def level_savings(self, frames: int | None = None, size: int | None = None) -> list[torch.Tensor]:
         """A prefix policy: per gated block, the MACs per clip each of its levels saves by Eq. 5, (L,)."""
         frames, size = frames or self.config.frames, size or self.config.size
-        savings = []
-        for block, cost in zip(self.gated_blocks(), self.block_costs(frames, size), strict=True):
-            levels = len(block.policy.choices)
-            masks = block.policy.masks(torch.eye(levels, dtype=torch.float64), frames)
-            savings.append(BlockDecisions(masks, cost.conv1_macs, cost.conv2_macs).saved_macs())
-        return savings
+        costs = self.block_costs(frames, size)
+        return [block.level_saved_macs(cost, frames) for block, cost in zip(self.gated_blocks(), costs, strict=True)]
 
     def choices_saving(self, choices: Sequence[torch.Tensor]) -> float:
         """The mean fraction of the full-compute MACs that these levels save at the configured input."""
