@@ -22,10 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.flops import record_macs
 from models.folding import FoldedConv
 from models.gating import DECISIONS, KEEP, REUSE, SKIP
 
@@ -94,13 +92,7 @@ class PrefixPolicyNet(nn.Module):
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """(N·T, C_in, H, W) block input → logits (N, L)."""
         pooled = x.mean((2, 3)).view(-1, frames, x.shape[1]).mean(1)
-        if self.training or torch.is_grad_enabled():
-            return self.fc_out(self.relu(self.bn(self.fc_in(pooled))))
-        bn = self.bn  # inference: the same layers as functions (a per-clip decision's overhead counts)
-        hidden = F.linear(pooled, self.fc_in.weight, self.fc_in.bias)
-        hidden = F.batch_norm(hidden, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-        record_macs(len(pooled) * (self.fc_in.weight.numel() + self.fc_out.weight.numel()))
-        return F.linear(hidden.relu_(), self.fc_out.weight, self.fc_out.bias)
+        return self.fc_out(self.relu(self.bn(self.fc_in(pooled))))
 
     def masks(self, weights: torch.Tensor, frames: int) -> torch.Tensor:
         """(N, T, C, 3) masks of (N, L) choice weights (one-hot, or straight-through one-hot in training)."""
