@@ -1,18 +1,22 @@
-"""A real server for the HTTP tests (an app under uvicorn on a free loopback port), the error-body check, and
-single-threaded torch for modules that run many small models (several processes share this machine's few
-cores, and intra-op threads fighting over them make tiny models a hundred times slower)."""
+"""A real server for the HTTP tests (an app under uvicorn on a free loopback port), a repository of one tiny
+model for it to serve, the error-body check, and single-threaded torch for modules that run many small models
+(several processes share this machine's few cores, and intra-op threads fighting over them make tiny models a
+hundred times slower)."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
 from fastapi import FastAPI
 
+from models import create_model
+from models.checkpoint import save_version
 from service.local import serve_in_thread, wait_until_ready
 from service.schemas import ErrorResponse
 
@@ -24,6 +28,13 @@ def serving(app: FastAPI, *, ready: bool = True) -> Iterator[httpx.Client]:
         if ready:
             wait_until_ready(url)
         yield client
+
+
+def one_model_repository(root: Path, model: str, labels: list[str]) -> Path:
+    """``root`` made a model repository holding one untrained version of ``model`` (weights of seed 0)."""
+    torch.manual_seed(0)
+    save_version(create_model(model, num_classes=len(labels)), labels, root, model, trained=False)
+    return root
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:

@@ -23,10 +23,9 @@ import pytest
 import torch
 from answers import in_process_scores, wrong_answer
 from edge_cases import LIMITS, coded_video
-from live_server import assert_error, serving, wait_for
+from live_server import assert_error, one_model_repository, serving, wait_for
 
-from models import create_model
-from models.checkpoint import load_version, save_version
+from models.checkpoint import load_version
 from service.app import create_app
 from service.config import Settings
 from video import ClipSpec, VideoError, load_clips
@@ -98,10 +97,7 @@ def test_the_thread_budget_is_shared_by_processes() -> None:
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("isolation") / "repository"
-    torch.manual_seed(0)
-    save_version(create_model(MODEL, num_classes=len(LABELS)), LABELS, root, MODEL, trained=False)
-    return root
+    return one_model_repository(tmp_path_factory.mktemp("isolation") / "repository", MODEL, LABELS)
 
 
 @dataclass

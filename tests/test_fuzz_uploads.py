@@ -13,14 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from answers import in_process_scores, wrong_answer
 from edge_cases import LIMITS, coded_video
 from fuzzing import corpus, mutants, unexpected_answer
-from live_server import serving
+from live_server import one_model_repository, serving
 
-from models import create_model
-from models.checkpoint import load_version, save_version
+from models.checkpoint import load_version
 from service.app import create_app
 from service.config import Settings
 
@@ -34,10 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fuzz") / "repository"
-    torch.manual_seed(0)
-    save_version(create_model(MODEL, num_classes=len(LABELS)), LABELS, root, MODEL, trained=False)
-    return root
+    return one_model_repository(tmp_path_factory.mktemp("fuzz") / "repository", MODEL, LABELS)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 import torch
 from answers import in_process_scores, wrong_answer
 from edge_cases import EDGE_CASES, LIMITS
-from live_server import assert_error, serving, wait_for
+from live_server import assert_error, one_model_repository, serving, wait_for
 
 import video.decode
 from models import create_model
@@ -359,10 +359,7 @@ BAD_CHECKPOINTS = {
 
 @pytest.fixture(scope="module")
 def checkpoint_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("checkpoints") / "repository"
-    torch.manual_seed(0)
-    save_version(create_model(MODEL, num_classes=len(LABELS)), LABELS, root, MODEL, trained=False)
-    return root
+    return one_model_repository(tmp_path_factory.mktemp("checkpoints") / "repository", MODEL, LABELS)
 
 
 @pytest.fixture(scope="module")
