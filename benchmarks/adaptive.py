@@ -56,7 +56,14 @@ from export.runtime import OnnxRunner, OpenVinoRunner  # noqa: E402
 from models import VideoClassifier, create_model  # noqa: E402
 from models.ada3d import Ada3D  # noqa: E402
 from models.adafuse import AdaFuse  # noqa: E402
-from models.checkpoint import LoadedVersion, list_model_names, load_version, save_version  # noqa: E402
+from models.checkpoint import (  # noqa: E402
+    LoadedVersion,
+    list_model_names,
+    load_version,
+    read_manifest,
+    save_version,
+    version_path,
+)
 from video import ClipSpec, load_clips  # noqa: E402
 
 PRESETS = ("adafuse_tsn_r50", "adafuse_tsm_r50", "ada3d_i3d_r50")
@@ -524,12 +531,12 @@ def main() -> int:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=1) + "\n")
     names = list_model_names(args.repository)
     bundled = {name for name in names if name.startswith("adafuse")}
-    prefix = {name for name in bundled if load_version(args.repository, name).manifest.counterpart}
+    prefix = {name for name in bundled if read_manifest(version_path(args.repository / name)).counterpart}
     missed = missed_targets([row for row in rows if not row.model.endswith(" prefix")], bundled - prefix)
-    if "learned" in args.policy and "torch" in args.backends:
-        missed += prefix_targets(rows, prefix, [])
-    if "random" in args.policy and "torch" in args.backends:
-        missed += prefix_targets(rows, set(), [p for p in args.prefix_presets if p == "adafuse_tsn_r50"])
+    if "torch" in args.backends:
+        learned = prefix if "learned" in args.policy else set()
+        drawn = [p for p in args.prefix_presets if p == "adafuse_tsn_r50"] if "random" in args.policy else []
+        missed += prefix_targets(rows, learned, drawn)
     return finish(missed)
 
 

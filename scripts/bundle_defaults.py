@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import MANIFEST_FILE, LoadedVersion, Manifest, load_version, validate_name  # noqa: E402
+from models.checkpoint import MANIFEST_FILE, LoadedVersion, load_version, read_manifest, validate_name  # noqa: E402
 from training.data import DatasetFiles, read_annotations, read_labels  # noqa: E402
 from training.synthetic import TEMPORAL_CLASSES  # noqa: E402
 from video import ClipSpec, load_clips  # noqa: E402
@@ -78,10 +78,8 @@ def copy_versions(work: Path, repository: Path, names: list[str]) -> None:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(work / "repo" / BUNDLED[name] / "1", target / "1")
         if name in COUNTERPARTS:
-            manifest_path = target / "1" / MANIFEST_FILE
-            manifest = Manifest.model_validate_json(manifest_path.read_text())
-            manifest = manifest.model_copy(update={"counterpart": COUNTERPARTS[name]})
-            manifest_path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+            manifest = read_manifest(target / "1").model_copy(update={"counterpart": COUNTERPARTS[name]})
+            (target / "1" / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
         weights = target / "1" / "weights.safetensors"
         print(f"{target}: {weights.stat().st_size / 1e6:.2f} MB")
 
