@@ -130,7 +130,7 @@ def server(repository: Path) -> Iterator[Server]:
         yield Server(client, app.state.service.decoder)
 
 
-def right_answer(server: Server, repository: Path, response: httpx.Response, data: bytes) -> None:
+def right_answer(repository: Path, response: httpx.Response, data: bytes) -> None:
     assert response.status_code == 200, response.text
     served = load_version(repository, MODEL)
     expected = {served.version: in_process_scores(served, data, limits=LIMITS)}
@@ -161,10 +161,10 @@ def test_a_worker_killed_mid_request_costs_that_request_only(
         os.kill(worker, signal.SIGKILL)
         failed, answered = failed_and_answered(sent)
     assert_error(failed, 422, "decoder_crashed")
-    right_answer(server, repository, answered, data)
+    right_answer(repository, answered, data)
     assert server.worker() != worker
     assert f"decode worker {worker} failed mid-job" in caplog.text
-    right_answer(server, repository, server.predict(data), data)
+    right_answer(repository, server.predict(data), data)
 
 
 def test_a_worker_past_the_deadline_is_killed_and_replaced(server: Server, repository: Path) -> None:
@@ -174,7 +174,7 @@ def test_a_worker_past_the_deadline_is_killed_and_replaced(server: Server, repos
         failed, answered = failed_and_answered(two_requests_held(server, requests, data))
     assert_error(failed, 504, "decode_deadline_exceeded")
     assert failed.elapsed.total_seconds() < DEADLINE_S + 2
-    right_answer(server, repository, answered, data)
+    right_answer(repository, answered, data)
     assert server.worker() != worker
     with pytest.raises(ProcessLookupError):
         os.kill(worker, 0)
