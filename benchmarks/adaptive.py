@@ -168,14 +168,8 @@ def torch_row(
         "policy": under(policy, lambda: network.execute(clip)),
         "full": under(network.full_compute, lambda: network.execute(clip)),
     }
-    if counterpart is not None:
-        runs["torch"] = lambda: counterpart.model.execute(clip)
-        for backend, runner in counterpart.graphs.items():
-            runs[backend] = lambda runner=runner: runner.execute(clip)
-    seconds = interleaved(runs, repeats)
+    seconds = interleaved(runs | counterpart_runs(counterpart, clip), repeats)
     selection = selection_seconds(network, clip, repeats)
-    dense = {backend: seconds[backend] for backend in ("torch", *DENSE_GRAPHS) if backend in seconds}
-    best = min(dense, key=dense.__getitem__) if dense else None
     return Row(
         backend="torch",
         policy_ratio=execution.policy_gflops[0] / execution.full_gflops,
@@ -184,11 +178,28 @@ def torch_row(
         policy_ms=seconds["policy"] * 1e3,
         full_ms=seconds["full"] * 1e3,
         selection_share=None if selection is None else selection / seconds["policy"],
-        dense_ms=dense["torch"] * 1e3 if dense else None,
-        dense_best_ms=dense[best] * 1e3 if best else None,
-        dense_best_backend=best,
+        **dense_fields(seconds, "torch"),
         **labels,
     )
+
+
+def counterpart_runs(counterpart: Counterpart | None, clip: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The dense counterpart's ``execute`` on each of its backends, by backend name (none without one)."""
+    if counterpart is None:
+        return {}
+    runs: dict[str, Callable[[], object]] = {"torch": lambda: counterpart.model.execute(clip)}
+    for backend, runner in counterpart.graphs.items():
+        runs[backend] = lambda runner=runner: runner.execute(clip)
+    return runs
+
+
+def dense_fields(seconds: dict[str, float], backend: str) -> dict[str, object]:
+    """A row's counterpart figures from its timed rounds: the dense model on ``backend`` and on its fastest."""
+    dense = {name: seconds[name] for name in ("torch", *DENSE_GRAPHS) if name in seconds}
+    if not dense:
+        return {}
+    best = min(dense, key=dense.__getitem__)
+    return {"dense_ms": dense[backend] * 1e3, "dense_best_ms": dense[best] * 1e3, "dense_best_backend": best}
 
 
 DENSE_GRAPHS = ("onnxruntime", "openvino")
@@ -212,13 +223,22 @@ def graph_runner(loaded: LoadedVersion, policy: Policy, path: Path, clip_shape: 
 
 
 def onnx_row(
-    loaded: LoadedVersion, clip: torch.Tensor, policy: Policy, full: OnnxRunner, work: Path, repeats: int, **labels: str
+    loaded: LoadedVersion,
+    clip: torch.Tensor,
+    policy: Policy,
+    full: OnnxRunner,
+    work: Path,
+    repeats: int,
+    counterpart: Counterpart | None = None,
+    **labels: str,
 ) -> Row:
-    """The graph exported under ``policy`` against the graph exported under full compute, on one clip."""
+    """The graph exported under ``policy`` against the graph exported under full compute and the dense
+    counterpart (eager and graph), on one clip, in the same interleaved rounds."""
     name = f"{labels['model']}-{labels['case']}".replace(" ", "_").replace("/", "_")
     runner = graph_runner(loaded, policy, work / f"{name}.onnx", tuple(clip.shape[1:]))
     execution = runner.execute(clip)
-    seconds = interleaved({"policy": lambda: runner.execute(clip), "full": lambda: full.execute(clip)}, repeats)
+    runs = {"policy": lambda: runner.execute(clip), "full": lambda: full.execute(clip)}
+    seconds = interleaved(runs | counterpart_runs(counterpart, clip), repeats)
     return Row(
         backend="onnxruntime",
         policy_ratio=execution.policy_gflops[0] / execution.full_gflops,
@@ -226,6 +246,7 @@ def onnx_row(
         time_ratio=seconds["policy"] / seconds["full"],
         policy_ms=seconds["policy"] * 1e3,
         full_ms=seconds["full"] * 1e3,
+        **dense_fields(seconds, "onnxruntime"),
         **labels,
     )
 
@@ -257,8 +278,8 @@ def learned_rows(repository: Path, videos: list[Path], backends: list[str], repe
         clips = list(learned_clips(spec, videos))
         clip_shape = tuple(clips[0][1].shape[1:])
         model.calibrate(clip_shape[1], clip_shape[-1])
-        dense = loaded.manifest.counterpart
-        counterpart = counterpart_of(load_version(repository, dense), clip_shape, work) if dense else None
+        dense = dense_version(loaded, repository, work)
+        counterpart = counterpart_of(dense, clip_shape, work) if dense else None
         full_graph = (
             graph_runner(loaded, model.full_compute, work / f"{name}-full.onnx", clip_shape)
             if "onnxruntime" in backends
@@ -269,7 +290,21 @@ def learned_rows(repository: Path, videos: list[Path], backends: list[str], repe
             if "torch" in backends:
                 yield torch_row(model, clip, contextlib.nullcontext, repeats, counterpart, **labels)
             if full_graph is not None:
-                yield onnx_row(loaded, clip, contextlib.nullcontext, full_graph, work, repeats, **labels)
+                yield onnx_row(loaded, clip, contextlib.nullcontext, full_graph, work, repeats, counterpart, **labels)
+
+
+def dense_version(loaded: LoadedVersion, repository: Path, work: Path) -> LoadedVersion | None:
+    """The dense model a user would deploy instead of ``loaded``'s adaptive one: the counterpart its manifest
+    names, or an Ada3D's own backbone (the I3D / Slow-only it runs on fewer frames and 2D stages), saved in
+    ``work``; None for a model with neither."""
+    if loaded.manifest.counterpart:
+        return load_version(repository, loaded.manifest.counterpart)
+    if not isinstance(loaded.model, Ada3D):
+        return None
+    backbone = loaded.model.backbone
+    name = f"{loaded.name}_backbone"
+    save_version(backbone, loaded.manifest.labels, work, name, trained=loaded.manifest.trained)
+    return load_version(work, name)
 
 
 def preset_policies(
@@ -397,7 +432,7 @@ def prefix_targets(rows: list[Row], bundled_prefix: set[str], random_presets: li
     MACs."""
     missed = []
     for model in sorted(bundled_prefix):
-        group = [r for r in rows if r.model == model and r.kind == "learned" and r.vs_dense is not None]
+        group = [r for r in rows if r.model == model and r.kind == "learned" and r.backend == "torch" and r.vs_dense]
         if not group:
             missed.append(f"NOT MEASURED: {model} learned against its dense counterpart (manifest 'counterpart')")
             continue
@@ -531,7 +566,8 @@ def main() -> int:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=1) + "\n")
     names = list_model_names(args.repository)
     bundled = {name for name in names if name.startswith("adafuse")}
-    prefix = {name for name in bundled if read_manifest(version_path(args.repository / name)).counterpart}
+    structures = {name: read_manifest(version_path(args.repository / name)).kwargs.get("structure") for name in bundled}
+    prefix = {name for name, structure in structures.items() if structure == "prefix"}
     missed = missed_targets([row for row in rows if not row.model.endswith(" prefix")], bundled - prefix)
     if "torch" in args.backends:
         learned = prefix if "learned" in args.policy else set()

@@ -59,7 +59,8 @@ BUNDLED = {  # served name -> benchmark model
     "tsn_r18_small": "tsn_small",
     "adafuse_tsn_r18_small": "adafuse_small",
 }
-COUNTERPARTS = {"adafuse_tsn_r18_small": "tsn_r18_small"}  # adaptive model -> the dense one users would deploy
+# adaptive model -> the dense one of the same size users would deploy (Ada3D: its own backbone, in benchmarks)
+COUNTERPARTS = {"adafuse_tsn_r18_tiny": "tsn_r18_tiny", "adafuse_tsn_r18_small": "tsn_r18_small"}
 ORDER_BLIND = {"tsn_r18_tiny", "tsn_r18_small", "adafuse_tsn_r18_small"}  # averaging frames (no reuse learned)
 SAMPLE_CLASSES = ("moving_right", "static_circle")
 
