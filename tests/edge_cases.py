@@ -170,19 +170,9 @@ def _size_change() -> bytes:
 TAG = b"clipwise-tag"
 
 
-def tagged_video(container_format: str, container_options: dict[str, str] | None = None) -> bytes:
-    """Index-coded frames with a title tag on the container and on the stream (options: the muxer's)."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container_format, options=container_options) as container:
-        container.metadata["title"] = TAG.decode()
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width = stream.height = SIZE
-        stream.pix_fmt = "yuv420p"
-        stream.metadata["title"] = TAG.decode()
-        for pts, array in enumerate(index_coded_frames(FRAMES, SIZE, SIZE)):
-            container.mux(stream.encode(_frame(array, pts)))
-        container.mux(stream.encode(None))
-    return buffer.getvalue()
+def tagged_video(container_format: str, **options) -> bytes:
+    """``coded_video`` with a title tag (``TAG``) on the container and on the stream."""
+    return coded_video(container_format=container_format, metadata={"title": TAG.decode()}, **options)
 
 
 def _tags_not_utf8(container_format: str) -> bytes:

@@ -91,6 +91,7 @@ def write_video(
     container_options: dict[str, str] | None = None,
     timestamps: Iterable[int] | None = None,
     rotation: int = 0,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Encode (H, W, 3) uint8 RGB frames (an array (T, H, W, 3) or any iterable of frames).
 
@@ -99,7 +100,8 @@ def write_video(
     ``timestamps``: each frame's pts in units of 1 / ``fps`` (default 0, 1, 2...): an offset start, or a
     variable frame rate. ``rotation``: the display matrix's counterclockwise rotation, degrees (players turn
     the frames by it). ``container_options`` go to the muxer, e.g. ``{"movflags": "faststart"}`` for an MP4
-    index at the front (which needs a path, not a buffer).
+    index at the front (which needs a path, not a buffer). ``metadata``: tags (``title``...) written on the
+    container and on the video stream alike.
     """
     if container_format is None:
         if not isinstance(destination, str | Path):
@@ -110,8 +112,10 @@ def write_video(
     if first is None:
         raise ValueError("no frames to write")
     with av.open(destination, mode="w", format=container_format, options=container_options) as container:
+        container.metadata.update(metadata or {})
         encoder = _ENCODER_FOR_CODEC.get(codec, codec)
         stream = container.add_stream(encoder, rate=fps)
+        stream.metadata.update(metadata or {})
         stream.height, stream.width = first.shape[:2]
         stream.pix_fmt = pix_fmt
         stream.codec_context.time_base = 1 / Fraction(fps)
