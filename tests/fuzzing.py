@@ -123,7 +123,7 @@ def unexpected_answer(response: httpx.Response) -> str | None:
     """Why the answer to a mutant is wrong (a 5xx, or a 4xx that is not the JSON error body), or None."""
     if response.is_success:
         return None
-    if response.status_code >= 500 or not 400 <= response.status_code < 500:
+    if not 400 <= response.status_code < 500:
         return f"status {response.status_code}: {response.text[:200]}"
     try:
         error = response.json()["error"]
