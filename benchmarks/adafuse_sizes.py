@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import adaptive  # noqa: E402
 
-from models import create_model  # noqa: E402
+from clipwise.models import create_model  # noqa: E402
 
 DEFAULT_SIZES = ("16x64", "16x96", "32x64", "32x96", "32x112", "64x96")
 

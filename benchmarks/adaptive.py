@@ -51,12 +51,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from export.onnx import save_onnx, to_onnx  # noqa: E402
-from export.runtime import OnnxRunner, OpenVinoRunner  # noqa: E402
-from models import VideoClassifier, create_model  # noqa: E402
-from models.ada3d import Ada3D  # noqa: E402
-from models.adafuse import AdaFuse  # noqa: E402
-from models.checkpoint import (  # noqa: E402
+from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
+from clipwise.export.runtime import OnnxRunner, OpenVinoRunner  # noqa: E402
+from clipwise.models import VideoClassifier, create_model  # noqa: E402
+from clipwise.models.ada3d import Ada3D  # noqa: E402
+from clipwise.models.adafuse import AdaFuse  # noqa: E402
+from clipwise.models.checkpoint import (  # noqa: E402
     LoadedVersion,
     list_model_names,
     load_version,
@@ -64,7 +64,7 @@ from models.checkpoint import (  # noqa: E402
     save_version,
     version_path,
 )
-from video import ClipSpec, load_clips  # noqa: E402
+from clipwise.video import ClipSpec, load_clips  # noqa: E402
 
 PRESETS = ("adafuse_tsn_r50", "adafuse_tsm_r50", "ada3d_i3d_r50")
 PREFIX_PRESETS = ("adafuse_tsn_r50",)

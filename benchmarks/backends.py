@@ -3,8 +3,8 @@
 
 Static presets at their paper configuration (the preset's frames and size; ``preset@size`` for another size),
 one clip a call: torch eager, ONNX Runtime and OpenVINO on the graph ``clipwise export onnx`` writes, through
-the runners the service uses (``export.runtime``, execution record included), interleaved rounds, medians. The
-``auto`` column is the backend ``service.backends.choose_backend`` picks, run as a loading version runs it
+the runners the service uses (``clipwise.export.runtime``, execution record included), interleaved rounds, medians. The
+``auto`` column is the backend ``clipwise.service.backends.choose_backend`` picks, run as a loading version runs it
 (its own interleaved rounds, after the warm-up); its speed-up is torch's median over the picked backend's
 median in this benchmark's rounds. GMAC/s = the preset's full GMACs / median seconds, against the machine's
 sgemm GMAC/s (``torch.mm`` of 2048² float32 matrices on the same threads): a peak, the fastest of many runs
@@ -44,12 +44,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import adaptive  # noqa: E402
-from export.onnx import save_onnx, to_onnx  # noqa: E402
-from export.runtime import BackendUnavailable, OnnxRunner, OpenVinoRunner, TorchRunner, interleaved_ms  # noqa: E402
-from models import Execution, create_model  # noqa: E402
-from models.ada3d import Ada3D  # noqa: E402
-from models.checkpoint import LoadedVersion, load_version, save_version  # noqa: E402
-from service.backends import Backends, choose_backend  # noqa: E402
+from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
+from clipwise.export.runtime import BackendUnavailable, OnnxRunner, OpenVinoRunner, TorchRunner, interleaved_ms  # noqa: E402
+from clipwise.models import Execution, create_model  # noqa: E402
+from clipwise.models.ada3d import Ada3D  # noqa: E402
+from clipwise.models.checkpoint import LoadedVersion, load_version, save_version  # noqa: E402
+from clipwise.service.backends import Backends, choose_backend  # noqa: E402
 
 STATIC = [
     "tsn_r18",

@@ -1,4 +1,4 @@
-"""Frame folding (``models.layers.FrameConv3d``) against PyTorch's plain conv3d, one clip at a time on CPU.
+"""Frame folding (``clipwise.models.layers.FrameConv3d``) against PyTorch's plain conv3d, one clip at a time on CPU.
 
 Every case runs with folding off (``frame_folding(False)``: each conv is ``F.conv3d``, as before the layer
 existed) and on, interleaved in one process: a warm-up round, then rounds that alternate which goes first.
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models import VideoClassifier, create_model, list_models
-from models.layers import FrameConv3d, frame_folding
+from clipwise.models import VideoClassifier, create_model, list_models
+from clipwise.models.layers import FrameConv3d, frame_folding
 
 PolicyFactory = Callable[[], contextlib.AbstractContextManager]
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}

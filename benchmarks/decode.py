@@ -1,6 +1,6 @@
 """Decode benchmark: Clipwise's reader side by side with torchcodec 0.13, on the same clips and frame indices.
 
-Clips, written with PyAV (``video.synthetic``: index-coded frames, so every returned frame can be checked):
+Clips, written with PyAV (``clipwise.video.synthetic``: index-coded frames, so every returned frame can be checked):
 60 s of 640×360 and of 1280×720, 30 fps H.264 (libx264, B-frames), a keyframe every 2 s. ``--clip-dir``
 keeps them between runs (the 1280×720 one takes a minute to encode).
 
@@ -8,7 +8,7 @@ Cases, per clip: ``tsn`` — the 8 segment centres of an 8-frame TSN test clip; 
 clip (8 frames 8 apart, centred). Methods, interleaved in rotating order, each timed ``--repeats`` times
 after a warm-up, all from the bytes in memory (opening, indexing and decoding included):
 
-- ``clipwise/N``: ``video.read_frames`` with a budget of N threads (runs between seeks decoded at once);
+- ``clipwise/N``: ``clipwise.video.read_frames`` with a budget of N threads (runs between seeks decoded at once);
 - ``torchcodec/<seek mode>/N``: ``VideoDecoder(bytes, seek_mode=..., num_ffmpeg_threads=N).get_frames_at``;
 - ``torchcodec/2 decoders``: two approximate-mode decoders with one FFmpeg thread each, in two threads, each
   given every other index: the work split across threads, as Clipwise splits it.
@@ -17,8 +17,8 @@ N is the CPU threads a method may use: torch's intra-op threads are set to it fo
 converts frames with torch's thread pool, which by default would give a "one-thread" setting all cores).
 Every method's frames are compared with Clipwise's, pixel for pixel, and their index codes with the indices.
 A third case, ``tsn→input``, times the model input of a TSN-R50 test view (short side 256, centre crop
-224): ``video.load_clips`` (frames scaled while converted to RGB) against full-size frames of Clipwise and of
-torchcodec each resized by ``video.make_views``, and prints how far the two inputs differ (0..255 units).
+224): ``clipwise.video.load_clips`` (frames scaled while converted to RGB) against full-size frames of Clipwise and of
+torchcodec each resized by ``clipwise.video.make_views``, and prints how far the two inputs differ (0..255 units).
 
 Prints each method's median and fastest run, and Clipwise's ratios to torchcodec's best setting on at most
 as many threads (for clipwise/2: the best of all): of the medians, and of the fastest runs (the least
@@ -54,11 +54,11 @@ from av.video.reformatter import Interpolation
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import video.decode  # noqa: E402
+import clipwise.video.decode as video_decode  # noqa: E402
 from benchmarks.adaptive import finish  # noqa: E402
-from video import ClipSpec, dense_indices, load_clips, make_views, probe, read_frames, segment_indices  # noqa: E402
-from video.parallel import ThreadBudget  # noqa: E402
-from video.synthetic import encode_video, index_coded_frames, read_frame_index, write_video  # noqa: E402
+from clipwise.video import ClipSpec, dense_indices, load_clips, make_views, probe, read_frames, segment_indices  # noqa: E402
+from clipwise.video.parallel import ThreadBudget  # noqa: E402
+from clipwise.video.synthetic import encode_video, index_coded_frames, read_frame_index, write_video  # noqa: E402
 
 try:
     from torchcodec.decoders import VideoDecoder
@@ -269,8 +269,8 @@ def input_difference(data: bytes, spec: ClipSpec) -> torch.Tensor:
 def compare_filters(clips: list[bytes], clips_per_class: int) -> None:
     """swscale's filters for scaling in the converter: the model input each makes against torch's resize, and
     how the bundled models' predictions move on synthetic validation clips (made as the benchmark's are)."""
-    from models.checkpoint import load_version
-    from training.synthetic import CLASSES, clip_rng, render_clip
+    from clipwise.models.checkpoint import load_version
+    from clipwise.training.synthetic import CLASSES, clip_rng, render_clip
 
     validation = [
         encode_video(frames, fps=8, codec="mpeg4", codec_options={"qscale": "3"})
@@ -293,7 +293,7 @@ def compare_filters(clips: list[bytes], clips_per_class: int) -> None:
         + ", ".join(f"{name} {(reference[name].argmax(1) == labels).float().mean():.3f}" for name in models)
     )
     for name in FILTERS:
-        video.decode.SCALING = Interpolation[name]
+        video_decode.SCALING = Interpolation[name]
         means = ", ".join(f"{input_difference(data, INPUT_SPEC).mean():.2f}" for data in clips)
         print(f"{name}: input |difference| mean {means} (benchmark clips)")
         for model in models:
@@ -302,7 +302,7 @@ def compare_filters(clips: list[bytes], clips_per_class: int) -> None:
             agree = (scaled.argmax(1) == reference[model].argmax(1)).float().mean().item()
             accuracy = (scaled.argmax(1) == labels).float().mean().item()
             print(f"  {model:>26}: top-1 {accuracy:.3f}, same top-1 {agree:.3f}, max |probability change| {moved:.3f}")
-    video.decode.SCALING = Interpolation.BILINEAR
+    video_decode.SCALING = Interpolation.BILINEAR
 
 
 def main() -> int:

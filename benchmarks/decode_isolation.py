@@ -30,9 +30,9 @@ from pathlib import Path
 import httpx
 from decode import make_clip
 
-from service.app import create_app
-from service.config import Settings
-from service.local import serve_in_thread, wait_until_ready
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
+from clipwise.service.local import serve_in_thread, wait_until_ready
 
 MODEL = "tsn_r18_tiny"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -27,11 +27,11 @@ from pathlib import Path
 import httpx
 import torch
 
-from models import create_model
-from models.checkpoint import load_version, save_version
-from service.app import create_app
-from service.config import Settings
-from service.local import serve_in_thread, wait_until_ready
+from clipwise.models import create_model
+from clipwise.models.checkpoint import load_version, save_version
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
+from clipwise.service.local import serve_in_thread, wait_until_ready
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from answers import in_process_scores, wrong_answer  # noqa: E402 - test support, beside the tests

@@ -3,7 +3,7 @@
 At 8×224², one clip, random weights: TSN-R50, AdaFuse-TSN-R50 under random decisions (``random_decisions``)
 and its fixed pattern (``force_saving``) at ``--saving`` (40 %), I3D-R50, and Ada3D-I3D-R50 under a random
 plan and its fixed plan at the same saving. Each case runs on every runtime present, as the service runs it
-(``export.runtime`` runners on ``cuda``: the clip copied over and the logits back included):
+(``clipwise.export.runtime`` runners on ``cuda``: the clip copied over and the logits back included):
 
 * ``torch-cuda``: the eager model, its full-compute path through cuDNN against its policy path (AdaFuse's
   gated pairs as the Triton kernels, Ada3D's gathered frames and stages);
@@ -40,13 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import adaptive  # noqa: E402
-from export.onnx import save_onnx, to_onnx  # noqa: E402
-from export.runtime import BackendUnavailable, OnnxRunner, TorchRunner, providers_for  # noqa: E402
-from models import Execution, VideoClassifier, create_model  # noqa: E402
-from models.ada3d import Ada3D  # noqa: E402
-from models.adafuse import AdaFuse  # noqa: E402
-from models.checkpoint import LoadedVersion, load_version, save_version  # noqa: E402
-from models.device import DeviceUnavailable, resolve_device  # noqa: E402
+from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
+from clipwise.export.runtime import BackendUnavailable, OnnxRunner, TorchRunner, providers_for  # noqa: E402
+from clipwise.models import Execution, VideoClassifier, create_model  # noqa: E402
+from clipwise.models.ada3d import Ada3D  # noqa: E402
+from clipwise.models.adafuse import AdaFuse  # noqa: E402
+from clipwise.models.checkpoint import LoadedVersion, load_version, save_version  # noqa: E402
+from clipwise.models.device import DeviceUnavailable, resolve_device  # noqa: E402
 
 PRESETS = ("tsn_r50", "adafuse_tsn_r50", "i3d_r50", "ada3d_i3d_r50")
 Policy = Callable[[], contextlib.AbstractContextManager]

@@ -10,7 +10,7 @@ FLOPs against the source's published figure, and the import time.
   lands where it left).
 * GFLOPs: the version's own count at its clip (the manifest's ``full_gflops``: what ``clipwise flops`` reports
   for the imported network) and the count at the input of the published figure, beside that figure.
-* Import time: ``models.imports.import_version`` in this process (read, place, write the version, count its
+* Import time: ``clipwise.models.imports.import_version`` in this process (read, place, write the version, count its
   FLOPs), the median of ``--repeats`` runs; the command adds Python's and torch's start-up.
 
     .venv/bin/python benchmarks/imports.py [--repeats 3]
@@ -40,10 +40,10 @@ from pytorchvideo_hub import hub, hub_logits, randomised, save_hub_checkpoint  #
 from source_layouts import in_layout  # noqa: E402
 
 from clipwise.cli import main as clipwise  # noqa: E402
-from models import create_model  # noqa: E402
-from models.checkpoint import load_version_dir  # noqa: E402
-from models.imports import SOURCES, import_version  # noqa: E402
-from models.labels import bundled_labels  # noqa: E402
+from clipwise.models import create_model  # noqa: E402
+from clipwise.models.checkpoint import load_version_dir  # noqa: E402
+from clipwise.models.imports import SOURCES, import_version  # noqa: E402
+from clipwise.models.labels import bundled_labels  # noqa: E402
 
 KINETICS = bundled_labels("kinetics400")
 IMAGENET = [f"imagenet class {index}" for index in range(1000)]

@@ -11,7 +11,8 @@ The server's resident memory is read from ``/proc/<pid>/status`` every 0.5 s.
 
 Every 200 is checked for content too: the version it names must be one of the good ones, and its top-1 and
 scores (every class's, within 1e-4) those that version gives the same upload run in this process with the
-service's preprocessing (``video.load_clips`` with the version's ``ClipSpec``, then ``model.execute``), computed
+service's preprocessing (``clipwise.video.load_clips`` with the version's ``ClipSpec``, then ``model.execute``),
+computed
 once per upload and version before the load starts (``tests/answers.py``). The two versions' scores differ by
 far more than the tolerance on every upload, so an answer from the other version than the one it names is
 wrong too.
@@ -48,10 +49,10 @@ from pathlib import Path
 import httpx
 import torch
 
-from models import create_model
-from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_version, save_version, sha256_file
-from service.errors import VIDEO_ERRORS
-from service.local import free_port, wait_until_ready
+from clipwise.models import create_model
+from clipwise.models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_version, save_version, sha256_file
+from clipwise.service.errors import VIDEO_ERRORS
+from clipwise.service.local import free_port, wait_until_ready
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from answers import SCORE_TOLERANCE, in_process_scores, wrong_answer  # noqa: E402 - test support, beside the tests

@@ -15,10 +15,10 @@ BIN=.venv/bin
 measure() {  # LABEL, then the flags of clipwise serve
     local label=$1 port server
     shift
-    port=$($BIN/python -c "from service.local import free_port; print(free_port())")
+    port=$($BIN/python -c "from clipwise.service.local import free_port; print(free_port())")
     $BIN/clipwise serve --port "$port" --models tsn_r18_tiny "$@" > "$OUT/$label.serve.log" 2>&1 &
     server=$!
-    $BIN/python -c "from service.local import wait_until_ready; wait_until_ready('http://127.0.0.1:$port', 300)"
+    $BIN/python -c "from clipwise.service.local import wait_until_ready; wait_until_ready('http://127.0.0.1:$port', 300)"
     uptime > "$OUT/$label.uptime"
     $BIN/clipwise bench --url "http://127.0.0.1:$port" --models tsn_r18_tiny --video examples/moving_right.mp4 \
         --requests 300 --concurrency 4 --json "$OUT/$label.json" > "$OUT/$label.txt" 2>&1

@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.synthetic import STATIC_CLASSES, TEMPORAL_CLASSES  # noqa: E402
+from clipwise.training.synthetic import STATIC_CLASSES, TEMPORAL_CLASSES  # noqa: E402
 
 # Shared by every recipe: one process per run, one DataLoader worker decoding ahead of it.
 COMMON = {"batch_size": 16, "workers": 1, "seed": 0, "schedule": "cosine", "lr_warmup_epochs": 1}

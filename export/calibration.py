@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.ops import DOMAIN, ONNX_OPSET, UNION_ATTRIBUTES
-from models.adafuse import AdaFuse
-from models.folding import conv_output_size
+from clipwise.export.ops import DOMAIN, ONNX_OPSET, UNION_ATTRIBUTES
+from clipwise.models.adafuse import AdaFuse
+from clipwise.models.folding import conv_output_size
 
 SHARES = (0.25, 0.75)
 REPEATS = 5

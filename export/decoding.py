@@ -1,6 +1,6 @@
 """From an exported graph's outputs to an execution record: executed GFLOPs per clip and the policy.
 
-A graph returns logits and, for the adaptive families, the decisions it executed (``export.graphs``). The
+A graph returns logits and, for the adaptive families, the decisions it executed (``clipwise.export.graphs``). The
 figures are computed from those decisions by the model's own code, run on a meta-device twin of the
 architecture (shapes only, no weights), so both backends report the same numbers for the same decisions:
 
@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 import torch
 
-from export.calibration import union_thresholds
-from models.ada3d import Actions, Ada3D
-from models.adafuse import AdaFuse
-from models.base import VideoClassifier
-from models.flops import meta_twin
-from models.policy import Policy
+from clipwise.export.calibration import union_thresholds
+from clipwise.models.ada3d import Actions, Ada3D
+from clipwise.models.adafuse import AdaFuse
+from clipwise.models.base import VideoClassifier
+from clipwise.models.flops import meta_twin
+from clipwise.models.policy import Policy
 
 Decoded = tuple[list[float], list[Policy] | None]
 

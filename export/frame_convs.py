@@ -3,7 +3,7 @@
 ONNX Runtime's CPU kernels are much slower for 3D convolutions than for 2D ones: its NCHWc layout and its
 depthwise kernels exist for 2D only, so X3D-S spent two thirds of its time in 3×3×3 depthwise convs (150 of
 228 ms) and I3D's one-frame-deep convs ran as generic im2col. This pass gives every such conv the form
-``models.layers.FrameConv3d`` gives it in torch: the clip (N, C, T, H, W) is transposed to (N, T, C, H, W)
+``clipwise.models.layers.FrameConv3d`` gives it in torch: the clip (N, C, T, H, W) is transposed to (N, T, C, H, W)
 and seen as N·T frames, and the conv becomes
 
 * kernel one frame deep (kt = 1, no temporal stride or padding): one 2D conv of the kernel's spatial part;

@@ -2,18 +2,18 @@
 
 * Static families (TSN, TSM, CT-Net, I3D, Slow-only, X3D / E3D, fusion): the model itself; batch size is
   a dynamic axis.
-* AdaFuse: the model with its gated blocks executing ``export.ops.gated_conv_pair`` (one
-  ``clipwise::GatedConvPair`` node per block), through ``models.adafuse.executing_gated_pairs``. Outputs:
+* AdaFuse: the model with its gated blocks executing ``clipwise.export.ops.gated_conv_pair`` (one
+  ``clipwise::GatedConvPair`` node per block), through ``clipwise.models.adafuse.executing_gated_pairs``. Outputs:
   logits, then one (N, T, C) int64 tensor of keep / reuse / skip codes per gated block, in execution order.
   Exported inside ``full_compute`` the pairs are plain convolutions (the dense reference of benchmarks).
 * Ada3D: one clip at a time (``per_clip``): the selection net, its greedy actions (or a fixed plan),
   ``clipwise::SelectFrames`` on the kept frames, and a backbone whose temporal convs in switchable stages
   are ``clipwise::SwitchableConv3d`` nodes reading their stage's flag. Outputs: logits (1, K), kept
-  frames (1, T) and 3D stages on (1, S), booleans; ``export.batching`` runs it in a Loop over the batch,
+  frames (1, T) and 3D stages on (1, S), booleans; ``clipwise.export.batching`` runs it in a Loop over the batch,
   since clips with different plans have different shapes.
 
-The output names are the contract with ``export.decoding``, which turns the policy tensors into executed
-GFLOPs and ``models.policy`` records.
+The output names are the contract with ``clipwise.export.decoding``, which turns the policy tensors into executed
+GFLOPs and ``clipwise.models.policy`` records.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from export import ops
-from models.ada3d import Actions, Ada3D, Plan, Selection
-from models.adafuse import KEEP, AdaFuse, executing_gated_pairs
-from models.base import VideoClassifier
-from models.resnet3d import is_temporal
+from clipwise.export import ops
+from clipwise.models.ada3d import Actions, Ada3D, Plan, Selection
+from clipwise.models.adafuse import KEEP, AdaFuse, executing_gated_pairs
+from clipwise.models.base import VideoClassifier
+from clipwise.models.resnet3d import is_temporal
 
 LOGITS = "logits"
 ADA3D_FRAMES, ADA3D_STAGES = "frames_kept", "stages_3d"

@@ -1,9 +1,9 @@
 """ONNX export of every family: ``clipwise export onnx --model-dir REPO/NAME/VERSION`` writes ``model.onnx``.
 
-The graph (``export.graphs``) takes ``clips`` (batch, 3, T, H, W) at the model's configured T and size,
+The graph (``clipwise.export.graphs``) takes ``clips`` (batch, 3, T, H, W) at the model's configured T and size,
 with a dynamic batch, and returns ``logits`` (batch, K), then for the adaptive families the decisions it
 executed. Opset 18. The adaptive families' gated steps are operators of the ``clipwise`` domain whose
-bodies are stored in the model as ONNX functions (``export.ops``): ONNX Runtime runs them as they are.
+bodies are stored in the model as ONNX functions (``clipwise.export.ops``): ONNX Runtime runs them as they are.
 
 Exporter: ``torch.onnx.export(dynamo=False)``, the TorchScript-based one, deprecated since torch 2.9 but
 the one that keeps a custom operator as one node by name (an ``autograd.Function`` with a ``symbolic``);
@@ -31,14 +31,14 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.batching import loop_over_clips
-from export.graphs import GraphSpec, graph_spec
-from export.ops import ONNX_OPSET, attach_functions
-from export.runtime import CLIPS, META_ARCHITECTURE, META_STATIC_POLICY, META_WEIGHTS, MODEL_FILE, OnnxRunner
-from models.ada3d import Plan
-from models.base import VideoClassifier
-from models.checkpoint import LoadedVersion, load_version_dir
-from models.policy import Policy
+from clipwise.export.batching import loop_over_clips
+from clipwise.export.graphs import GraphSpec, graph_spec
+from clipwise.export.ops import ONNX_OPSET, attach_functions
+from clipwise.export.runtime import CLIPS, META_ARCHITECTURE, META_STATIC_POLICY, META_WEIGHTS, MODEL_FILE, OnnxRunner
+from clipwise.models.ada3d import Plan
+from clipwise.models.base import VideoClassifier
+from clipwise.models.checkpoint import LoadedVersion, load_version_dir
+from clipwise.models.policy import Policy
 
 RELATIVE_TOLERANCE = 1e-3
 

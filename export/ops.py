@@ -5,24 +5,24 @@ it. ONNX Runtime inlines the function body and runs it as it is; another runtime
 the operator name instead (a TensorRT plugin, a GPU kernel).
 
 * ``GatedConvPair(x, codes, w1, b1, w2, b2)`` — AdaFuse's conv1 → keep / reuse / skip → conv2 of a
-  residual block (``models.adafuse.gated_conv_pair``). ``x``: (N·T, C_in, H, W) frames, clip-major;
+  residual block (``clipwise.models.adafuse.gated_conv_pair``). ``x``: (N·T, C_in, H, W) frames, clip-major;
   ``codes``: (N, T, C) int64 decisions per conv1 output channel (0 keep, 1 reuse, 2 skip; no reuse at a
   clip's first frame); ``w1``, ``b1`` and ``w2``, ``b2``: the two convolutions with their inference batch
   norms folded in; a ReLU follows conv1. Each convolution runs one of two computations, chosen by ``If``
-  on the decisions, the graph counterparts of ``models.gating``'s ``union`` and ``dense`` partitions:
+  on the decisions, the graph counterparts of ``clipwise.models.gating``'s ``union`` and ``dense`` partitions:
   *union* — only the channels some frame needs (conv1: kept at t or reused at t+1; conv2: kept or reused at
   t), as one convolution with weights gathered by data-dependent indices (``NonZero`` → ``Gather``), none at
   all when there are none (conv1's union widened to whole 16-channel blocks where the width is made of them,
   as the torch executor does); *dense* — every channel with the constant weights (which ONNX Runtime prepacks
   into its fast kernels), the decisions applied to the result. A convolution runs *union* when its union
   holds fewer than ``conv1_union_below`` (``conv2_union_below``) of its channels: thresholds calibrated per
-  node on the serving machine (``export.calibration``). Between the two, keep / reuse / skip fuse conv1's
+  node on the serving machine (``clipwise.export.calibration``). Between the two, keep / reuse / skip fuse conv1's
   output (``Where``). Output: conv2's (N·T, C_out, H', W').
 * ``SelectFrames(clip, keep)`` — Ada3D's frame selection: the frames of a (1, 3, T, H, W) clip flagged in
   the (1, T) boolean ``keep``, along the time axis.
 * ``SwitchableConv3d(x, weight, temporal)`` — a bias-free 3D convolution of an Ada3D stage: its whole
   kt×k×k kernel when the boolean scalar ``temporal`` is true, else only the centre temporal slice as a
-  1×k×k convolution (``models.resnet3d.centre_slice_conv3d``), chosen by ``If``.
+  1×k×k convolution (``clipwise.models.resnet3d.centre_slice_conv3d``), chosen by ``If``.
 
 The torch side (``gated_conv_pair``, ``select_frames``, ``switchable_conv3d``) computes the same result in
 eager mode and, while ``torch.onnx.export`` traces, leaves one node of the operator in the graph (an
@@ -42,9 +42,9 @@ from onnxscript import opset18 as op
 from onnxscript.values import Opset
 from torch import nn
 
-from models.adafuse import DECISIONS, KEEP, REUSE, fuse_masked
-from models.folding import CHANNEL_BLOCK, FoldedConv
-from models.gating import PairCosts
+from clipwise.models.adafuse import DECISIONS, KEEP, REUSE, fuse_masked
+from clipwise.models.folding import CHANNEL_BLOCK, FoldedConv
+from clipwise.models.gating import PairCosts
 
 DOMAIN = "clipwise"
 DOMAIN_VERSION = 1
@@ -262,12 +262,13 @@ def gated_conv_pair(
     relu: bool = False,
     costs: PairCosts | None = None,
 ) -> torch.Tensor:
-    """``models.adafuse.gated_conv_pair`` with one ``clipwise::GatedConvPair`` node for the gated part when traced
+    """``clipwise.models.adafuse.gated_conv_pair`` with one ``clipwise::GatedConvPair`` node for the gated part when
+    traced
     (the residual sum and the ReLU after it stay standard nodes).
 
     Eagerly it computes densely (the masked reference): it exists to be traced. ``codes`` None (full compute)
     is the dense pair, traced as plain convolutions. The node's union thresholds start at
-    ``DEFAULT_UNION_BELOW``; ``export.calibration`` sets them for the machine that serves the graph.
+    ``DEFAULT_UNION_BELOW``; ``clipwise.export.calibration`` sets them for the machine that serves the graph.
     """
     if codes is None:
         return second(first(x, relu=True), residual=residual, relu=relu)

@@ -1,24 +1,24 @@
 """Backends that run a model version: ``torch`` (the model's own ``execute``) and ``onnxruntime``.
 
-Both are a ``Runner``: ``execute(clips)`` returns a ``models.base.Execution`` (logits, executed GFLOPs per
+Both are a ``Runner``: ``execute(clips)`` returns a ``clipwise.models.base.Execution`` (logits, executed GFLOPs per
 clip, full-compute GFLOPs, per-clip policy), so a caller treats them alike. ``OnnxRunner`` runs the
 version's ``model.onnx`` (``clipwise export onnx``) in an ONNX Runtime session and computes the figures
-and the policy from the decisions the graph outputs (``export.decoding``), with the model's own code.
+and the policy from the decisions the graph outputs (``clipwise.export.decoding``), with the model's own code.
 
-Both run on a device (``models.device``: ``cpu``, ``cuda:N``); a runner's ``label`` names what ran, as a
+Both run on a device (``clipwise.models.device``: ``cpu``, ``cuda:N``); a runner's ``label`` names what ran, as a
 response reports it: ``torch`` / ``torch-cuda``, ``onnxruntime`` (CPU provider) / ``onnxruntime-cuda`` /
 ``onnxruntime-tensorrt`` (``LABELS``). On CUDA the torch backend copies clips from pinned memory, runs each
 worker thread on its own CUDA stream, and runs AdaFuse's gated pairs as the Triton kernels of
-``export.triton_gating`` where Triton is installed.
+``clipwise.export.triton_gating`` where Triton is installed.
 
 ONNX Runtime is imported only when an ``OnnxRunner`` is made, so the torch backend needs none of the export
 extra. Providers follow the device: the CPU provider on ``cpu``; on ``cuda:N`` (onnxruntime-gpu) the
 TensorRT provider first where the ``tensorrt`` package imports, then CUDA, then CPU for what they leave.
-ONNX Runtime expands the clipwise-domain functions (``export.ops``) into their standard ops for a provider
+ONNX Runtime expands the clipwise-domain functions (``clipwise.export.ops``) into their standard ops for a provider
 that does not claim them. The CPU provider uses as many threads as torch does, so the two backends compare
 on equal terms, and its idle threads do not spin (spinning threads took the cores from torch running beside
 them: eager latency rose 10-500× in the benchmark's interleaved runs). Its graph has its 3D convs rewritten as
-2D convs over frames (``export.frame_convs``), which ONNX Runtime runs faster.
+2D convs over frames (``clipwise.export.frame_convs``), which ONNX Runtime runs faster.
 
 ``OpenVinoRunner`` compiles the same ``model.onnx`` with OpenVINO (CPU plugin; GPU where present), imported
 only when one is made. OpenVINO reads ONNX directly but not the clipwise-domain operators as model-local
@@ -49,16 +49,16 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from pydantic import TypeAdapter
 
-from export.gpu import gated_pairs_on, triton_installed
-from models.adafuse import AdaFuse
-from models.base import Execution, VideoClassifier
-from models.checkpoint import LoadedVersion
-from models.policy import Policy
+from clipwise.export.gpu import gated_pairs_on, triton_installed
+from clipwise.models.adafuse import AdaFuse
+from clipwise.models.base import Execution, VideoClassifier
+from clipwise.models.checkpoint import LoadedVersion
+from clipwise.models.policy import Policy
 
 if TYPE_CHECKING:  # onnx and what reads graphs come with the export extra: imported by the graph backends only
     import onnx
 
-    from export.decoding import Decoder
+    from clipwise.export.decoding import Decoder
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ PROVIDER_LABELS = {  # ONNX Runtime's provider that ran -> the runner's label
 LABELS = ("torch", "torch-cuda", *PROVIDER_LABELS.values(), "openvino")  # what a response names as the backend that ran
 MODEL_FILE = "model.onnx"
 CLIPS = "clips"
-# Keys of the metadata an exported model carries (``export.onnx``).
+# Keys of the metadata an exported model carries (``clipwise.export.onnx``).
 META_ARCHITECTURE = "clipwise.architecture"
 META_WEIGHTS = "clipwise.weights_sha256"
 META_STATIC_POLICY = "clipwise.static_policy"
@@ -183,7 +183,7 @@ def export_decoder(
 ) -> Decoder:
     """The decoder of the outputs of ``path`` (``graph``, needed for AdaFuse), an export of ``loaded`` whose
     metadata is ``metadata``; raises ``BackendUnavailable`` if it was exported from other weights."""
-    from export.decoding import decoder_for
+    from clipwise.export.decoding import decoder_for
 
     if metadata.get(META_WEIGHTS) != loaded.manifest.weights_sha256:
         raise BackendUnavailable(f"{path} was exported from other weights than its manifest's: export it again")
@@ -239,7 +239,7 @@ class OnnxRunner:
             import onnxruntime
         except ImportError:
             raise BackendUnavailable("onnxruntime is not installed (pip install 'clipwise[export]')") from None
-        from export.frame_convs import fold_frame_convs
+        from clipwise.export.frame_convs import fold_frame_convs
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -263,10 +263,10 @@ class OnnxRunner:
 
     def calibrate(self, clip_shape: Sequence[int]) -> None:
         """An AdaFuse graph: time each gated node's two computations here and set its union thresholds
-        (``export.calibration``), then reopen the session on the calibrated graph. No full-compute graph exists
+        (``clipwise.export.calibration``), then reopen the session on the calibrated graph. No full-compute graph exists
         to time: an exported graph holds its policy path only."""
-        from export.calibration import calibrate_thresholds, gated_nodes, set_union_thresholds
-        from export.decoding import AdaFuseDecoder
+        from clipwise.export.calibration import calibrate_thresholds, gated_nodes, set_union_thresholds
+        from clipwise.export.decoding import AdaFuseDecoder
 
         if self.graph is None or not gated_nodes(self.graph):  # a full-compute export: nothing gated
             return None

@@ -25,8 +25,8 @@ from pathlib import Path
 import onnx
 import onnx.inliner
 
-from export.ops import DOMAIN
-from export.runtime import CLIPS
+from clipwise.export.ops import DOMAIN
+from clipwise.export.runtime import CLIPS
 
 ENGINE_FILE = "model.plan"
 GATING_MODES = ("expand", "plugin")

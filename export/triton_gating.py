@@ -1,8 +1,10 @@
 """AdaFuse's gated conv pair as Triton kernels: gathered convolutions with the reuse / skip scatter.
 
-A ``models.adafuse.GatedPairExecutor``, as the eager executor (``models.adafuse.gated_conv_pair``) and the
-``clipwise::GatedConvPair`` ONNX operator are; the torch backend runs it on CUDA (``export.gpu.gated_pairs_on``,
-through ``models.adafuse.executing_gated_pairs``). Each frame computes its own channel sets, Eq. 5 exactly
+A ``clipwise.models.adafuse.GatedPairExecutor``, as the eager executor (``clipwise.models.adafuse.gated_conv_pair``)
+and the
+``clipwise::GatedConvPair`` ONNX operator are; the torch backend runs it on CUDA
+(``clipwise.export.gpu.gated_pairs_on``,
+through ``clipwise.models.adafuse.executing_gated_pairs``). Each frame computes its own channel sets, Eq. 5 exactly
 (the eager executor's ``sets`` partition, without grouping frames): two kernels, each an implicit GEMM over
 (output channels × output pixels) tiles of one frame, any kernel size, stride, padding and dilation, any
 memory layout of the maps (strides are arguments: the backbone runs channels_last), float32 with float32
@@ -17,13 +19,13 @@ accumulation, the weights laid out per call so that a tile's loads of them are c
    optional residual and ReLU. A frame that reads no channel gets ``relu(bias + residual)``.
 
 A reuse at a clip's first frame copies zeros: it runs and counts as a skip, as in the eager executor. The
-MACs reported (per clip, ``models.flops.record_macs``) are nominal: what the decisions cost by Eq. 5, each
+MACs reported (per clip, ``clipwise.models.flops.record_macs``) are nominal: what the decisions cost by Eq. 5, each
 frame's channel counts times one channel's MACs, computed from the decisions and not counted in the kernels
 (whose tiles are whole: a frame's last tile of channels or pixels runs masked lanes too). The dot products run
 in IEEE float32, or in TF32 on CUDA where ``torch.backends.cudnn.allow_tf32`` lets the dense convolutions
 beside them use it (PyTorch's default).
 
-Triton is imported with this module: import it only where it is installed (``export.runtime`` does so for
+Triton is imported with this module: import it only where it is installed (``clipwise.export.runtime`` does so for
 CUDA clips). With ``TRITON_INTERPRET=1`` set before the import, the kernels run on CPU tensors in Triton's
 interpreter: ``tests/test_triton_gating.py`` checks them that way on every run, and natively where CUDA is
 present. They have not yet been timed on a GPU (``benchmarks/gpu_check.sh``).
@@ -36,11 +38,11 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from models.adafuse import KEEP, REUSE, note_executed
-from models.adafuse import gated_conv_pair as eager_gated_conv_pair
-from models.flops import conv_macs, record_macs
-from models.folding import FoldedConv, conv_output_size
-from models.gating import PairCosts
+from clipwise.models.adafuse import KEEP, REUSE, note_executed
+from clipwise.models.adafuse import gated_conv_pair as eager_gated_conv_pair
+from clipwise.models.flops import conv_macs, record_macs
+from clipwise.models.folding import FoldedConv, conv_output_size
+from clipwise.models.gating import PairCosts
 
 BLOCK_OUT, BLOCK_PIXELS, BLOCK_IN = 64, 64, 64  # a tile: output channels × output pixels, by input channels
 

@@ -1,9 +1,9 @@
 """Ada3D (Li et al., 2021): a selection net picks, per clip, the frames and the 3D stages a 3D network uses.
 
-* Selection net: MobileNetV2 (``models.mobilenet``) on every frame resized to 112² (0.081 GMACs a frame at
+* Selection net: MobileNetV2 (``clipwise.models.mobilenet``) on every frame resized to 112² (0.081 GMACs a frame at
   width 1.0, the paper's 0.08), features averaged over frames, two linear heads with sigmoids: one
   probability per frame (T) and one per switchable 3D stage (K: 5 on I3D-R50, stem and res2..res5; 2 on
-  Slow-only-R50, res4 and res5). The backbones are ``models.resnet3d``'s PySlowFast I3D / Slow-only.
+  Slow-only-R50, res4 and res5). The backbones are ``clipwise.models.resnet3d``'s PySlowFast I3D / Slow-only.
 * Inference is greedy (probability ≥ 0.5). Dropped frames are removed: the backbone runs on the kept ones
   only, which it can since nothing in it strides or pools in time. A stage turned off runs every temporal
   kernel as its centre slice, a real 1×k×k conv. If no frame reaches 0.5 the most probable one is kept.
@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import ClipModelConfig, Preprocessing, VideoClassifier, forced_on, forcing
-from models.flops import is_tracking, record_macs, track_macs
-from models.mobilenet import MobileNetV2Features
-from models.policy import Ada3DPolicy
-from models.registry import create_model, register_preset
-from models.resnet3d import ResNet3D, centre_slice_copy
+from clipwise.models.base import ClipModelConfig, Preprocessing, VideoClassifier, forced_on, forcing
+from clipwise.models.flops import is_tracking, record_macs, track_macs
+from clipwise.models.mobilenet import MobileNetV2Features
+from clipwise.models.policy import Ada3DPolicy
+from clipwise.models.registry import create_model, register_preset
+from clipwise.models.resnet3d import ResNet3D, centre_slice_copy
 
 
 @dataclass

@@ -4,7 +4,7 @@ Each gated block of a TSN / TSM ResNet gets a policy net. For frame t it reads t
 block input of frames t−1 (zeros before the first frame) and t: FC → BatchNorm1d → ReLU → FC to three
 logits per conv1 output channel. *Keep* uses conv1's output of frame t, *reuse* copies the channel of conv1's
 output of frame t−1 (after its BN and ReLU, as computed there, not as fused there), *skip* gives zeros.
-conv2 then reads the fused map. The blocks are the backbone's own (``models.tsn``): each chosen block is
+conv2 then reads the fused map. The blocks are the backbone's own (``clipwise.models.tsn``): each chosen block is
 replaced by an :class:`AdaFuseBlock` that takes over its modules under their names, so TSN / TSM weights
 load as they are and only ``*.policy.*`` is new.
 
@@ -19,7 +19,7 @@ keeps (:func:`gated_conv_pair`): conv1 computes channel i of frame t only if it 
 t+1 (gathered weight rows), conv2 reads only the channels not skipped at t (gathered weight columns); an
 all-skipped frame gives conv2's bias without a convolution. Frames that share a channel set run as one
 batch; conv1's output is ordered so that a frame's kept channels and those the next frame reuses are both
-slices. The executed MACs are reported per clip through ``models.flops.record_macs`` and equal Eq. 5 for
+slices. The executed MACs are reported per clip through ``clipwise.models.flops.record_macs`` and equal Eq. 5 for
 the same policy. Every convolution of a block runs with its batch norm folded in, channels_last, and on
 the CPU as one oneDNN primitive with its ReLU and the residual sum fused (the kernel torch.compile emits);
 the full-compute policy takes the same path, so that the two compare like for like.
@@ -34,7 +34,7 @@ Choices where the paper is silent, following the authors' code (``ops/batenet.py
 * TSM+Last gates only the last stage (``layer4``, their ``--enabled_stages 3``) with 1024 hidden units and
   unshared FCs (their training script and Table 7).
 
-``structure="prefix"`` (the ``_small`` presets) is the execution-aware variant (``models.prefix_gating``): the
+``structure="prefix"`` (the ``_small`` presets) is the execution-aware variant (``clipwise.models.prefix_gating``): the
 policy picks, once per block per clip, a level of an ordered channel list — keep the first k, reuse the next r
 on odd frames from the even frame before, skip the rest — so that every convolution runs as a dense slice of
 weights laid out when the version loads. Its decisions are recorded as the same per-channel masks, so Eq. 5,
@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import forced_on, forcing
-from models.flops import conv_macs, count_flops, record_macs
-from models.folding import CHANNEL_BLOCK, FoldCache, FoldedConv, conv_output_size
-from models.gating import (
+from clipwise.models.base import forced_on, forcing
+from clipwise.models.flops import conv_macs, count_flops, record_macs
+from clipwise.models.folding import CHANNEL_BLOCK, FoldCache, FoldedConv, conv_output_size
+from clipwise.models.gating import (
     DECISIONS,
     KEEP,
     PARTITIONS,
@@ -76,10 +76,10 @@ from models.gating import (
     seconds_of,
     uncalibrated_costs,
 )
-from models.policy import AdaFusePolicy, ChannelUsage
-from models.prefix_gating import PrefixPolicyNet, PrefixWeights, order_by_importance, run_prefix_pair
-from models.registry import register_preset
-from models.tsn import SMALL, TSN, Bottleneck, ResidualBlock, ResNet2D, TSNConfig, build_backbone
+from clipwise.models.policy import AdaFusePolicy, ChannelUsage
+from clipwise.models.prefix_gating import PrefixPolicyNet, PrefixWeights, order_by_importance, run_prefix_pair
+from clipwise.models.registry import register_preset
+from clipwise.models.tsn import SMALL, TSN, Bottleneck, ResidualBlock, ResNet2D, TSNConfig, build_backbone
 
 
 @dataclass
@@ -113,7 +113,7 @@ class AdaFuseConfig(TSNConfig):
 
 @dataclass(frozen=True)
 class _Directive:
-    """What one gated block does in the current context (``models.base.forcing``)."""
+    """What one gated block does in the current context (``clipwise.models.base.forcing``)."""
 
     keep_all: bool = False  # full compute: dense conv1 and conv2, nothing gated
     masked: bool = False  # run the dense masked formulation at inference too (the reference)
@@ -268,7 +268,7 @@ class AdaFuseBlock(ResidualBlock):
 
     @property
     def prefix(self) -> bool:
-        """The policy picks one level of an ordered channel list per clip (``models.prefix_gating``)."""
+        """The policy picks one level of an ordered channel list per clip (``clipwise.models.prefix_gating``)."""
         return isinstance(self.policy, PrefixPolicyNet)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -490,7 +490,7 @@ def gated_conv_pair(
     costs: PairCosts | None = None,
 ) -> torch.Tensor:
     """``second(fuse(relu(first(x))), residual, relu)`` under the decisions, computed the cheapest way the cost
-    models predict (``models.gating``); reports the MACs it ran per clip.
+    models predict (``clipwise.models.gating``); reports the MACs it ran per clip.
 
     x: (N·T, C_in, H, W) frames, clip-major. codes: (N, T, C) keep / reuse / skip per output channel of
     ``first``, no reuse at a clip's first frame; None keeps everything (no data-dependent step, so it also
@@ -510,7 +510,7 @@ def gated_conv_pair(
 
 def note_executed(conv1: str, conv2: str) -> None:
     """Record how the gated block running now computed its conv1 and conv2 (its policy's ``executed``): every
-    executor calls it, with ``models.gating``'s partition names or its own (the Triton kernels: ``triton``)."""
+    executor calls it, with ``clipwise.models.gating``'s partition names or its own (the Triton kernels: ``triton``)."""
     record = _recorder.get()
     if record is not None and record.blocks:
         record.blocks[-1].partitions = (conv1, conv2)
@@ -520,8 +520,8 @@ class GatedPairExecutor(Protocol):
     """How a gated block's conv pair runs at inference: ``second(fuse(relu(first(x))), residual, relu)`` where
     ``fuse`` applies the keep / reuse / skip ``codes`` (N, T, C) to conv1's output (None: keep everything).
 
-    Implemented by ``gated_conv_pair`` (eager, the default), ``export.ops.gated_conv_pair`` (one ONNX node when
-    traced) and ``export.triton_gating.gated_conv_pair`` (CUDA kernels); ``costs`` is the eager executor's
+    Implemented by ``gated_conv_pair`` (eager, the default), ``clipwise.export.ops.gated_conv_pair`` (one ONNX node when
+    traced) and ``clipwise.export.triton_gating.gated_conv_pair`` (CUDA kernels); ``costs`` is the eager executor's
     calibrated cost models, which the others may ignore.
     """
 
@@ -626,7 +626,7 @@ class AdaFuse(TSN):
 
         Each pair is predicted as the executor runs a clip alone with the ``union`` partition: conv1 over the
         channels any frame needs, conv2 over those any frame reads, by the block's cost models
-        (``models.gating``; ``calibrate`` first, else they come from MACs). In training the channel counts are
+        (``clipwise.models.gating``; ``calibrate`` first, else they come from MACs). In training the channel counts are
         expected ones under the policy's probabilities (frames drawn independently): channel c is in the union
         with probability 1 − Π_t (1 − p_t,c), so a channel a policy uses at one frame costs as much as one it
         uses at all, and the term rewards skipping the same channels at every frame — what execution can turn
@@ -662,7 +662,7 @@ class AdaFuse(TSN):
         return _directing(dict.fromkeys(self.gated_blocks(), {"keep_all": True}))
 
     def executing_partitions(self, conv1: str, conv2: str) -> contextlib.AbstractContextManager:
-        """Run every gated pair's conv1 and conv2 with the named partitions of ``models.gating.PARTITIONS``
+        """Run every gated pair's conv1 and conv2 with the named partitions of ``clipwise.models.gating.PARTITIONS``
         (where the candidate exists) instead of the cheapest predicted: tests."""
         for name in (conv1, conv2):
             if name not in PARTITIONS:
@@ -759,7 +759,7 @@ class AdaFuse(TSN):
 
     def order_channels_by_importance(self) -> None:
         """A prefix policy: permute every gated block's conv1 output channels most important first
-        (``models.prefix_gating.order_by_importance``), the network's function unchanged: what makes a trained
+        (``clipwise.models.prefix_gating.order_by_importance``), the network's function unchanged: what makes a trained
         TSN / TSM, or a per-channel AdaFuse's backbone, a good start for levels that keep prefixes."""
         if self.config.structure != "prefix":
             raise ValueError("ordering channels serves structure='prefix'")
@@ -864,7 +864,7 @@ class AdaFuse(TSN):
         """Executed GFLOPs per clip and the policies (with their Eq. 5 GFLOPs) of the decisions an exported graph
         ran: per gated block its (N, T, C) keep / reuse / skip codes and the (conv1, conv2) union thresholds of
         its node. A convolution ran the union of the channels its frames need when that union held fewer than
-        its threshold of the channels, and every channel otherwise (``export.ops.GatedConvPair``)."""
+        its threshold of the channels, and every channel otherwise (``clipwise.export.ops.GatedConvPair``)."""
         costs = self.block_costs(frames, size)
         blocks, saved = [], 0.0
         for block_codes, cost, (below1, below2) in zip(codes, costs, union_below, strict=True):
@@ -934,7 +934,7 @@ def _saving_pattern(channels: int, frames: int, share: float, reuse: bool, seed:
 def _register_presets() -> None:
     """AdaFuse on TSN-R18/R50, TSM-R50 and TSM-R50 gated in its last stage only (8×224², 174 classes), and
     ``_tiny`` twins: quarter width, two blocks a stage, 8×64², policy nets scaled down (quota 3072). The
-    ``_small`` presets (TSN / TSM-R18 at ``models.tsn.SMALL``) are execution-aware: ``structure="prefix"``."""
+    ``_small`` presets (TSN / TSM-R18 at ``clipwise.models.tsn.SMALL``) are execution-aware: ``structure="prefix"``."""
     paper = {
         "adafuse_tsn_r18": AdaFuseConfig(depth=18),
         "adafuse_tsn_r50": AdaFuseConfig(depth=50),

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from models.flops import count_flops, track_macs
-from models.policy import Policy
+from clipwise.models.flops import count_flops, track_macs
+from clipwise.models.policy import Policy
 
 _forced: ContextVar[Mapping[nn.Module, Any]] = ContextVar("clipwise_forced", default=MappingProxyType({}))
 

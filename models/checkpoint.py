@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from models.base import Preprocessing, VideoClassifier
-from models.registry import create_model, get_preset
+from clipwise.models.base import Preprocessing, VideoClassifier
+from clipwise.models.registry import create_model, get_preset
 
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"

@@ -1,7 +1,7 @@
 """CT-Net (Li et al., ICLR 2021): ResNet-50 with Channel Tensorization blocks, after the authors' code.
 
 The network is a 2D ResNet-50 run frame by frame (1×k×k convs on (N, C, T, H, W), the building blocks of
-``models.resnet3d`` with every temporal kernel 1) in which the odd-indexed bottleneck of each stage (res2:
+``clipwise.models.resnet3d`` with every temporal kernel 1) in which the odd-indexed bottleneck of each stage (res2:
 block 1; res3: 1, 3; res4: 1, 3, 5; res5: 1) is a CT-Block: its 3×3 conv becomes a CT-Module.
 
 CT-Module on C channels, tensorised as C = C1 × C2 with C1 = 2^floor(log2(C) / 2), C2 = 2^ceil(log2(C) / 2)
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.base import ClipModelConfig, VideoClassifier
-from models.registry import register_preset
-from models.resnet3d import ClassifierHead, Kernel3d, Stem, conv3d, init_weights, make_stages
+from clipwise.models.base import ClipModelConfig, VideoClassifier
+from clipwise.models.registry import register_preset
+from clipwise.models.resnet3d import ClassifierHead, Kernel3d, Stem, conv3d, init_weights, make_stages
 
 SPATIAL: Kernel3d = (1, 3, 3)
 TEMPORAL: Kernel3d = (3, 1, 1)

@@ -16,7 +16,7 @@ much against the final log(channels) term. Where this differs from the authors' 
 * a kernel proportional to its feature map (cos = 1) would get α = ∞; 1 − cos is floored at float epsilon.
 
 FLOPs and depth come from the same analytic description of the network (``network_convs``), which mirrors
-``models.x3d``; tests check it against ``count_flops`` on every preset and on search results. The budget
+``clipwise.models.x3d``; tests check it against ``count_flops`` on every preset and on search results. The budget
 is in MACs of the whole network, SE and FCs included (the authors' own count adds BN and ReLU operations
 and leaves out the FCs after the pool; they budget 2.0e9 of it for E3D-S, 1.87 G MACs). Depth is the
 number of main-path convs (the authors' layer count: 83 for E3D-S/M, 167 for E3D-L).
@@ -54,7 +54,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models.x3d import E3D, StageSpec, X3DConfig, architecture_of, conv_output_size, has_squeeze_excite, se_width
+from clipwise.models.x3d import (
+    E3D,
+    StageSpec,
+    X3DConfig,
+    architecture_of,
+    conv_output_size,
+    has_squeeze_excite,
+    se_width,
+)
 
 KERNELS = ((1, 3), (1, 5), (3, 3))  # (kt, k) of the depthwise conv
 EXPANSION_RATIOS = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
@@ -116,7 +124,8 @@ def _block_convs(
 
 
 def network_convs(config: X3DConfig) -> list[Conv]:
-    """Every conv and FC of ``models.x3d.X3D(config)`` with its output size, in order, repeated blocks merged."""
+    """Every conv and FC of ``clipwise.models.x3d.X3D(config)`` with its output size, in order, repeated blocks
+    merged."""
     config = config.resolved()
     frames, size, channels = config.frames, conv_output_size(config.size, 3, 2), config.stem_channels
     convs = [Conv(3, channels, (1, 3, 3), frames, size)]
@@ -138,7 +147,7 @@ def network_convs(config: X3DConfig) -> list[Conv]:
 
 
 def analytic_gflops(config: X3DConfig) -> float:
-    """GMACs of one clip, as ``models.flops.count_flops`` counts the built model."""
+    """GMACs of one clip, as ``clipwise.models.flops.count_flops`` counts the built model."""
     return sum(conv.macs for conv in network_convs(config)) / 1e9
 
 

@@ -1,5 +1,5 @@
-"""Inference convolutions with their batch norm folded in, shared by the 2D ResNets (``models.tsn``) and
-AdaFuse's gated blocks (``models.adafuse``).
+"""Inference convolutions with their batch norm folded in, shared by the 2D ResNets (``clipwise.models.tsn``) and
+AdaFuse's gated blocks (``clipwise.models.adafuse``).
 
 ``FoldedConv`` is ``bn(conv(x))`` as one convolution with a bias; on the CPU without autograd it runs as one
 oneDNN primitive with its ReLU and a residual sum fused in (the kernel torch.compile emits for the pattern),
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.flops import conv_macs, record_macs
+from clipwise.models.flops import conv_macs, record_macs
 
 
 def conv_output_size(conv: nn.Conv2d | FoldedConv, size: Sequence[int]) -> tuple[int, int]:

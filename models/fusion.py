@@ -63,10 +63,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import RelaxedBernoulli
 
-from models.base import ClipModelConfig, VideoClassifier, forced_on, forcing
-from models.layers import FrameConv3d
-from models.policy import FusionPolicy
-from models.registry import register_preset
+from clipwise.models.base import ClipModelConfig, VideoClassifier, forced_on, forcing
+from clipwise.models.layers import FrameConv3d
+from clipwise.models.policy import FusionPolicy
+from clipwise.models.registry import register_preset
 
 Unit = Literal["S", "ST", "S+ST"]
 UNITS: tuple[Unit, ...] = ("S", "ST", "S+ST")

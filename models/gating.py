@@ -28,7 +28,7 @@ conv1's and conv2's partitions are chosen apart, each the one of least predicted
 model of each convolution calibrated on this machine when a model version loads (``calibrate_pair``, the
 way cuDNN's benchmark mode times its kernels), per spatial input size, and never on the request path; a
 size never calibrated is predicted from its MACs. Whatever runs, the output equals the dense masked
-reference, and the MACs reported (``models.flops.record_macs``, per clip) are those of the convolutions
+reference, and the MACs reported (``clipwise.models.flops.record_macs``, per clip) are those of the convolutions
 that ran — padding channels and dense fallbacks included — not the policy's count (Eq. 5).
 """
 
@@ -43,7 +43,7 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
-from models.folding import CHANNEL_BLOCK, FoldedConv, channels_of, conv_output_size
+from clipwise.models.folding import CHANNEL_BLOCK, FoldedConv, channels_of, conv_output_size
 
 KEEP, REUSE, SKIP = 0, 1, 2
 DECISIONS = 3  # keep, reuse, skip: the last axis of a block's one-hot masks

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.base import VideoClassifier
+from clipwise.models.base import VideoClassifier
 
 
 @dataclass(frozen=True)

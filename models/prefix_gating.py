@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.folding import FoldedConv
-from models.gating import DECISIONS, KEEP, REUSE, SKIP
+from clipwise.models.folding import FoldedConv
+from clipwise.models.gating import DECISIONS, KEEP, REUSE, SKIP
 
 
 @dataclass(frozen=True)

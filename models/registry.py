@@ -12,17 +12,17 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from models.base import ClipModelConfig, VideoClassifier
+from clipwise.models.base import ClipModelConfig, VideoClassifier
 
 # One module per family; each registers its presets when imported.
 FAMILY_MODULES = (
-    "models.tsn",
-    "models.resnet3d",
-    "models.x3d",
-    "models.ctnet",
-    "models.fusion",
-    "models.adafuse",
-    "models.ada3d",
+    "clipwise.models.tsn",
+    "clipwise.models.resnet3d",
+    "clipwise.models.x3d",
+    "clipwise.models.ctnet",
+    "clipwise.models.fusion",
+    "clipwise.models.adafuse",
+    "clipwise.models.ada3d",
 )
 
 

@@ -11,7 +11,7 @@ Architecture (PySlowFast ``stem_helper`` / ``resnet_helper``, ResNet-50 depths 3
   blocks: I3D res2 [3], res3 [3, 1], res4 [3, 1], res5 [1, 3]; Slow-only [1], [1], [3], [3];
 * ``head``: global average pool, dropout 0.5, linear (logits; PySlowFast's test-time softmax is left out).
 
-Every conv is a ``models.layers.FrameConv3d``: on CPU, kernels one frame deep (and the centre slices below) run
+Every conv is a ``clipwise.models.layers.FrameConv3d``: on CPU, kernels one frame deep (and the centre slices below) run
 as 2D convs over the frames, which keeps batch-1 clips on PyTorch's fast kernels.
 
 By default nothing pools or strides in time: T frames go in and T frames come out of every stage. PySlowFast's
@@ -27,7 +27,7 @@ Where the papers are silent, PySlowFast's choices: dense sampling of T frames wi
 8×8 recipe, which the Ada3D paper uses for both backbones at 8 and 16 frames); test-time short side equal to
 the crop size; MSRA (fan-out) init, BN γ = 1 except the last BN of each block (γ = 0), head N(0, 0.01).
 
-Ada3D API (``models.ada3d`` builds on it):
+Ada3D API (``clipwise.models.ada3d`` builds on it):
 
 * ``model.trunk``: ``[stem, res2, res3, res4, res5]``; each is called as ``stage(x, temporal=True)``.
 * ``model.switchable_stages``: indices into ``trunk`` of the stages with temporal kernels, the "3D stages"
@@ -49,10 +49,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from models.base import ClipModelConfig, Preprocessing, VideoClassifier
-from models.flops import conv_macs, record_macs
-from models.layers import FrameConv3d, frame_conv3d
-from models.registry import register_preset
+from clipwise.models.base import ClipModelConfig, Preprocessing, VideoClassifier
+from clipwise.models.flops import conv_macs, record_macs
+from clipwise.models.layers import FrameConv3d, frame_conv3d
+from clipwise.models.registry import register_preset
 
 Kernel3d = tuple[int, int, int]
 # Builds the module that replaces a bottleneck's conv2 + bn2, from (block index in its stage, inner width).
@@ -89,7 +89,7 @@ def centre_slice_conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """Run ``conv`` with only the centre temporal slice of its kernel, as a 1×k×k conv, and record its MACs.
 
     Equals ``conv`` with its other temporal taps zeroed, at the cost of the 1×k×k conv alone, which runs as a 2D
-    conv over the frames (``models.layers.frame_conv3d``).
+    conv over the frames (``clipwise.models.layers.frame_conv3d``).
     """
     weight, padding = _centre_slice(conv)
     out = frame_conv3d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)

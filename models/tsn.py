@@ -10,7 +10,7 @@ Choices where the papers are silent follow the TSM code base: the shift wraps co
 every stage (``shift_place="blockres"``, ``shift_div=8``), channels ``[0, c/8)`` take frame t+1 and
 ``[c/8, c/4)`` frame t−1; dropout 0.5 before the classifier, whose weights start N(0, 0.001); per-frame
 logits, then the mean over frames. The ResNets are torchvision's v1.5 (stride on the 3×3 conv of a
-bottleneck) with torchvision's names, so ``models.adafuse`` can take the blocks apart; convolutions start
+bottleneck) with torchvision's names, so ``clipwise.models.adafuse`` can take the blocks apart; convolutions start
 from Kaiming-normal (fan-out) weights as in torchvision, since nothing is downloaded.
 
 Blocks take the number of frames per clip as a forward argument, ``block(x, frames)``: the model knows T
@@ -34,9 +34,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from models.base import ClipModelConfig, VideoClassifier
-from models.folding import FoldCache
-from models.registry import register_preset
+from clipwise.models.base import ClipModelConfig, VideoClassifier
+from clipwise.models.folding import FoldCache
+from clipwise.models.registry import register_preset
 
 STANDARD_LAYERS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 SMALL = {"width": 32, "layers": (2, 2, 2, 2), "size": 112}  # the ``_small`` presets' changes to a paper one
@@ -92,7 +92,7 @@ class ResidualBlock(nn.Module):
     """A residual block on frames: ``relu(branch(shift(x)) + shortcut(x))``; subclasses define the branch.
 
     At inference (eval, no autograd) it runs ``folded``: every convolution with its batch norm folded in and,
-    on the CPU, its ReLU and the residual sum fused (``models.folding``), as AdaFuse's gated blocks run.
+    on the CPU, its ReLU and the residual sum fused (``clipwise.models.folding``), as AdaFuse's gated blocks run.
     """
 
     expansion = 1

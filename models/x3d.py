@@ -49,10 +49,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.base import ClipModelConfig, VideoClassifier
-from models.layers import FrameConv3d
-from models.registry import register_preset
-from models.resnet3d import init_weights
+from clipwise.models.base import ClipModelConfig, VideoClassifier
+from clipwise.models.layers import FrameConv3d
+from clipwise.models.registry import register_preset
+from clipwise.models.resnet3d import init_weights
 
 Activation = Literal["relu", "swish"]
 ARCH_FIELDS = ("stem_channels", "stages", "head_channels")  # what an arch file (a search result) sets

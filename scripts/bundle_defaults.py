@@ -40,10 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import MANIFEST_FILE, LoadedVersion, load_version, read_manifest, validate_name  # noqa: E402
-from training.data import DatasetFiles, read_annotations, read_labels  # noqa: E402
-from training.synthetic import TEMPORAL_CLASSES  # noqa: E402
-from video import ClipSpec, load_clips  # noqa: E402
+from clipwise.models.checkpoint import MANIFEST_FILE, LoadedVersion, load_version, read_manifest, validate_name  # noqa: E402
+from clipwise.training.data import DatasetFiles, read_annotations, read_labels  # noqa: E402
+from clipwise.training.synthetic import TEMPORAL_CLASSES  # noqa: E402
+from clipwise.video import ClipSpec, load_clips  # noqa: E402
 
 DEFAULT_REPOSITORY = ROOT / "model_repository"
 DEFAULT_WORK = ROOT / "runs" / "synthetic-benchmark"

@@ -1,4 +1,4 @@
-"""The Clipwise HTTP service: ``service.app.create_app(settings)`` builds the FastAPI app.
+"""The Clipwise HTTP service: ``clipwise.service.app.create_app(settings)`` builds the FastAPI app.
 
-Kept free of imports so that ``service.config`` stays light for the command line.
+Kept free of imports so that ``clipwise.service.config`` stays light for the command line.
 """

@@ -3,7 +3,7 @@
 Startup checks the configuration at once (the repository exists, the default models are in it) and
 refuses to start otherwise, then starts the decode workers; the models are then loaded and warmed up in the
 background, so ``/healthz`` answers during loading and ``/readyz`` turns 200 when every default model is
-served. With ``watch`` on, the repository is then polled for new versions (``service.lifecycle``).
+served. With ``watch`` on, the repository is then polled for new versions (``clipwise.service.lifecycle``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
-from models.device import DeviceUnavailable, resolve_device
-from service.api.main import api_router
-from service.config import VERSION, Settings
-from service.errors import install_error_handlers
-from service.lifecycle import load_model, watch_repository
-from service.middleware import RequestContextMiddleware
-from service.model_store import InvalidVersion, ModelNotFound
-from service.state import ServiceState
-from service.upload import FRAMING_ALLOWANCE
+from clipwise.models.device import DeviceUnavailable, resolve_device
+from clipwise.service.api.main import api_router
+from clipwise.service.config import VERSION, Settings
+from clipwise.service.errors import install_error_handlers
+from clipwise.service.lifecycle import load_model, watch_repository
+from clipwise.service.middleware import RequestContextMiddleware
+from clipwise.service.model_store import InvalidVersion, ModelNotFound
+from clipwise.service.state import ServiceState
+from clipwise.service.upload import FRAMING_ALLOWANCE
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""The backends a served version can run on: ``export.runtime``'s runners, opened once per loaded version,
+"""The backends a served version can run on: ``clipwise.export.runtime``'s runners, opened once per loaded version,
 and the choice of the one that serves it by default.
 
 ``torch`` (the model's own ``execute``) always; ``onnxruntime`` and ``openvino`` when the version directory
 holds the ``model.onnx`` that ``clipwise export onnx`` wrote from its weights and the runtime is installed
-(OpenVINO runs every family but AdaFuse). All return a ``models.base.Execution``, so FLOPs and policies are
+(OpenVINO runs every family but AdaFuse). All return a ``clipwise.models.base.Execution``, so FLOPs and policies are
 reported the same way whichever ran. A backend that is not available is kept with the reason, which is what a
 request asking for it is told. A ``model.onnx`` ONNX Runtime cannot open makes the version invalid.
 
@@ -21,8 +21,8 @@ from typing import Literal
 
 import torch
 
-from export.runtime import BACKENDS, MODEL_FILE, BackendUnavailable, Runner, interleaved_ms, open_runner
-from models.checkpoint import AUTO_BACKEND, CheckpointError, LoadedVersion
+from clipwise.export.runtime import BACKENDS, MODEL_FILE, BackendUnavailable, Runner, interleaved_ms, open_runner
+from clipwise.models.checkpoint import AUTO_BACKEND, CheckpointError, LoadedVersion
 
 BackendName = Literal["torch", "onnxruntime", "openvino"]  # export.runtime.BACKENDS, as the API's type
 BackendRequest = Literal["auto", "torch", "onnxruntime", "openvino"]  # a backend, or the one chosen at load

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from export.runtime import Runner
-from models.base import Execution
-from service.config import Settings
-from service.model_store import ServedModel
-from service.runner import InferenceRunner
+from clipwise.export.runtime import Runner
+from clipwise.models.base import Execution
+from clipwise.service.config import Settings
+from clipwise.service.model_store import ServedModel
+from clipwise.service.runner import InferenceRunner
 
 
 @dataclass

@@ -19,9 +19,9 @@ BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 MIB = 1 << 20
 MIN_TOKEN_LENGTH = 16
 # The environment of a Ray node serving Clipwise, set where the node starts (``ray start``, or the process that
-# starts a local instance): its HTTP proxy installs ``service.ray_proxy.proxy_middlewares``.
+# starts a local instance): its HTTP proxy installs ``clipwise.service.ray_proxy.proxy_middlewares``.
 RAY_PROXY_ENVIRONMENT = {
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "service.ray_proxy:proxy_middlewares",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "clipwise.service.ray_proxy:proxy_middlewares",
     "RAY_USAGE_STATS_ENABLED": "0",  # Ray reports usage to its authors by default; Clipwise sends nothing
 }
 # A Ray instance on this machine alone also keeps Ray's own servers on loopback (Ray's single-machine mode);
@@ -143,7 +143,7 @@ RAY_FIELD_PREFIX = "ray_"
 
 
 class RayServeSettings(BaseSettings):
-    """How ``clipwise serve --engine ray`` deploys the app on Ray Serve (``service.ray_serve``).
+    """How ``clipwise serve --engine ray`` deploys the app on Ray Serve (``clipwise.service.ray_serve``).
 
     Each replica is sized by ``Settings``: ``torch_threads`` CPUs (1 when unset), ``max_pending_requests``
     requests at once, autoscaling aiming at ``max_concurrent_inferences`` ongoing requests per replica.

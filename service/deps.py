@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.config import Settings
-from service.errors import ApiError
-from service.model_store import ModelStore
-from service.state import ServiceState
+from clipwise.service.config import Settings
+from clipwise.service.errors import ApiError
+from clipwise.service.model_store import ModelStore
+from clipwise.service.state import ServiceState
 
 
 def get_state(request: Request) -> ServiceState:

@@ -18,10 +18,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.log import REQUEST_ID
-from service.model_store import BackendNotAvailable, InvalidVersion, ModelNotFound
-from service.schemas import ErrorDetail, ErrorResponse
-from video import VideoError
+from clipwise.service.log import REQUEST_ID
+from clipwise.service.model_store import BackendNotAvailable, InvalidVersion, ModelNotFound
+from clipwise.service.schemas import ErrorDetail, ErrorResponse
+from clipwise.video import VideoError
 
 # VideoError.reason -> (HTTP status, error code). Limits on the content answer 413 like the upload size:
 # the remedy is the same (send less). A decode that overruns its time limit is the upload's doing too,

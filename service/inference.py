@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from models.base import Execution
-from service.config import Settings
-from service.schemas import ClassScore, FlopsReport, VideoReport
-from video import DecodeLimits, LoadedClips
+from clipwise.models.base import Execution
+from clipwise.service.config import Settings
+from clipwise.service.schemas import ClassScore, FlopsReport, VideoReport
+from clipwise.video import DecodeLimits, LoadedClips
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from service.model_store import InvalidVersion, ModelNotFound, ServedModel
-from service.state import ServiceState
+from clipwise.service.model_store import InvalidVersion, ModelNotFound, ServedModel
+from clipwise.service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ def wait_until_ready(url: str, timeout_s: float = 60, *, gave_up: Callable[[], s
 
 @contextlib.contextmanager
 def local_server(app: FastAPI, *, ready_timeout_s: float = 120) -> Iterator[str]:
-    """A Clipwise ``app`` (``service.app.create_app``) served in this process (``serve_in_thread``) once every
+    """A Clipwise ``app`` (``clipwise.service.app.create_app``) served in this process (``serve_in_thread``) once every
     default model is loaded and warmed up; yields its base URL, stops it on exit. Raises ``NotReady``."""
     startup = app.state.service.startup
 

@@ -1,6 +1,6 @@
 """Logging: every line carries the id of the request it belongs to ("-" outside requests).
 
-The id lives in a context variable set by ``service.middleware``; the inference executor runs each job
+The id lives in a context variable set by ``clipwise.service.middleware``; the inference executor runs each job
 in a copy of the request's context, so lines logged while decoding carry it too. Request bodies are never
 logged. ``request_id_for`` is the rule for a request's id (here, light, for Ray Serve's proxy too).
 """

@@ -1,14 +1,14 @@
 """Prometheus metrics of one app, served at ``/metrics``; each app has its own registry.
 
 * ``clipwise_requests_total{model, version, backend, status}``: inference requests (v1 and v2) by outcome;
-* ``clipwise_requests_in_progress``: inference requests held now (``service.runner.Admission``);
+* ``clipwise_requests_in_progress``: inference requests held now (``clipwise.service.runner.Admission``);
 * ``clipwise_stage_seconds{model, stage}``: histogram of each stage (decode, preprocess, queue, inference);
 * ``clipwise_executed_gflops_total{model}``, ``clipwise_policy_gflops_total{model}`` and
   ``clipwise_full_gflops_total{model}``: GMACs of what really ran, what the policies' decisions cost by the
   paper's count, and what the same clips cost with nothing skipped;
 * ``clipwise_full_compute_seconds{model, backend}``: one view through the full-compute path, timed when the
   version loaded (the time a FLOPs saving is compared with);
-* ``clipwise_policy_fraction{model, measure}``: histogram per clip of ``models.policy.policy_fractions``:
+* ``clipwise_policy_fraction{model, measure}``: histogram per clip of ``clipwise.models.policy.policy_fractions``:
   AdaFuse's keep / reuse / skip, Ada3D's frame_fraction / stage_fraction, the fusion units' S / ST / S+ST;
 * ``clipwise_batch_requests{model}``: histogram, per request, of the requests in its forward pass;
 * ``clipwise_model_loads_total{model, outcome}``: loads (startup, API, watcher), loaded or refused;
@@ -31,11 +31,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from models.base import Execution
-from models.policy import policy_fractions
-from service.errors import status_of
-from service.model_store import ModelStore, ServedModel
-from service.runner import Admission
+from clipwise.models.base import Execution
+from clipwise.models.policy import policy_fractions
+from clipwise.service.errors import status_of
+from clipwise.service.model_store import ModelStore, ServedModel
+from clipwise.service.runner import Admission
 
 STAGES = ("decode", "preprocess", "queue", "inference")
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

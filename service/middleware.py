@@ -21,9 +21,9 @@ import time
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
-from service.log import REQUEST_ID, request_id_for
-from service.log import REQUEST_ID_HEADER as HEADER
+from clipwise.service.errors import error_response
+from clipwise.service.log import REQUEST_ID, request_id_for
+from clipwise.service.log import REQUEST_ID_HEADER as HEADER
 
 # polled every few seconds: logged at debug level
 PROBES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})

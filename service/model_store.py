@@ -7,7 +7,7 @@ checked before the swap — every file inside the repository (no symlink out of 
 the weights, weights parsed by safetensors only, the architecture rebuilt with every weight matched, every
 backend opened and one warm-up inference on each giving logits of the manifest's shape — so a version that
 fails any check never replaces the one serving; then its default backend is chosen (``auto``: timed). Loads
-of one name are serialised; ``load`` takes seconds and belongs in a worker thread (``service.lifecycle``), the
+of one name are serialised; ``load`` takes seconds and belongs in a worker thread (``clipwise.service.lifecycle``), the
 other methods only take the dictionary lock for a moment.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from export.runtime import MODEL_FILE, Runner
-from models.checkpoint import (
+from clipwise.export.runtime import MODEL_FILE, Runner
+from clipwise.models.checkpoint import (
     CheckpointError,
     LoadedVersion,
     Manifest,
@@ -31,7 +31,7 @@ from models.checkpoint import (
     read_manifest,
     validate_name,
 )
-from service.backends import (
+from clipwise.service.backends import (
     BackendChoice,
     BackendName,
     BackendRequest,
@@ -40,7 +40,7 @@ from service.backends import (
     open_backends,
     untimed_choice,
 )
-from video import ClipSpec
+from clipwise.video import ClipSpec
 
 # Ada3D groups the clips of a batch by their plan (frames kept, 3D stages on), which differs from clip to clip:
 # merging requests rarely makes a group larger, so its requests run one by one.
@@ -239,7 +239,8 @@ def open_version(
     repository: Path, name: str, version: int, concurrency: int = 1, device: torch.device | None = None
 ) -> ServedModel:
     """A version read from ``repository``, checked, its backends opened on ``device`` (default: the CPU) for
-    ``concurrency`` jobs at once and warmed up, its default backend chosen (``service.backends.choose_backend``):
+    ``concurrency`` jobs at once and warmed up, its default backend chosen
+    (``clipwise.service.backends.choose_backend``):
     ready to serve. Raises ``InvalidVersion`` if any check fails: ``load_version``'s (manifest, files inside the
     repository, weights hash and format), the backends' and the warm-up's."""
     where = f"{name} version {version} cannot be served"

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, ValidationError
 
-from models.base import Execution
-from service.errors import ApiError
-from service.inference import flops_report
-from service.log import REQUEST_ID
-from service.model_store import ServedModel
-from service.schemas import MAX_VIEWS
+from clipwise.models.base import Execution
+from clipwise.service.errors import ApiError
+from clipwise.service.inference import flops_report
+from clipwise.service.log import REQUEST_ID
+from clipwise.service.model_store import ServedModel
+from clipwise.service.schemas import MAX_VIEWS
 
 INPUT_NAME = "clips"
 HEADER_LENGTH = "Inference-Header-Content-Length"

@@ -1,11 +1,11 @@
-"""Clipwise's part in Ray Serve's HTTP proxy (``service.ray_serve``): one ``X-Request-ID`` per response, and
+"""Clipwise's part in Ray Serve's HTTP proxy (``clipwise.service.ray_serve``): one ``X-Request-ID`` per response, and
 Clipwise's 503 where the proxy itself fails.
 
 Ray's proxy adds an ``X-Request-ID`` of its own to every response, after the replica's, and gives no answer to
 a request whose replica died (its server then says a bare 500). The proxy installs ``proxy_middlewares`` at
 start when its node has ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.ray_proxy:proxy_middlewares``
-(``service.config.RAY_PROXY_ENVIRONMENT``). This module is light on purpose, starlette only: the proxy
-routes requests and loads neither torch nor the app. The error bodies are those of ``service.errors``.
+(``clipwise.service.config.RAY_PROXY_ENVIRONMENT``). This module is light on purpose, starlette only: the proxy
+routes requests and loads neither torch nor the app. The error bodies are those of ``clipwise.service.errors``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.log import REQUEST_ID_HEADER, request_id_for
+from clipwise.service.log import REQUEST_ID_HEADER, request_id_for
 
 REPLICA_HEADER = "X-Clipwise-Replica"  # set by every replica on every response
 RETRY_AFTER_S = 1

@@ -1,4 +1,4 @@
-"""Clipwise on Ray Serve: the app of ``service.app.create_app`` as the ingress of a Ray Serve deployment.
+"""Clipwise on Ray Serve: the app of ``clipwise.service.app.create_app`` as the ingress of a Ray Serve deployment.
 
 Each replica builds the app with the same ``Settings`` (``serve.ingress``, the app made on the replica), so
 every route, error body and header is the uvicorn server's, and joins only once its default models are loaded
@@ -11,7 +11,7 @@ one finishing its requests before it stops; a cluster needs room for the replica
 count grows or ``RayServeSettings.surge_percent`` allows it.
 
 Every response a replica gives carries ``X-Clipwise-Replica``: the replica's id, which is also its actor's
-name in the ``serve`` namespace. ``service.ray_proxy`` is Clipwise's part in Ray's HTTP proxy: one
+name in the ``serve`` namespace. ``clipwise.service.ray_proxy`` is Clipwise's part in Ray's HTTP proxy: one
 ``X-Request-ID`` per response, and a 503 with ``Retry-After`` for a request whose replica died.
 """
 
@@ -32,11 +32,11 @@ from ray.serve import Application
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.app import create_app
-from service.config import RAY_FIELD_PREFIX, RayServeSettings, Settings
-from service.log import configure_logging
-from service.ray_proxy import REPLICA_HEADER
-from service.state import ServiceState
+from clipwise.service.app import create_app
+from clipwise.service.config import RAY_FIELD_PREFIX, RayServeSettings, Settings
+from clipwise.service.log import configure_logging
+from clipwise.service.ray_proxy import REPLICA_HEADER
+from clipwise.service.state import ServiceState
 
 APP_NAME = "clipwise"
 READY_POLL_S = 0.05

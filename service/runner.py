@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from service.errors import ApiError
+from clipwise.service.errors import ApiError
 
 T = TypeVar("T")
 RETRY_AFTER_S = 1

@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, field_serializer
 
-from models.checkpoint import PreprocessingSpec
-from models.policy import Policy
-from service.backends import BackendChoice, BackendLabel, BackendName, BackendRequest
-from video import CROP_COUNTS
+from clipwise.models.checkpoint import PreprocessingSpec
+from clipwise.models.policy import Policy
+from clipwise.service.backends import BackendChoice, BackendLabel, BackendName, BackendRequest
+from clipwise.video import CROP_COUNTS
 
 MAX_CLIPS = 10
 MAX_VIEWS = MAX_CLIPS * max(CROP_COUNTS)  # the most clips one request runs: /v1's views, /v2's N

@@ -9,13 +9,13 @@ from typing import Literal
 
 import torch
 
-from service.batching import Batcher
-from service.config import Settings
-from service.metrics import ServiceMetrics
-from service.model_store import ModelStore
-from service.runner import Admission, InferenceRunner
-from video.isolation import DecodePool, InProcess
-from video.parallel import ThreadBudget, usable_cpus
+from clipwise.service.batching import Batcher
+from clipwise.service.config import Settings
+from clipwise.service.metrics import ServiceMetrics
+from clipwise.service.model_store import ModelStore
+from clipwise.service.runner import Admission, InferenceRunner
+from clipwise.video.isolation import DecodePool, InProcess
+from clipwise.video.parallel import ThreadBudget, usable_cpus
 
 
 @dataclass

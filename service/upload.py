@@ -6,9 +6,9 @@ the body is read as it arrives (multipart: python-multipart's streaming parser):
 over the limit is refused before reading anything, and a body that grows past it is refused as soon as it
 does, so no more than the limit is ever held, and held once: the bytes are appended to one buffer as they
 arrive (never a list of chunks joined into a second copy); an upload's buffer is the shared memory its decode
-worker maps (``video.isolation.SharedBlock``). The whole body must arrive within a time limit (408
+worker maps (``clipwise.video.isolation.SharedBlock``). The whole body must arrive within a time limit (408
 otherwise), so a client that stalls or trickles cannot hold its place for ever. Answered before its body
-ended by a 413 or 408, the connection is closed (``service.middleware``): the rest is never read.
+ended by a 413 or 408, the connection is closed (``clipwise.service.middleware``): the rest is never read.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from service.errors import ApiError
-from video.isolation import SharedBlock
+from clipwise.service.errors import ApiError
+from clipwise.video.isolation import SharedBlock
 
 FIELD = "file"
 FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries, part headers and small extra fields

@@ -1,5 +1,6 @@
 """What a prediction must say: the version that answered, and that version's top-1 and scores when it runs in this
-process on the same video with the service's preprocessing (``video.load_clips`` with the version's ``ClipSpec``,
+process on the same video with the service's preprocessing (``clipwise.video.load_clips`` with the version's
+``ClipSpec``,
 then ``model.execute``, softmax averaged over the views). Shared by the HTTP tests and ``benchmarks/load.py``.
 """
 
@@ -8,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from models.checkpoint import LoadedVersion
-from video import ClipSpec, DecodeLimits, load_clips
+from clipwise.models.checkpoint import LoadedVersion
+from clipwise.video import ClipSpec, DecodeLimits, load_clips
 
 SCORE_TOLERANCE = 1e-4
 DEFAULT_LIMITS = DecodeLimits()

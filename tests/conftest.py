@@ -1,6 +1,6 @@
 """Fixtures shared by the test modules: real video files made with PyAV; the CI rule on skips.
 
-Every video shows index-coded frames (``video.synthetic``): ``read_frame_index`` on a decoded frame gives
+Every video shows index-coded frames (``clipwise.video.synthetic``): ``read_frame_index`` on a decoded frame gives
 the index of the frame it is. Defaults: 64 frames of 160×120 at 25 fps, a keyframe every 16 frames. The odd
 and broken uploads of ``edge_cases`` are made once per session.
 
@@ -20,7 +20,7 @@ import pytest
 from edge_cases import EDGE_CASES
 from live_server import one_torch_thread  # noqa: F401 - a fixture for every module
 
-from video.synthetic import encode_video, index_coded_frames, write_video
+from clipwise.video.synthetic import encode_video, index_coded_frames, write_video
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS, GOP = 64, 120, 160, 25, 16
 IN_CI = os.environ.get("CI") == "true"

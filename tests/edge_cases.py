@@ -4,7 +4,7 @@ uses it, so it lives beside the tests; ``benchmarks/load.py`` imports it from he
 The hardening tests send every one through a real server, and the load benchmark mixes them into its
 traffic. ``EDGE_CASES`` maps a name to an ``EdgeCase``: a function making its bytes (deterministic, well
 under a second), the reason ``load_clips`` refuses it under ``LIMITS`` (None: it decodes) and, for one that
-decodes, the frames it holds. Frames show their index code (``video.synthetic``) wherever they are large
+decodes, the frames it holds. Frames show their index code (``clipwise.video.synthetic``) wherever they are large
 enough to carry it. ``LIMITS`` are the defaults with a pixel limit low enough for a small "oversized" video.
 """
 
@@ -19,8 +19,8 @@ from itertools import accumulate, cycle, islice
 import av
 import numpy as np
 
-from video.decode import DecodeLimits, Reason
-from video.synthetic import encode_video, index_coded_frames
+from clipwise.video.decode import DecodeLimits, Reason
+from clipwise.video.synthetic import encode_video, index_coded_frames
 
 LIMITS = DecodeLimits(max_pixels=256 * 256, max_duration_s=600.0, decode_timeout_s=10.0)
 SIZE, FRAMES, FPS, GOP = 64, 32, 25, 8

@@ -15,10 +15,10 @@ import pytest
 import torch
 from fastapi import FastAPI
 
-from models import create_model
-from models.checkpoint import save_version
-from service.local import serve_in_thread, wait_until_ready
-from service.schemas import ErrorResponse
+from clipwise.models import create_model
+from clipwise.models.checkpoint import save_version
+from clipwise.service.local import serve_in_thread, wait_until_ready
+from clipwise.service.schemas import ErrorResponse
 
 
 @contextlib.contextmanager

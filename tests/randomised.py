@@ -16,10 +16,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from models.fusion import FusionLayer
-from models.resnet3d import Bottleneck as Bottleneck3d
-from models.tsn import ResidualBlock
-from models.x3d import InvertedBottleneck
+from clipwise.models.fusion import FusionLayer
+from clipwise.models.resnet3d import Bottleneck as Bottleneck3d
+from clipwise.models.tsn import ResidualBlock
+from clipwise.models.x3d import InvertedBottleneck
 
 BRANCHES = (0, -1)  # the first residual branch and the last one
 

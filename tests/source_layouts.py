@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from models.mobilenet import MobileNetV2Features
+from clipwise.models.mobilenet import MobileNetV2Features
 
 Rules = list[tuple[str, str | Callable[[re.Match], str]]]
 
@@ -40,7 +40,7 @@ def renamed(state: dict[str, torch.Tensor], rules: Rules) -> dict[str, torch.Ten
 
 
 def mmaction2_rules(shift: bool) -> Rules:
-    """Clipwise (a TSN's ``backbone.*`` / ``fc``, or ``models.resnet3d``'s ``stem`` / ``stages`` / ``head``) →
+    """Clipwise (a TSN's ``backbone.*`` / ``fc``, or ``clipwise.models.resnet3d``'s ``stem`` / ``stages`` / ``head``) →
     mmaction2."""
     return [
         (r"^stages\.(\d)\.", lambda match: f"backbone.layer{int(match[1]) + 1}."),

@@ -26,17 +26,17 @@ from live_server import assert_error, serving, wait_for
 
 from clipwise.cli import build_parser
 from clipwise.commands.serve import settings_from
-from export.runtime import MODEL_FILE as ONNX_FILE
-from export.runtime import open_runner
-from models import create_model
-from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_version, save_version
-from service.app import create_app
-from service.config import Settings
-from service.errors import ApiError
-from service.runner import InferenceRunner, deadline_in
-from service.schemas import PredictResponse
-from video import ClipSpec, load_clips
-from video.synthetic import encode_video, index_coded_frames
+from clipwise.export.runtime import MODEL_FILE as ONNX_FILE
+from clipwise.export.runtime import open_runner
+from clipwise.models import create_model
+from clipwise.models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_version, save_version
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
+from clipwise.service.errors import ApiError
+from clipwise.service.runner import InferenceRunner, deadline_in
+from clipwise.service.schemas import PredictResponse
+from clipwise.video import ClipSpec, load_clips
+from clipwise.video.synthetic import encode_video, index_coded_frames
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(11)]
@@ -362,7 +362,7 @@ ADAFUSE = "adafuse_tsn_r18_tiny"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Version 1 of the model with its model.onnx."""
-    from export.onnx import export_version  # the export extra (onnx, onnxscript): only these tests need it
+    from clipwise.export.onnx import export_version  # the export extra (onnx, onnxscript): only these tests need it
 
     repository = save_versions(tmp_path_factory.mktemp("exported"), 1)
     export_version(repository / MODEL / "1")

@@ -17,15 +17,15 @@ import torch
 from live_server import serving
 from randomised import decisive_policies, randomise_batch_norms
 
-from models import create_model
-from models.base import Execution
-from models.checkpoint import load_version, save_version
-from service.app import create_app
-from service.backends import open_backends
-from service.batching import Batcher, BatchResult, split_execution
-from service.config import Settings
-from service.model_store import ServedModel
-from service.runner import InferenceRunner, deadline_in
+from clipwise.models import create_model
+from clipwise.models.base import Execution
+from clipwise.models.checkpoint import load_version, save_version
+from clipwise.service.app import create_app
+from clipwise.service.backends import open_backends
+from clipwise.service.batching import Batcher, BatchResult, split_execution
+from clipwise.service.config import Settings
+from clipwise.service.model_store import ServedModel
+from clipwise.service.runner import InferenceRunner, deadline_in
 
 LABELS = [f"class_{i}" for i in range(5)]
 STATIC, ADAPTIVE, PER_CLIP = "tsn_r18_tiny", "adafuse_tsn_r18_tiny", "ada3d_i3d_r50_tiny"

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from clipwise.commands import bench
-from models import create_model
-from models.checkpoint import load_version, save_version
-from service.app import create_app
-from service.config import Settings
-from service.local import local_server
+from clipwise.models import create_model
+from clipwise.models.checkpoint import load_version, save_version
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
+from clipwise.service.local import local_server
 
 STATIC, ADAPTIVE = "tsn_r18_tiny", "adafuse_tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(6)]

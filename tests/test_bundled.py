@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import LoadedVersion, load_version
-from training.synthetic import CLASSES, TEMPORAL_CLASSES
-from video import ClipSpec, load_clips
+from clipwise.models.checkpoint import LoadedVersion, load_version
+from clipwise.training.synthetic import CLASSES, TEMPORAL_CLASSES
+from clipwise.video import ClipSpec, load_clips
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"

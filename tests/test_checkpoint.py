@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import create_model
-from models.checkpoint import (
+from clipwise.models import create_model
+from clipwise.models.checkpoint import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     CheckpointError,

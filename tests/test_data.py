@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from clipwise.cli import main as clipwise
-from training.config import ConfigError
-from training.data import (
+from clipwise.training.config import ConfigError
+from clipwise.training.data import (
     AnnotationError,
     Augmentation,
     DatasetFiles,
@@ -24,8 +24,8 @@ from training.data import (
     read_labels,
     train_loader,
 )
-from training.synthetic import CLASSES
-from video import ClipSpec, load_clips
+from clipwise.training.synthetic import CLASSES
+from clipwise.video import ClipSpec, load_clips
 
 SYNTH_OPTIONS = ["--clips-per-class", "1", "--frames", "8", "--size", "48"]
 SPEC = ClipSpec("segments", frames=4, stride=1, short_side=37, crop_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)

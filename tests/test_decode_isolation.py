@@ -1,4 +1,5 @@
-"""Decoding in worker processes (``video.isolation``): the same views as in-process, and a worker that crashes or
+"""Decoding in worker processes (``clipwise.video.isolation``): the same views as in-process, and a worker that crashes
+or
 hangs costs its own request only.
 
 A crash is stood in for by SIGKILL, a hang by SIGSTOP, sent to a real worker while it holds a request. The
@@ -25,12 +26,12 @@ from answers import in_process_scores, wrong_answer
 from edge_cases import LIMITS, coded_video
 from live_server import assert_error, one_model_repository, serving, wait_for
 
-from models.checkpoint import load_version
-from service.app import create_app
-from service.config import Settings
-from video import ClipSpec, VideoError, load_clips
-from video.isolation import DecodePool, SharedBlock
-from video.parallel import ThreadBudget
+from clipwise.models.checkpoint import load_version
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
+from clipwise.video import ClipSpec, VideoError, load_clips
+from clipwise.video.isolation import DecodePool, SharedBlock
+from clipwise.video.parallel import ThreadBudget
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(5)]
@@ -152,7 +153,7 @@ def failed_and_answered(sent: list[Future[httpx.Response]]) -> list[httpx.Respon
 def test_a_worker_killed_mid_request_costs_that_request_only(
     server: Server, repository: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="video.isolation")
+    caplog.set_level(logging.WARNING, logger="clipwise.video.isolation")
     data, worker = coded_video(), server.worker()
     os.kill(worker, signal.SIGSTOP)
     with ThreadPoolExecutor(2) as requests:

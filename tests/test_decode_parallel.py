@@ -1,4 +1,5 @@
-"""video.parallel and the parallel decoding path: the thread budget, the shared job queue, readers per thread."""
+"""clipwise.video.parallel and the parallel decoding path: the thread budget, the shared job queue, readers per
+thread."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import video.decode
-from service.config import Settings
-from service.state import ServiceState
-from video import DecodeLimits, VideoError, read_frames
-from video.parallel import ThreadBudget, share_work
-from video.synthetic import read_frame_index
+import clipwise.video.decode as video_decode
+from clipwise.service.config import Settings
+from clipwise.service.state import ServiceState
+from clipwise.video import DecodeLimits, VideoError, read_frames
+from clipwise.video.parallel import ThreadBudget, share_work
+from clipwise.video.synthetic import read_frame_index
 
 SPARSE_PLAN = [[5, 20, 21, 40, 59]]  # keyframes every 16 frames: runs [5], [20, 21], [40], [59]
 
@@ -67,13 +68,13 @@ def test_a_failing_worker_stops_the_others_and_its_error_is_raised():
 def opens_counted(monkeypatch) -> list[int]:
     """Counts the containers read_frames opens (the real ``_open_video``, wrapped)."""
     opened: list[int] = []
-    real = video.decode._open_video
+    real = video_decode._open_video
 
     def counting(data: bytes, limits: DecodeLimits):
         opened.append(threading.get_ident())
         return real(data, limits)
 
-    monkeypatch.setattr(video.decode, "_open_video", counting)
+    monkeypatch.setattr(video_decode, "_open_video", counting)
     return opened
 
 
@@ -96,7 +97,7 @@ def test_runs_are_decoded_by_one_reader_per_thread_within_the_budget(monkeypatch
 def test_a_helper_takes_runs_while_the_caller_decodes(monkeypatch, h264_video: Path):
     # the caller's first run waits until the helper holds a run: both must then decode for the plan to finish
     helper_started = threading.Event()
-    real_read, real_helper = video.decode._FrameReader.read, video.decode._read_runs_elsewhere
+    real_read, real_helper = video_decode._FrameReader.read, video_decode._read_runs_elsewhere
 
     def helper(reader, data, limits, runs):
         return real_helper(reader, data, limits, (helper_started.set() or run for run in runs))
@@ -106,8 +107,8 @@ def test_a_helper_takes_runs_while_the_caller_decodes(monkeypatch, h264_video: P
             assert helper_started.wait(10)
         return real_read(self, targets, fast=fast)
 
-    monkeypatch.setattr(video.decode, "_read_runs_elsewhere", helper)
-    monkeypatch.setattr(video.decode._FrameReader, "read", read)
+    monkeypatch.setattr(video_decode, "_read_runs_elsewhere", helper)
+    monkeypatch.setattr(video_decode._FrameReader, "read", read)
     opened = opens_counted(monkeypatch)
     decoded = read_frames(h264_video.read_bytes(), lambda _: SPARSE_PLAN, threads=ThreadBudget(2))
     assert len(opened) == 2 and len(set(opened)) == 2

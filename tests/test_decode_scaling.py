@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_version
-from training.synthetic import CLASSES, clip_rng, render_clip
-from video import ClipSpec, load_clips, make_views, read_frames
-from video.synthetic import encode_video
+from clipwise.models.checkpoint import load_version
+from clipwise.training.synthetic import CLASSES, clip_rng, render_clip
+from clipwise.video import ClipSpec, load_clips, make_views, read_frames
+from clipwise.video.synthetic import encode_video
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 MODELS = ("tsn_r18_tiny", "tsm_r18_tiny")

@@ -16,13 +16,13 @@ import httpx
 import pytest
 import torch
 
-from models import create_model
-from models.checkpoint import save_version
-from service.api.routes.demo import ASSETS, STATIC_DIR
-from service.app import create_app
-from service.config import Settings
-from service.local import local_server
-from service.schemas import PredictResponse
+from clipwise.models import create_model
+from clipwise.models.checkpoint import save_version
+from clipwise.service.api.routes.demo import ASSETS, STATIC_DIR
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
+from clipwise.service.local import local_server
+from clipwise.service.schemas import PredictResponse
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -20,13 +20,13 @@ from pydantic import ValidationError
 
 from clipwise.commands import bench, serve, train
 from clipwise.commands import eval as eval_command
-from export.runtime import LABELS, BackendUnavailable, open_runner, providers_for
-from models import create_model
-from models.checkpoint import LoadedVersion, load_version, save_version
-from models.device import DeviceUnavailable, resolve_device
-from service.app import ConfigurationError, create_app
-from service.backends import BackendLabel
-from service.config import Settings
+from clipwise.export.runtime import LABELS, BackendUnavailable, open_runner, providers_for
+from clipwise.models import create_model
+from clipwise.models.checkpoint import LoadedVersion, load_version, save_version
+from clipwise.models.device import DeviceUnavailable, resolve_device
+from clipwise.service.app import ConfigurationError, create_app
+from clipwise.service.backends import BackendLabel
+from clipwise.service.config import Settings
 
 MISSING_GPU = f"cuda:{torch.cuda.device_count()}"
 ON_CUDA = torch.cuda.is_available()
@@ -90,7 +90,7 @@ def test_clipwise_bench_eval_and_train_refuse_it_too(tmp_path: Path, capsys: pyt
 
 
 def saved_version(repository: Path, model) -> LoadedVersion:
-    from export.onnx import export_version
+    from clipwise.export.onnx import export_version
 
     save_version(model, [f"class_{index}" for index in range(4)], repository, model.preset, trained=False)
     export_version(repository / model.preset / "1", check=False)  # the tests compare what they need

@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-from models.checkpoint import load_version
-from training.synthetic import SynthConfig, generate
+from clipwise.models.checkpoint import load_version
+from clipwise.training.synthetic import SynthConfig, generate
 
 
 def test_two_processes_share_the_data_and_keep_identical_weights(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from clipwise.cli import main as clipwise_main
-from models import count_flops, create_model, get_preset
-from models.e3d_search import (
+from clipwise.models import count_flops, create_model, get_preset
+from clipwise.models.e3d_search import (
     KERNELS,
     MAX_CHANNELS,
     MIN_CHANNELS,
@@ -23,7 +23,7 @@ from models.e3d_search import (
     search,
     stentr_score,
 )
-from models.x3d import X3D, X3D_S, StageSpec
+from clipwise.models.x3d import X3D, X3D_S, StageSpec
 
 PRESETS = ["x3d_s", "x3d_m", "x3d_l", "e3d_s", "e3d_m", "e3d_l", "x3d_l_tiny", "e3d_m_tiny"]
 

@@ -23,12 +23,12 @@ from randomised import assert_branches_live, randomise_batch_norms
 from torch import nn
 
 from clipwise.commands import export as export_command
-from export.calibration import set_union_thresholds
-from export.frame_convs import fold_frame_convs
-from export.graphs import ADA3D_FRAMES, ADA3D_STAGES, LOGITS
-from export.onnx import export_version, save_onnx, to_onnx
-from export.ops import DOMAIN, attach_functions, gated_conv_pair
-from export.runtime import (
+from clipwise.export.calibration import set_union_thresholds
+from clipwise.export.frame_convs import fold_frame_convs
+from clipwise.export.graphs import ADA3D_FRAMES, ADA3D_STAGES, LOGITS
+from clipwise.export.onnx import export_version, save_onnx, to_onnx
+from clipwise.export.ops import DOMAIN, attach_functions, gated_conv_pair
+from clipwise.export.runtime import (
     CLIPS,
     MODEL_FILE,
     BackendUnavailable,
@@ -38,15 +38,15 @@ from export.runtime import (
     interleaved_ms,
     open_runner,
 )
-from export.tensorrt import ENGINE_FILE, expand_gating
-from models import Execution, VideoClassifier, create_model
-from models.adafuse import REUSE, SKIP, AdaFuse
-from models.adafuse import gated_conv_pair as eager_gated_conv_pair
-from models.checkpoint import LoadedVersion, load_version, save_version
-from models.folding import FoldedConv
-from models.fusion import FusionDenseNet, FusionTemplate, format_strategy, parse_strategy
-from models.resnet3d import is_temporal
-from video import ClipSpec, load_clips
+from clipwise.export.tensorrt import ENGINE_FILE, expand_gating
+from clipwise.models import Execution, VideoClassifier, create_model
+from clipwise.models.adafuse import REUSE, SKIP, AdaFuse
+from clipwise.models.adafuse import gated_conv_pair as eager_gated_conv_pair
+from clipwise.models.checkpoint import LoadedVersion, load_version, save_version
+from clipwise.models.folding import FoldedConv
+from clipwise.models.fusion import FusionDenseNet, FusionTemplate, format_strategy, parse_strategy
+from clipwise.models.resnet3d import is_temporal
+from clipwise.video import ClipSpec, load_clips
 
 RELATIVE = 1e-3
 STATIC_PRESETS = [
@@ -483,7 +483,7 @@ def test_ada3d_graph_runs_on_openvino_with_each_clip_s_plan(ada3d_version):
 @pytest.fixture(scope="module")
 def fusion_data(tmp_path_factory) -> Path:
     """A validation list of the synthetic benchmark as ``clipwise data`` writes it, cut to four videos."""
-    from training.synthetic import SynthConfig, generate
+    from clipwise.training.synthetic import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synthetic")
     generate(out, clips_per_class=1, seed=0, val_fraction=1.0, cfg=SynthConfig(frames=16, size=80))
@@ -494,7 +494,7 @@ def fusion_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def template_version(tmp_path_factory) -> LoadedVersion:
-    from training.synthetic import CLASSES
+    from clipwise.training.synthetic import CLASSES
 
     torch.manual_seed(0)
     template = randomise_batch_norms(create_model("fusion_template_densenet121_tiny", num_classes=len(CLASSES)))

@@ -11,10 +11,10 @@ import torch
 from randomised import decisive_policies, randomise_batch_norms
 
 from clipwise.cli import main as clipwise_main
-from export.onnx import policies_agree
-from models import create_model
-from models.checkpoint import load_version, save_version
-from models.policy import AdaFusePolicy, ChannelUsage
+from clipwise.export.onnx import policies_agree
+from clipwise.models import create_model
+from clipwise.models.checkpoint import load_version, save_version
+from clipwise.models.policy import AdaFusePolicy, ChannelUsage
 
 CASES = {
     "adafuse_channel": ("adafuse_tsn_r18_tiny", {}),

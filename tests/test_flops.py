@@ -5,8 +5,8 @@ import torch
 from flops_reference import fvcore_gflops
 from torch import nn
 
-from models.base import ClipModelConfig, VideoClassifier
-from models.flops import conv_macs, count_flops, record_macs, track_macs
+from clipwise.models.base import ClipModelConfig, VideoClassifier
+from clipwise.models.flops import conv_macs, count_flops, record_macs, track_macs
 
 
 class TinyNet(VideoClassifier):

@@ -1,6 +1,6 @@
 """A policy forced in one thread never leaks into a request running on the same model in another thread.
 
-Every adaptive family forces policies through ``models.base.forcing`` (a context variable). Each case runs
+Every adaptive family forces policies through ``clipwise.models.base.forcing`` (a context variable). Each case runs
 two threads on one model: A forces a policy and holds it while B runs unforced; both then record what they
 ran. B must get the policy the model chooses alone, A the forced one (both computed serially first).
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from models import VideoClassifier, create_model
+from clipwise.models import VideoClassifier, create_model
 
 FORCED: dict[str, Callable[[VideoClassifier], contextlib.AbstractContextManager]] = {
     "adafuse_tsn_r18_tiny": lambda model: model.full_compute(),

@@ -18,9 +18,9 @@ from edge_cases import LIMITS, coded_video
 from fuzzing import corpus, mutants, unexpected_answer
 from live_server import one_model_repository, serving
 
-from models.checkpoint import load_version
-from service.app import create_app
-from service.config import Settings
+from clipwise.models.checkpoint import load_version
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(5)]

@@ -1,4 +1,4 @@
-"""models.gating: how the executor chooses what to run, its calibration, and the costs that policies and
+"""clipwise.models.gating: how the executor chooses what to run, its calibration, and the costs that policies and
 training read (the partitions' results are checked against the masked reference in test_models_adafuse)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 import torch
 from randomised import assert_branches_live, randomise_batch_norms
 
-from models import create_model
-from models.adafuse import KEEP, REUSE, SKIP
-from models.gating import PARTITIONS, Candidates, ConvCost, PairCosts, fit_cost
+from clipwise.models import create_model
+from clipwise.models.adafuse import KEEP, REUSE, SKIP
+from clipwise.models.gating import PARTITIONS, Candidates, ConvCost, PairCosts, fit_cost
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster
 

@@ -27,16 +27,23 @@ from answers import in_process_scores, wrong_answer
 from edge_cases import EDGE_CASES, LIMITS
 from live_server import assert_error, one_model_repository, serving, wait_for
 
-import video.decode
-from models import create_model
-from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, LoadedVersion, load_version, save_version, sha256_file
-from service.app import create_app
-from service.config import Settings
-from service.errors import VIDEO_ERRORS
-from service.log import RequestIdFilter
-from service.schemas import PredictResponse
-from service.upload import FRAMING_ALLOWANCE
-from video import ClipSpec, load_clips
+import clipwise.video.decode as video_decode
+from clipwise.models import create_model
+from clipwise.models.checkpoint import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    LoadedVersion,
+    load_version,
+    save_version,
+    sha256_file,
+)
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
+from clipwise.service.errors import VIDEO_ERRORS
+from clipwise.service.log import RequestIdFilter
+from clipwise.service.schemas import PredictResponse
+from clipwise.service.upload import FRAMING_ALLOWANCE
+from clipwise.video import ClipSpec, load_clips
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(5)]
@@ -472,7 +479,7 @@ def test_an_unexpected_error_reading_an_upload_is_a_422_naming_the_stage_logged_
     def broken_index(*args: object) -> None:
         raise KeyError("a bug of the reader")
 
-    monkeypatch.setattr(video.decode, "_read_index", broken_index)  # decoding in this process reaches it
+    monkeypatch.setattr(video_decode, "_read_index", broken_index)  # decoding in this process reaches it
     caplog.handler.addFilter(RequestIdFilter())
     with serving(create_app(settings(repository, decode_workers=0))) as client, caplog.at_level(logging.WARNING):
         response = predict(client, h264_video.read_bytes())

@@ -14,12 +14,12 @@ from live_server import serving
 from pytorchvideo_hub import hub, randomised, save_hub_checkpoint
 
 from clipwise.cli import main
-from models import create_model
-from models.checkpoint import read_manifest
-from models.imports import CheckpointImportError, import_checkpoint, read_state_dict
-from models.labels import bundled_labels
-from service.app import create_app
-from service.config import Settings
+from clipwise.models import create_model
+from clipwise.models.checkpoint import read_manifest
+from clipwise.models.imports import CheckpointImportError, import_checkpoint, read_state_dict
+from clipwise.models.labels import bundled_labels
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
 
 KINETICS = bundled_labels("kinetics400")
 

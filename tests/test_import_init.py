@@ -13,12 +13,12 @@ from source_layouts import in_layout
 
 from clipwise.cli import build_parser
 from clipwise.commands.train import config_values
-from models import create_model
-from models.checkpoint import save_version
-from models.mobilenet import MobileNetV2Features
-from training.config import ConfigError, TrainConfig
-from training.setup import build_model
-from training.trainer import objective_phases
+from clipwise.models import create_model
+from clipwise.models.checkpoint import save_version
+from clipwise.models.mobilenet import MobileNetV2Features
+from clipwise.training.config import ConfigError, TrainConfig
+from clipwise.training.setup import build_model
+from clipwise.training.trainer import objective_phases
 
 
 def torchvision_resnet(preset: str, path: Path) -> dict[str, torch.Tensor]:
@@ -48,13 +48,13 @@ def torchvision_mobilenet_v2(path: Path) -> dict[str, torch.Tensor]:
 
 
 def init_report(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [record.getMessage() for record in caplog.records if record.name == "training.setup"]
+    return [record.getMessage() for record in caplog.records if record.name == "clipwise.training.setup"]
 
 
 def test_a_tsn_starts_from_an_imagenet_resnet_of_torchvision(tmp_path, caplog):
     file = tmp_path / "resnet18.pth"
     source = torchvision_resnet("tsn_r18", file)
-    with caplog.at_level(logging.INFO, logger="training.setup"):
+    with caplog.at_level(logging.INFO, logger="clipwise.training.setup"):
         model = build_model(TrainConfig(model="tsn_r18", init=(file,), init_source="torchvision"), num_classes=5)
     backbone = model.backbone.state_dict()
     assert all(torch.equal(backbone[key], tensor) for key, tensor in source.items() if not key.startswith("fc."))
@@ -86,7 +86,7 @@ def test_ada3d_takes_its_backbone_from_an_i3d_and_its_selection_net_from_an_imag
     mobilenet_file = tmp_path / "mobilenet_v2.pth"
     mobilenet = torchvision_mobilenet_v2(mobilenet_file)
     config = TrainConfig(model="ada3d_i3d_r50", init=(version, mobilenet_file), init_source="torchvision")
-    with caplog.at_level(logging.INFO, logger="training.setup"):
+    with caplog.at_level(logging.INFO, logger="clipwise.training.setup"):
         ada3d = build_model(config, num_classes=5)
     assert all(torch.equal(ada3d.backbone.state_dict()[key], tensor) for key, tensor in i3d.state_dict().items())
     features = in_layout("torchvision", ada3d.selection.features)
@@ -126,7 +126,7 @@ def test_a_model_starts_from_a_source_checkpoint_of_other_classes_by_role(tmp_pa
     """A PyTorchVideo X3D-S file into an X3D-S of 10 classes: all but the classifier, and the shortcut BN that
     PyTorchVideo's X3D does not have."""
     file = save_hub_checkpoint(randomised(hub().x3d_s()), tmp_path / "X3D_S.pyth")
-    with caplog.at_level(logging.INFO, logger="training.setup"):
+    with caplog.at_level(logging.INFO, logger="clipwise.training.setup"):
         build_model(TrainConfig(model="x3d_s", init=(file,), init_source="pytorchvideo"), num_classes=10)
     shortcut_bn = [f"stages.0.0.shortcut.1.{leaf}" for leaf in ("weight", "bias", "running_mean", "running_var")]
     assert init_report(caplog) == [

@@ -16,9 +16,9 @@ from flops_reference import fvcore_gflops
 from pytorchvideo_hub import randomised
 from source_layouts import in_layout
 
-from models import create_model
-from models.imports import import_checkpoint
-from models.labels import bundled_labels
+from clipwise.models import create_model
+from clipwise.models.imports import import_checkpoint
+from clipwise.models.labels import bundled_labels
 
 KINETICS = bundled_labels("kinetics400")
 

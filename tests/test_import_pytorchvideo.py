@@ -15,9 +15,9 @@ from flops_reference import fvcore_gflops
 from pytorchvideo_hub import MODELS, hub, hub_logits, randomised, save_hub_checkpoint
 
 from clipwise.cli import main
-from models.checkpoint import load_version_dir
-from models.imports import CheckpointImportError, import_checkpoint
-from models.labels import bundled_labels
+from clipwise.models.checkpoint import load_version_dir
+from clipwise.models.imports import CheckpointImportError, import_checkpoint
+from clipwise.models.labels import bundled_labels
 
 KINETICS = bundled_labels("kinetics400")
 

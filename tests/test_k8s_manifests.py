@@ -27,8 +27,8 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
-from service.app import create_app
-from service.config import Settings
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S, KSERVE = ROOT / "deploy" / "k8s", ROOT / "deploy" / "kserve"

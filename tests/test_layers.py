@@ -10,10 +10,10 @@ from randomised import assert_branches_live, randomise_batch_norms
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from models.flops import conv_macs, track_macs
-from models.layers import FrameConv3d, frame_folding
-from models.registry import create_model
-from models.resnet3d import centre_slice_conv3d
+from clipwise.models.flops import conv_macs, track_macs
+from clipwise.models.layers import FrameConv3d, frame_folding
+from clipwise.models.registry import create_model
+from clipwise.models.resnet3d import centre_slice_conv3d
 
 
 class ConvCalls(TorchFunctionMode):

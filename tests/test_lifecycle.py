@@ -21,10 +21,10 @@ from answers import in_process_scores, wrong_answer
 from live_server import assert_error, serving, wait_for
 
 from clipwise.commands import deploy
-from models import create_model
-from models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_versions, load_version, save_version
-from service.app import create_app
-from service.config import Settings
+from clipwise.models import create_model
+from clipwise.models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, list_versions, load_version, save_version
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
 
 MODEL = "tsn_r18_tiny"
 LABELS = [f"class_{i}" for i in range(7)]

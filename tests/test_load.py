@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.local import free_port
+from clipwise.service.local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARK = ROOT / "benchmarks" / "load.py"

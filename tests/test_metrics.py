@@ -14,10 +14,10 @@ import torch
 from live_server import serving
 from prometheus_client.parser import text_string_to_metric_families
 
-from models import create_model
-from models.checkpoint import save_version
-from service.app import create_app
-from service.config import Settings
+from clipwise.models import create_model
+from clipwise.models.checkpoint import save_version
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
 
 LABELS = [f"class_{i}" for i in range(5)]
 STATIC, ADAFUSE, ADA3D = "tsn_r18_tiny", "adafuse_tsn_r18_tiny", "ada3d_i3d_r50_tiny"

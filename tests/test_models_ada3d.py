@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from flops_reference import fvcore_gflops
 from randomised import assert_branches_live, randomise_batch_norms
 
-from models import count_flops, create_model
-from models.ada3d import Actions, Ada3D, Plan, Selection, SelectionNet, ada3d_rewards
-from models.flops import track_macs
+from clipwise.models import count_flops, create_model
+from clipwise.models.ada3d import Actions, Ada3D, Plan, Selection, SelectionNet, ada3d_rewards
+from clipwise.models.flops import track_macs
 
 TINY = ["ada3d_i3d_r50_tiny", "ada3d_slowonly_r50_tiny"]
 

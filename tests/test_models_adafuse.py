@@ -12,11 +12,11 @@ from flops_reference import fvcore_gflops
 from randomised import assert_branches_live, randomise_batch_norms
 
 from clipwise.cli import main as clipwise_main
-from models import count_flops, create_model, track_macs
-from models.adafuse import KEEP, REUSE, SKIP, AdaFuse, AdaFuseBlock, FoldedConv, fuse_masked, gated_conv_pair
-from models.gating import PARTITIONS, ConvCost, PairCosts
-from models.policy import AdaFusePolicy
-from models.tsn import BasicBlock, Bottleneck
+from clipwise.models import count_flops, create_model, track_macs
+from clipwise.models.adafuse import KEEP, REUSE, SKIP, AdaFuse, AdaFuseBlock, FoldedConv, fuse_masked, gated_conv_pair
+from clipwise.models.gating import PARTITIONS, ConvCost, PairCosts
+from clipwise.models.policy import AdaFusePolicy
+from clipwise.models.tsn import BasicBlock, Bottleneck
 
 PAPER = ["adafuse_tsn_r18", "adafuse_tsn_r50", "adafuse_tsm_r50", "adafuse_tsm_last_r50"]
 TINY = [f"{name}_tiny" for name in PAPER]

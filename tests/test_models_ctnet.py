@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.ctnet import CTModule, CTNet, CTNetConfig, tensorize_channels, transpose_channels
-from models.flops import count_flops
-from models.registry import create_model
+from clipwise.models.ctnet import CTModule, CTNet, CTNetConfig, tensorize_channels, transpose_channels
+from clipwise.models.flops import count_flops
+from clipwise.models.registry import create_model
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import torch
 from flops_reference import fvcore_gflops
 from randomised import assert_branches_live, randomise_batch_norms
 
-from models import count_flops, create_model
-from models.checkpoint import load_version, save_version
-from models.fusion import (
+from clipwise.models import count_flops, create_model
+from clipwise.models.checkpoint import load_version, save_version
+from clipwise.models.fusion import (
     PATHS,
     UNITS,
     FusionDenseNet,
@@ -19,7 +19,7 @@ from models.fusion import (
     observed_strategy,
     parse_strategy,
 )
-from models.policy import FusionPolicy
+from clipwise.models.policy import FusionPolicy
 
 TINY_LAYERS = 12  # 2 + 3 + 4 + 3
 KEPT_PATHS = {"S": ("pointwise",), "ST": ("temporal",), "S+ST": ("pointwise", "temporal")}

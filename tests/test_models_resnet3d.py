@@ -10,9 +10,9 @@ from flops_reference import fvcore_gflops
 from randomised import assert_branches_live, randomise_batch_norms
 from torch import nn
 
-from models.flops import count_flops, track_macs
-from models.registry import create_model
-from models.resnet3d import ResNet3D, centre_slice_conv3d, centre_slice_copy, is_temporal
+from clipwise.models.flops import count_flops, track_macs
+from clipwise.models.registry import create_model
+from clipwise.models.resnet3d import ResNet3D, centre_slice_conv3d, centre_slice_copy, is_temporal
 
 TINY = ["i3d_r50_tiny", "slowonly_r50_tiny"]
 PAPER = ["i3d_r50", "slowonly_r50"]

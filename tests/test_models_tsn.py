@@ -7,8 +7,8 @@ import torch
 from randomised import assert_branches_live, randomise_batch_norms
 
 from clipwise.cli import main as clipwise_main
-from models import count_flops, create_model
-from models.tsn import Bottleneck, TemporalShift, TSNConfig
+from clipwise.models import count_flops, create_model
+from clipwise.models.tsn import Bottleneck, TemporalShift, TSNConfig
 
 PAPER = ["tsn_r18", "tsn_r50", "tsm_r18", "tsm_r50"]
 TINY = [f"{name}_tiny" for name in PAPER]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import count_flops, create_model
-from models.x3d import E3D_S, X3D, InvertedBottleneck, SqueezeExcite, StageSpec, architecture_of, se_width
+from clipwise.models import count_flops, create_model
+from clipwise.models.x3d import E3D_S, X3D, InvertedBottleneck, SqueezeExcite, StageSpec, architecture_of, se_width
 
 PAPER = ["x3d_s", "x3d_m", "x3d_l", "e3d_s", "e3d_m", "e3d_l"]
 TINY = [f"{name}_tiny" for name in PAPER]

@@ -1,4 +1,4 @@
-"""Clipwise on Ray Serve (``service.ray_serve``), on a Ray instance this module starts and stops.
+"""Clipwise on Ray Serve (``clipwise.service.ray_serve``), on a Ray instance this module starts and stops.
 
 One Ray node of 2 CPUs, no dashboard, every server of it on 127.0.0.1 on a free port; the deployment has
 2 replicas of 1 CPU and 1 torch thread each, watching a repository in a temporary directory. Clients send
@@ -27,16 +27,16 @@ import torch
 from live_server import assert_error, wait_for
 from pydantic import ValidationError
 
-from models.checkpoint import save_version
-from models.registry import create_model
-from service.app import create_app
-from service.config import RAY_LOCAL_ENVIRONMENT, RayServeSettings, Settings
-from service.local import free_port
-from service.ray_proxy import REPLICA_HEADER
+from clipwise.models.checkpoint import save_version
+from clipwise.models.registry import create_model
+from clipwise.service.app import create_app
+from clipwise.service.config import RAY_LOCAL_ENVIRONMENT, RayServeSettings, Settings
+from clipwise.service.local import free_port
+from clipwise.service.ray_proxy import REPLICA_HEADER
 
 for _name, _value in RAY_LOCAL_ENVIRONMENT.items():  # Ray reads these when it is imported, and its processes
     os.environ.setdefault(_name, _value)
-ray_serve = pytest.importorskip("service.ray_serve", reason="the ray extra is not installed")
+ray_serve = pytest.importorskip("clipwise.service.ray_serve", reason="the ray extra is not installed")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 ray, serve = ray_serve.ray, ray_serve.serve
 

@@ -18,10 +18,10 @@ import torch
 from hypothesis import HealthCheck, settings
 from live_server import serving, single_torch_thread
 
-from models import create_model
-from models.checkpoint import save_version
-from service.app import create_app
-from service.config import Settings
+from clipwise.models import create_model
+from clipwise.models.checkpoint import save_version
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
 
 MODEL = "tsn_r18_tiny"
 TOKEN = "schema-fuzz-admin-token-0123"

@@ -8,20 +8,20 @@ import pytest
 import torch
 
 from clipwise.cli import main as clipwise
-from models import create_model
-from models.checkpoint import list_versions, load_version, save_version
-from models.fusion import FusionTemplate
-from training.config import TrainConfig
-from training.data import Batch
-from training.distributed import Processes
-from training.evaluate import ClassTotals, Evaluation, evaluate_version
-from training.optim import Schedule, make_optimizer
-from training.phase import Phase
-from training.run_log import RunLog
-from training.setup import build_model
-from training.synthetic import CLASSES
-from training.train_ada3d import leave_one_out_baseline
-from training.trainer import objective_phases, train_epoch
+from clipwise.models import create_model
+from clipwise.models.checkpoint import list_versions, load_version, save_version
+from clipwise.models.fusion import FusionTemplate
+from clipwise.training.config import TrainConfig
+from clipwise.training.data import Batch
+from clipwise.training.distributed import Processes
+from clipwise.training.evaluate import ClassTotals, Evaluation, evaluate_version
+from clipwise.training.optim import Schedule, make_optimizer
+from clipwise.training.phase import Phase
+from clipwise.training.run_log import RunLog
+from clipwise.training.setup import build_model
+from clipwise.training.synthetic import CLASSES
+from clipwise.training.train_ada3d import leave_one_out_baseline
+from clipwise.training.trainer import objective_phases, train_epoch
 
 
 def options(**values: object) -> list[str]:
@@ -343,7 +343,7 @@ def test_eval_reports_accuracy_flops_and_policy_per_class(synth, tmp_path, name,
 
 
 def _execute_as_served(model, path: Path, spec):
-    from video import ClipSpec, load_clips
+    from clipwise.video import ClipSpec, load_clips
 
     return model.execute(load_clips(path.read_bytes(), ClipSpec(**spec.model_dump())).clips)
 

@@ -1,4 +1,4 @@
-"""AdaFuse's Triton gated-pair kernels (``export.triton_gating``) against the dense masked reference.
+"""AdaFuse's Triton gated-pair kernels (``clipwise.export.triton_gating``) against the dense masked reference.
 
 Without CUDA they run on CPU tensors in Triton's interpreter: ``TRITON_INTERPRET=1`` is set here, before the
 module (and so Triton's ``jit``) is imported, for this process; no other test module imports Triton. With
@@ -6,7 +6,7 @@ CUDA the same tests run the compiled kernels on the GPU (TF32 off, so both sides
 tiny: the interpreter runs every program of a grid one after the other.
 
 The MACs the kernels report are nominal, the decisions' cost by Eq. 5: they are checked against training's
-count of the same decisions (``models.adafuse.BlockDecisions``), and once against a count made by hand.
+count of the same decisions (``clipwise.models.adafuse.BlockDecisions``), and once against a count made by hand.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ if not ON_CUDA:
 
 from randomised import assert_branches_live, randomise_batch_norms  # noqa: E402
 
-from export.triton_gating import gated_conv_pair as triton_gated_conv_pair  # noqa: E402
-from models import create_model  # noqa: E402
-from models.adafuse import KEEP, REUSE, SKIP, AdaFuse, BlockDecisions, executing_gated_pairs, fuse_masked  # noqa: E402
-from models.adafuse import gated_conv_pair as eager_gated_conv_pair  # noqa: E402
-from models.flops import record_macs, track_macs  # noqa: E402
-from models.folding import FoldedConv  # noqa: E402
+from clipwise.export.triton_gating import gated_conv_pair as triton_gated_conv_pair  # noqa: E402
+from clipwise.models import create_model  # noqa: E402
+from clipwise.models.adafuse import KEEP, REUSE, SKIP, AdaFuse, BlockDecisions, executing_gated_pairs, fuse_masked  # noqa: E402
+from clipwise.models.adafuse import gated_conv_pair as eager_gated_conv_pair  # noqa: E402
+from clipwise.models.flops import record_macs, track_macs  # noqa: E402
+from clipwise.models.folding import FoldedConv  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
 TOLERANCE = 1e-4
@@ -68,7 +68,7 @@ def masked_reference(x, codes, first, second, residual, relu):
 
 
 def eq5_macs(x: torch.Tensor, codes: torch.Tensor, first: FoldedConv, second: FoldedConv) -> list[float]:
-    """Per clip, Eq. 5's MACs of the pair (``models.adafuse.BlockDecisions``, the count training uses)."""
+    """Per clip, Eq. 5's MACs of the pair (``clipwise.models.adafuse.BlockDecisions``, the count training uses)."""
     y = F.conv2d(x[:1], first.weight, first.bias, first.stride, first.padding, first.dilation)
     z = F.conv2d(y, second.weight, None, second.stride, second.padding, second.dilation)
     conv1 = y[0].numel() * x.shape[1] * math.prod(first.kernel_size)

@@ -18,11 +18,11 @@ import tritonclient.http as triton
 from live_server import serving
 from tritonclient.utils import InferenceServerException
 
-from models import create_model
-from models.checkpoint import load_version, save_version
-from models.policy import AdaFusePolicy
-from service.app import create_app
-from service.config import Settings
+from clipwise.models import create_model
+from clipwise.models.checkpoint import load_version, save_version
+from clipwise.models.policy import AdaFusePolicy
+from clipwise.service.app import create_app
+from clipwise.service.config import Settings
 
 LABELS = [f"class_{i}" for i in range(6)]
 STATIC, ADAPTIVE = "tsn_r18_tiny", "adafuse_tsn_r18_tiny"

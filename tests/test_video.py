@@ -14,8 +14,8 @@ import pytest
 import torch
 from edge_cases import EDGE_CASES, LIMITS, coded_video, vfr_timestamps
 
-import video.decode
-from video import (
+import clipwise.video.decode as video_decode
+from clipwise.video import (
     ClipSpec,
     DecodeLimits,
     VideoError,
@@ -26,10 +26,10 @@ from video import (
     read_frames,
     segment_indices,
 )
-from video.decode import PacketInfo
-from video.parallel import ThreadBudget
-from video.synthetic import encode_video, index_coded_frames, read_frame_index
-from video.transforms import crop_origins, resize_short_side
+from clipwise.video.decode import PacketInfo
+from clipwise.video.parallel import ThreadBudget
+from clipwise.video.synthetic import encode_video, index_coded_frames, read_frame_index
+from clipwise.video.transforms import crop_origins, resize_short_side
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TSN_SPEC = ClipSpec("segments", frames=8, stride=1, short_side=128, crop_size=112, mean=MEAN, std=STD)
@@ -190,7 +190,7 @@ def test_frames_nothing_refers_to_are_not_decoded_unless_wanted(h264_video: Path
 def test_a_container_that_calls_every_frame_a_keyframe_still_gives_the_right_frames(monkeypatch, request, fixture):
     # seeking straight to a frame that is no keyframe: H.264 returns nothing for it, VP9 raises an error;
     # either way the frames come from decoding forward, and the stream is not taken for a broken one
-    monkeypatch.setattr(video.decode, "PacketInfo", lambda pts, dts, _: PacketInfo(pts, dts, keyframe=True))
+    monkeypatch.setattr(video_decode, "PacketInfo", lambda pts, dts, _: PacketInfo(pts, dts, keyframe=True))
     data = request.getfixturevalue(fixture).read_bytes()
     reference = decode_all(data)
     decoded = read_frames(data, lambda _: [[5, 20, 40, 59]])
@@ -429,7 +429,7 @@ def test_an_unexpected_error_while_reading_is_unreadable_naming_the_stage(monkey
     def broken_index(*args: object) -> None:
         raise KeyError("a bug of the reader")
 
-    monkeypatch.setattr(video.decode, "_read_index", broken_index)
+    monkeypatch.setattr(video_decode, "_read_index", broken_index)
     with pytest.raises(VideoError) as error:
         load_clips(coded_video(), TSN_SPEC, limits=LIMITS)
     assert error.value.reason == "unreadable"

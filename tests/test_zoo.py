@@ -15,12 +15,12 @@ import torch
 from flops_reference import fvcore_gflops
 from randomised import assert_branches_live, randomise_batch_norms
 
-from models import count_flops, create_model, get_preset, list_models
-from models.ada3d import Ada3D
-from models.adafuse import AdaFuse
-from models.checkpoint import PreprocessingSpec, load_version, save_version
-from models.policy import Ada3DPolicy, AdaFusePolicy, FusionPolicy
-from models.x3d import E3D_S, architecture_of
+from clipwise.models import count_flops, create_model, get_preset, list_models
+from clipwise.models.ada3d import Ada3D
+from clipwise.models.adafuse import AdaFuse
+from clipwise.models.checkpoint import PreprocessingSpec, load_version, save_version
+from clipwise.models.policy import Ada3DPolicy, AdaFusePolicy, FusionPolicy
+from clipwise.models.x3d import E3D_S, architecture_of
 
 ALL = list_models(buildable=True)
 TINY = [name for name in ALL if name.endswith("_tiny")]

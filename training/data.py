@@ -11,7 +11,7 @@ A label is a class index or a class name from ``classes.txt``. Paths are relativ
 or to ``data_root`` when one is given (absolute paths are taken as they are).
 
 Clips follow the model's ``preprocessing()`` through the shared ``video`` package, so training and serving
-sample and decode the same way. Validation and evaluation clips are made by ``video.load_clips`` exactly as
+sample and decode the same way. Validation and evaluation clips are made by ``clipwise.video.load_clips`` exactly as
 the service makes them: deterministic sampling, short side resized, centre crop. Training clips draw the
 frame offsets at random (``ClipSpec.frame_indices(train=True)``) and are augmented as in mmaction2's TSN /
 TSM recipe: the short side resized as for serving, then ``MultiScaleCrop`` (TSN's GroupMultiScaleCrop:
@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from training.config import ConfigError
-from video import ClipSpec, DecodeLimits, VideoError, load_clips, read_frames
-from video.transforms import normalise
+from clipwise.training.config import ConfigError
+from clipwise.video import ClipSpec, DecodeLimits, VideoError, load_clips, read_frames
+from clipwise.video.transforms import normalise
 
 logger = logging.getLogger(__name__)
 

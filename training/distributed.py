@@ -17,7 +17,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.device import DeviceUnavailable, resolve_device
+from clipwise.models.device import DeviceUnavailable, resolve_device
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Processes:
         """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPU).
 
         ``device``: ``cpu``, ``cuda`` (this process's GPU: ``cuda:LOCAL_RANK``) or ``cuda:N`` (one process);
-        default: ``cuda`` where CUDA is available, else ``cpu``. Raises ``models.device.DeviceUnavailable`` for
+        default: ``cuda`` where CUDA is available, else ``cpu``. Raises ``clipwise.models.device.DeviceUnavailable`` for
         a GPU this machine does not have, or one GPU named for several processes.
         """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))

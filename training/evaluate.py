@@ -4,7 +4,7 @@ Every clip goes through ``model.execute``, the pass the service runs, so the GFL
 really executed for that clip (its policy's), and top-1 / top-5 are those of the served predictions. Each
 process evaluates its share of the list; the sums are gathered so every process returns the same report.
 
-Policy statistics are means over clips of ``models.policy.policy_fractions`` of each clip's policy record:
+Policy statistics are means over clips of ``clipwise.models.policy.policy_fractions`` of each clip's policy record:
 AdaFuse's channels kept, reused and skipped, Ada3D's frames kept and 3D stages on, the fusion units' shares.
 """
 
@@ -22,12 +22,19 @@ import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.base import VideoClassifier
-from models.checkpoint import MANIFEST_FILE, LoadedVersion, load_version
-from models.latency import time_against_full
-from models.policy import policy_fractions
-from training.data import AnnotationError, DatasetFiles, VideoDataset, eval_loader, read_annotations, read_labels
-from video import ClipSpec
+from clipwise.models.base import VideoClassifier
+from clipwise.models.checkpoint import MANIFEST_FILE, LoadedVersion, load_version
+from clipwise.models.latency import time_against_full
+from clipwise.models.policy import policy_fractions
+from clipwise.training.data import (
+    AnnotationError,
+    DatasetFiles,
+    VideoDataset,
+    eval_loader,
+    read_annotations,
+    read_labels,
+)
+from clipwise.video import ClipSpec
 
 
 @dataclass
@@ -198,7 +205,7 @@ def evaluate_version(
 
     The dataset's labels are matched to the model's by name, so their order may differ. ``latency_clips``: also
     time that many clips of the list one at a time, as the service runs them, against the model's
-    full-compute path (``models.latency``): the report's ``latency``. The model is calibrated at its served
+    full-compute path (``clipwise.models.latency``): the report's ``latency``. The model is calibrated at its served
     clip first, as the service does when it loads a version: what an adaptive executor runs, and so its
     executed GFLOPs, follow that calibration.
     """

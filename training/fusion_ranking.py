@@ -4,15 +4,15 @@
 Ranking evaluates strategies on a labelled dataset, so it is training-time work and lives here; the command
 stays under ``clipwise export`` because what it produces is a frozen, servable version.
 
-The version must hold a v-DropPath template (``models.fusion.FusionTemplate``). As in the paper's
+The version must hold a v-DropPath template (``clipwise.models.fusion.FusionTemplate``). As in the paper's
 network-level analysis (Sec. 3.3, Eq. 6), N strategies are sampled from the learned drop rates (seeded;
 duplicates are evaluated once), the fixed S, ST and S+ST are added, and each runs on the validation clips
 through the template with only its paths executed (``FusionTemplate.use_strategy``, evaluated by
-``training.evaluate.evaluate`` exactly as ``clipwise eval`` does). The ranking is by top-1, then top-5,
+``clipwise.training.evaluate.evaluate`` exactly as ``clipwise eval`` does). The ranking is by top-1, then top-5,
 then fewer executed GFLOPs.
 
 The best strategy (or the one ``--strategy`` names, evaluated as well) is frozen with
-``models.fusion.freeze`` — dropped paths left out, not zeroed — and saved as the next version of the
+``clipwise.models.fusion.freeze`` — dropped paths left out, not zeroed — and saved as the next version of the
 ``--out`` model: a static ``FusionDenseNet`` the server loads as it is, its manifest carrying the
 strategy's validation metrics. Next to its weights the version gets:
 
@@ -35,10 +35,10 @@ import numpy
 import torch
 from torch.utils.data import DataLoader
 
-from models.checkpoint import LoadedVersion, load_version_dir, save_version
-from models.fusion import UNITS, FusionTemplate, format_strategy, freeze, parse_strategy
-from training.data import DatasetFiles
-from training.evaluate import evaluate, version_loader
+from clipwise.models.checkpoint import LoadedVersion, load_version_dir, save_version
+from clipwise.models.fusion import UNITS, FusionTemplate, format_strategy, freeze, parse_strategy
+from clipwise.training.data import DatasetFiles
+from clipwise.training.evaluate import evaluate, version_loader
 
 FIXED_STRATEGIES = ("S", "ST", "S+ST")
 RANKING_FILE = "fusion_ranking.json"

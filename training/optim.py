@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.config import TrainConfig
-from training.phase import Phase
+from clipwise.training.config import TrainConfig
+from clipwise.training.phase import Phase
 
 
 def make_optimizer(phase: Phase, config: TrainConfig) -> torch.optim.SGD:

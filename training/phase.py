@@ -2,7 +2,7 @@
 
 An objective (``training/train_*.py``) is a list of phases: a number of epochs, an ``nn.Module`` that owns
 the model and returns a ``StepOutput`` (loss, logits, numbers to log) for a batch, the parameters it trains
-and its learning rate. ``training.trainer`` runs them.
+and its learning rate. ``clipwise.training.trainer`` runs them.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from training.config import ConfigError, TrainConfig
+from clipwise.training.config import ConfigError, TrainConfig
 
 
 def git_commit() -> str | None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from models.base import VideoClassifier
-from models.checkpoint import WEIGHTS_FILE, CheckpointError, version_path
-from models.imports import (
+from clipwise.models.base import VideoClassifier
+from clipwise.models.checkpoint import WEIGHTS_FILE, CheckpointError, version_path
+from clipwise.models.imports import (
     SOURCES,
     CheckpointImportError,
     Placement,
@@ -20,11 +20,18 @@ from models.imports import (
     read_state_dict,
     source_named,
 )
-from models.imports.reading import listed
-from models.registry import create_model
-from training.config import ConfigError, TrainConfig
-from training.data import Augmentation, DatasetFiles, VideoDataset, check_flip, data_fingerprint, read_annotations
-from video import ClipSpec
+from clipwise.models.imports.reading import listed
+from clipwise.models.registry import create_model
+from clipwise.training.config import ConfigError, TrainConfig
+from clipwise.training.data import (
+    Augmentation,
+    DatasetFiles,
+    VideoDataset,
+    check_flip,
+    data_fingerprint,
+    read_annotations,
+)
+from clipwise.video import ClipSpec
 
 logger = logging.getLogger(__name__)
 

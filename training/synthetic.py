@@ -186,7 +186,7 @@ def generate(
     """Write the benchmark under ``out``; returns the number of clips per split."""
     from tqdm import tqdm
 
-    from video.synthetic import write_video
+    from clipwise.video.synthetic import write_video
 
     val_per_class = max(1, round(clips_per_class * val_fraction))
     counts = {"train": clips_per_class, "val": val_per_class}

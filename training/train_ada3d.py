@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.ada3d import Ada3D, ada3d_rewards
-from training.config import TrainConfig
-from training.phase import Phase, StepOutput
-from training.train_classifier import CrossEntropy
+from clipwise.models.ada3d import Ada3D, ada3d_rewards
+from clipwise.training.config import TrainConfig
+from clipwise.training.phase import Phase, StepOutput
+from clipwise.training.train_classifier import CrossEntropy
 
 
 def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.adafuse import AdaFuse
-from training.config import TrainConfig
-from training.phase import Phase, StepOutput
+from clipwise.models.adafuse import AdaFuse
+from clipwise.training.config import TrainConfig
+from clipwise.training.phase import Phase, StepOutput
 
 
 class CrossEntropyAndCost(nn.Module):

@@ -1,7 +1,7 @@
 """Static families (TSN, TSM, I3D, Slow-only, X3D, E3D, CT-Net, fixed fusion strategies): cross-entropy.
 
 One phase of ``--epochs`` epochs: SGD with momentum, a cosine or step schedule with optional warm-up (the
-shared recipe in ``training.optim``). TSM trains with the step schedule (lr 0.01 for batch 64, ×0.1 at
+shared recipe in ``clipwise.training.optim``). TSM trains with the step schedule (lr 0.01 for batch 64, ×0.1 at
 epochs 20 and 40 of 50), PySlowFast with the cosine one.
 """
 
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import VideoClassifier
-from training.config import TrainConfig
-from training.phase import Phase, StepOutput
+from clipwise.models.base import VideoClassifier
+from clipwise.training.config import TrainConfig
+from clipwise.training.phase import Phase, StepOutput
 
 
 class CrossEntropy(nn.Module):

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.fusion import PATHS, FusionTemplate
-from training.config import TrainConfig
-from training.phase import Phase, StepOutput
+from clipwise.models.fusion import PATHS, FusionTemplate
+from clipwise.training.config import TrainConfig
+from clipwise.training.phase import Phase, StepOutput
 
 
 class WithoutDropPath(nn.Module):

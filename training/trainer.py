@@ -8,8 +8,9 @@ new version of a model repository, the way the service loads it.
 Randomness (initialisation, data order, augmentation, Gumbel / Bernoulli draws, dropout) is seeded from
 (seed, epoch, process rank) at the start of every epoch, so the RNG state at an epoch boundary is a function
 of the run's seed and a resumed run repeats what the uninterrupted run would have done. Helpers by job:
-``training.phase`` (the objectives' unit), ``training.setup`` (data and model), ``training.optim``
-(optimiser, schedule), ``training.run_log`` (run directory, resume state), ``training.distributed``.
+``clipwise.training.phase`` (the objectives' unit), ``clipwise.training.setup`` (data and model),
+``clipwise.training.optim``
+(optimiser, schedule), ``clipwise.training.run_log`` (run directory, resume state), ``clipwise.training.distributed``.
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ import torch.distributed as torch_dist
 from torch import nn
 from tqdm import tqdm
 
-from models.base import VideoClassifier
-from models.checkpoint import save_version
-from training.config import ConfigError, TrainConfig
-from training.data import Batch, DatasetFiles, eval_loader, read_labels, train_loader
-from training.distributed import Processes, seed_epoch
-from training.evaluate import Evaluation, evaluate
-from training.optim import Schedule, make_optimizer
-from training.phase import Phase, StepOutput
-from training.run_log import RunLog, csv_value, git_commit
-from training.setup import build_model, load_data
-from video import ClipSpec
+from clipwise.models.base import VideoClassifier
+from clipwise.models.checkpoint import save_version
+from clipwise.training.config import ConfigError, TrainConfig
+from clipwise.training.data import Batch, DatasetFiles, eval_loader, read_labels, train_loader
+from clipwise.training.distributed import Processes, seed_epoch
+from clipwise.training.evaluate import Evaluation, evaluate
+from clipwise.training.optim import Schedule, make_optimizer
+from clipwise.training.phase import Phase, StepOutput
+from clipwise.training.run_log import RunLog, csv_value, git_commit
+from clipwise.training.setup import build_model, load_data
+from clipwise.video import ClipSpec
 
 
 @dataclass
@@ -237,12 +238,12 @@ class Trainer:
 
 def objective_phases(model: VideoClassifier, config: TrainConfig, train_clips: int) -> list[Phase]:
     """The phases of the model's objective: its family picks the training script."""
-    from models.fusion import FusionTemplate
+    from clipwise.models.fusion import FusionTemplate
 
     if model.family in ("adafuse", "ada3d"):
-        script = f"training.train_{model.family}"
+        script = f"clipwise.training.train_{model.family}"
     elif isinstance(model, FusionTemplate):
-        script = "training.train_fusion"
+        script = "clipwise.training.train_fusion"
     else:
-        script = "training.train_classifier"
+        script = "clipwise.training.train_classifier"
     return importlib.import_module(script).phases(model, config, train_clips)

@@ -1,6 +1,6 @@
 """Video input shared by the service and training: decoding (PyAV), frame sampling and transforms."""
 
-from video.decode import (
+from clipwise.video.decode import (
     ACCEPTED_FORMATS,
     REASONS,
     DecodedFrames,
@@ -13,8 +13,8 @@ from video.decode import (
     probe,
     read_frames,
 )
-from video.sampling import SAMPLINGS, ClipSpec, dense_indices, segment_indices
-from video.transforms import CROP_COUNTS, make_views
+from clipwise.video.sampling import SAMPLINGS, ClipSpec, dense_indices, segment_indices
+from clipwise.video.transforms import CROP_COUNTS, make_views
 
 __all__ = [
     "ACCEPTED_FORMATS",

@@ -22,7 +22,7 @@ A request goes through four steps, all inside one container that is closed on ev
    otherwise). A run is decoded from its keyframe and stops with the last packet its frames need: the
    decoder is then drained of the frames it holds back for reordering rather than fed more. Runs share no
    decoding work, so they are decoded at once on as many threads as the caller's ``ThreadBudget``
-   (``video.parallel``) spares, each thread with its own demuxer and decoder over the same bytes (PyAV
+   (``clipwise.video.parallel``) spares, each thread with its own demuxer and decoder over the same bytes (PyAV
    releases the GIL while FFmpeg decodes), taking the next run when done with its last; each decoder runs
    on one thread. Seeks go to the keyframe's dts (never after its pts): where the demuxer lands before the
    keyframe, the packets up to it are skipped undecoded; where it lands past it (seeking by bisection), it
@@ -80,9 +80,9 @@ import numpy as np
 import torch
 from av.video.reformatter import Interpolation, VideoReformatter
 
-from video.parallel import SINGLE_THREAD, ThreadBudget, share_work
-from video.sampling import ClipSpec
-from video.transforms import CROP_COUNTS, make_views, short_side_size
+from clipwise.video.parallel import SINGLE_THREAD, ThreadBudget, share_work
+from clipwise.video.sampling import ClipSpec
+from clipwise.video.transforms import CROP_COUNTS, make_views, short_side_size
 
 # FFmpeg demuxer names ("mov,mp4,m4a,3gp,3g2,mj2" matches "mov"); anything else is refused before its header is read
 ACCEPTED_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "gif")
@@ -315,7 +315,7 @@ def read_frames(
     plan is then made again over those frames. ``seek=False`` decodes every frame forward from the first
     (the plain path the fast one is tested against). ``threads``: the budget the runs of frames between
     seeks are decoded in parallel from (one demuxer and decoder per thread). ``short_side``: the frames are
-    scaled to it (the long side floored, as ``video.transforms.resize_short_side`` does) while they are
+    scaled to it (the long side floored, as ``clipwise.video.transforms.resize_short_side`` does) while they are
     converted to RGB, instead of converted at their stored size.
     """
     started = time.perf_counter()

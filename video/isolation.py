@@ -4,7 +4,7 @@ A ``DecodePool`` starts its workers once: processes forked from multiprocessing'
 imported this module (PyAV, numpy, torch) and nothing else of the caller, so a worker starts in milliseconds
 and inherits none of the caller's threads. ``load_clips`` hands a job to an idle worker over its pipe: the
 job's arguments pickled, and the upload — a ``SharedBlock``, written into shared memory as it arrived — by its
-descriptor, sent along the pipe; the worker decodes the block in place with ``video.load_clips`` and sends its
+descriptor, sent along the pipe; the worker decodes the block in place with ``clipwise.video.load_clips`` and sends its
 views back the same way, and the tensor the caller gets is that block, mapped, not copied. The blocks are
 anonymous (``memfd_create``): nothing to size (a container's /dev/shm is often 64 MiB), no name to clean up,
 and a block is freed once no process holds it, even when a worker is killed mid-job.
@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
-from video.decode import Buffer, DecodeLimits, LoadedClips, VideoError, load_clips
-from video.parallel import ThreadBudget
-from video.sampling import ClipSpec
+from clipwise.video.decode import Buffer, DecodeLimits, LoadedClips, VideoError, load_clips
+from clipwise.video.parallel import ThreadBudget
+from clipwise.video.sampling import ClipSpec
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class DecodePool:
     def load_clips(
         self, data: SharedBlock, spec: ClipSpec, *, clips: int, crops: int, limits: DecodeLimits
     ) -> LoadedClips:
-        """``video.load_clips`` in an idle worker (waiting for one while all are busy). Raises what it raises;
+        """``clipwise.video.load_clips`` in an idle worker (waiting for one while all are busy). Raises what it raises;
         ``VideoError`` ``crashed`` when the worker dies, ``overran`` when it outlives the deadline."""
         worker = self._take()
         try:

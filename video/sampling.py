@@ -31,7 +31,7 @@ SAMPLINGS = ("segments", "dense")
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """How a model's clips are made: the fields of ``models.base.Preprocessing``, so ``ClipSpec(**dict)``."""
+    """How a model's clips are made: the fields of ``clipwise.models.base.Preprocessing``, so ``ClipSpec(**dict)``."""
 
     sampling: str  # "segments" or "dense"
     frames: int

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from video.sampling import ClipSpec
+from clipwise.video.sampling import ClipSpec
 
 CROP_COUNTS = (1, 3)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import httpx
 
-    from service.schemas import PredictResponse
+    from clipwise.service.schemas import PredictResponse
 
 PERCENTILES = (50, 90, 99)
 
@@ -136,7 +136,7 @@ async def predict(
     """One prediction: client-side latency in milliseconds and the parsed response."""
     import httpx
 
-    from service.schemas import PredictResponse
+    from clipwise.service.schemas import PredictResponse
 
     params: dict[str, Any] = {"clips": plan.clips, "crops": plan.crops}
     if backend is not None:
@@ -179,7 +179,7 @@ def summarize(
     """The figures of one level from its answers (client latency, parsed response)."""
     import numpy as np
 
-    from models.policy import policy_fractions
+    from clipwise.models.policy import policy_fractions
 
     report = LevelReport(
         model=model,

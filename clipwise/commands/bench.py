@@ -9,7 +9,7 @@ executed and full GFLOPs per request, mean policy usage (AdaFuse keep / reuse / 
 3D stages kept; fusion units), the mean time of each server stage and the share of the server's time
 spent decoding (from each response's ``timing_ms``). A table on stdout, ``--json`` and ``--chart``.
 
-Without ``--url`` the service runs in this process: ``service.app.create_app`` under uvicorn in a thread,
+Without ``--url`` the service runs in this process: ``clipwise.service.app.create_app`` under uvicorn in a thread,
 on a free 127.0.0.1 port, with the settings of the environment (``CLIPWISE_*``) plus ``--model-repository``
 and the models benchmarked. Requests cross a real socket and the real HTTP stack (h11, the streamed
 multipart upload), the path ``clipwise serve`` takes, rather than an ASGI transport that would skip both
@@ -31,7 +31,7 @@ from clipwise.benching.load import BenchError, LevelReport, Plan, Video, bench
 from clipwise.benching.report import chart_title, draw_chart, format_table, write_json
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from clipwise.service.config import Settings
 
 MAX_CONCURRENCY = 256
 READY_TIMEOUT_S = 60.0
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
 def measure(args: argparse.Namespace, plan: Plan) -> tuple[dict[str, Any], list[LevelReport]]:
     """The server benchmarked (``--url`` or one started here) and the reports of its levels."""
-    from service.local import NotReady, local_server, wait_until_ready
+    from clipwise.service.local import NotReady, local_server, wait_until_ready
 
     try:
         if args.url:
@@ -160,8 +160,8 @@ def measure(args: argparse.Namespace, plan: Plan) -> tuple[dict[str, Any], list[
             return {"url": args.url, "in_process": False}, asyncio.run(bench(args.url, plan))
         from pydantic import ValidationError
 
-        from service.app import ConfigurationError, create_app
-        from service.log import configure_logging
+        from clipwise.service.app import ConfigurationError, create_app
+        from clipwise.service.log import configure_logging
 
         settings = in_process_settings(args.model_repository, plan.models, args.device)
         configure_logging(settings.log_level)
@@ -175,7 +175,7 @@ def measure(args: argparse.Namespace, plan: Plan) -> tuple[dict[str, Any], list[
 def in_process_settings(repository: Path | None, models: list[str] | None, device: str | None = None) -> Settings:
     """The environment's settings, serving ``models`` from ``repository`` and on ``device`` (those given),
     logging warnings only."""
-    from service.config import Settings
+    from clipwise.service.config import Settings
 
     overrides: dict[str, Any] = {"log_level": "warning", "models": models}
     if repository is not None:

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from training.synthetic import SynthConfig, generate
+    from clipwise.training.synthetic import SynthConfig, generate
 
     if args.clips_per_class < 1:
         raise SystemExit("clipwise data synth: --clips-per-class must be at least 1")

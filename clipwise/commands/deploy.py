@@ -1,6 +1,6 @@
 """``clipwise deploy``: put a trained version into a model repository and have the running server load it.
 
-``--from`` is a version directory as ``clipwise train`` (``models.checkpoint.save_version``) writes it,
+``--from`` is a version directory as ``clipwise train`` (``clipwise.models.checkpoint.save_version``) writes it,
 ``REPO/NAME/VERSION``, or its model directory ``REPO/NAME`` (its newest version). The version is first
 checked exactly as the server checks a load (manifest schema, sha256 of the weights, the architecture
 rebuilt with every weight matched, each backend warmed up); it is then copied into a staging directory of
@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from service.config import BUNDLED_REPOSITORY
+from clipwise.service.config import BUNDLED_REPOSITORY
 
 TOKEN_VARIABLE = "CLIPWISE_ADMIN_TOKEN"
 REQUEST_TIMEOUT_S = 300  # loading checks and warms the version up
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 def checked_source(source: Path) -> Path:
     """The version directory ``source`` names, after the server's own checks of a version."""
-    from models.checkpoint import CheckpointError, version_path
-    from service.model_store import InvalidVersion, open_version
+    from clipwise.models.checkpoint import CheckpointError, version_path
+    from clipwise.service.model_store import InvalidVersion, open_version
 
     try:
         version_dir = version_path(source)
@@ -102,7 +102,7 @@ def checked_source(source: Path) -> Path:
 
 def copy_version(version_dir: Path, repository: Path, name: str) -> Path:
     """Copy ``version_dir`` into ``repository/name`` as its next version; the directory appears whole."""
-    from models.checkpoint import WEIGHTS_FILE, list_versions, read_manifest, sha256_file, validate_name
+    from clipwise.models.checkpoint import WEIGHTS_FILE, list_versions, read_manifest, sha256_file, validate_name
 
     try:
         model_dir = repository / validate_name(name)

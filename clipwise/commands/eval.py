@@ -38,11 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from export.gpu import gated_pairs_on
-    from models.checkpoint import CheckpointError
-    from models.device import resolve_device
-    from training.data import AnnotationError
-    from training.evaluate import evaluate_version
+    from clipwise.export.gpu import gated_pairs_on
+    from clipwise.models.checkpoint import CheckpointError
+    from clipwise.models.device import resolve_device
+    from clipwise.training.data import AnnotationError
+    from clipwise.training.evaluate import evaluate_version
 
     try:
         device = resolve_device(args.device)

@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    from export.onnx import ExportError, export_version
-    from models.checkpoint import CheckpointError
+    from clipwise.export.onnx import ExportError, export_version
+    from clipwise.models.checkpoint import CheckpointError
 
     try:
         path = export_version(args.model_dir)
@@ -62,9 +62,9 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 
 def run_fusion(args: argparse.Namespace) -> int:
-    from models.checkpoint import CheckpointError
-    from training.data import AnnotationError
-    from training.fusion_ranking import CHART_FILE, RANKING_FILE, export_fusion
+    from clipwise.models.checkpoint import CheckpointError
+    from clipwise.training.data import AnnotationError
+    from clipwise.training.fusion_ranking import CHART_FILE, RANKING_FILE, export_fusion
 
     try:
         frozen = export_fusion(
@@ -91,9 +91,9 @@ def run_fusion(args: argparse.Namespace) -> int:
 
 
 def run_tensorrt(args: argparse.Namespace) -> int:
-    from export.runtime import MODEL_FILE
-    from export.tensorrt import ENGINE_FILE, TensorRTUnavailable, build_engine
-    from models.checkpoint import CheckpointError, version_path
+    from clipwise.export.runtime import MODEL_FILE
+    from clipwise.export.tensorrt import ENGINE_FILE, TensorRTUnavailable, build_engine
+    from clipwise.models.checkpoint import CheckpointError, version_path
 
     try:
         version_dir = version_path(args.model_dir)

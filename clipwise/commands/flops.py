@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models import list_models
+    from clipwise.models import list_models
 
     overrides = {"num_classes": args.classes, "frames": args.frames, "size": args.size}
     overrides = {**args.model_args, **{k: v for k, v in overrides.items() if v is not None}}
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def _measure(name: str, overrides: dict[str, object]) -> dict[str, object]:
     import torch
 
-    from models import count_flops, create_model
+    from clipwise.models import count_flops, create_model
 
     with torch.device("meta"):
         model = create_model(name, **overrides)

@@ -5,7 +5,7 @@
 as a TSN of the ImageNet classes). ``--architecture`` is the registry preset of the same network (``i3d_r50``,
 ``slowonly_r50``, ``x3d_s`` / ``x3d_m`` / ``x3d_l``, ``tsn_r50``, ``tsm_r50``, ...); the config fields that build
 what the source trained (I3D's pool after res2, X3D's shortcut BN, the clip size) come from the source's recipe
-(``models.imports.sources``) and ``--model-args`` overrides them. Every tensor of the file must find its place
+(``clipwise.models.imports.sources``) and ``--model-args`` overrides them. Every tensor of the file must find its place
 and every tensor of the model its source: anything missing, misshaped or left over is an error naming it.
 The file is read with ``torch.load(weights_only=True)`` (or safetensors): nothing stored in it runs; Caffe2
 ``.pkl`` files are refused.
@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.checkpoint import read_manifest
-    from models.imports import CheckpointImportError, import_version
+    from clipwise.models.checkpoint import read_manifest
+    from clipwise.models.imports import CheckpointImportError, import_version
 
     started = time.perf_counter()
     try:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _labels(value: str) -> list[str]:
-    from models.labels import bundled_labels
-    from training.data import read_labels
+    from clipwise.models.labels import bundled_labels
+    from clipwise.training.data import read_labels
 
     return bundled_labels(value) if value == KINETICS_400 else read_labels(Path(value))

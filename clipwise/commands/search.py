@@ -30,9 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_e3d(args: argparse.Namespace) -> int:
     import torch
 
-    from models.e3d_search import SCORES, initial_structure, search, write_arch
-    from models.flops import count_params
-    from models.x3d import X3D
+    from clipwise.models.e3d_search import SCORES, initial_structure, search, write_arch
+    from clipwise.models.flops import count_params
+    from clipwise.models.x3d import X3D
 
     initial = initial_structure(args.frames, args.size, args.classes)
     result = search(

@@ -1,8 +1,8 @@
 """``clipwise serve``: run the HTTP service with uvicorn, or deploy it on Ray Serve (``--engine ray``).
 
-Every field of ``service.config.Settings`` is a flag here (``--model-repository``, ``--max-upload-mb``,
+Every field of ``clipwise.service.config.Settings`` is a flag here (``--model-repository``, ``--max-upload-mb``,
 ...), and every field of ``RayServeSettings`` a ``--ray-*`` flag; a flag given overrides its ``CLIPWISE_*``
-environment variable, which overrides the default. ``service.config`` is light (pydantic-settings only);
+environment variable, which overrides the default. ``clipwise.service.config`` is light (pydantic-settings only);
 the app and its models load in ``run``, Ray only with ``--engine ray``.
 """
 
@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from pydantic_settings import BaseSettings
 
-from service.config import RAY_FIELD_PREFIX, RAY_LOCAL_ENVIRONMENT, RayServeSettings, Settings
+from clipwise.service.config import RAY_FIELD_PREFIX, RAY_LOCAL_ENVIRONMENT, RayServeSettings, Settings
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -62,7 +62,7 @@ def settings_from(args: argparse.Namespace, kind: type[SettingsT] = Settings, pr
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.log import configure_logging
+    from clipwise.service.log import configure_logging
 
     try:
         settings = settings_from(args)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 def serve_with_uvicorn(settings: Settings) -> int:
     import uvicorn
 
-    from service.app import ConfigurationError, create_app
+    from clipwise.service.app import ConfigurationError, create_app
 
     try:
         app = create_app(settings)
@@ -95,7 +95,7 @@ def serve_on_ray(settings: Settings, ray_settings: RayServeSettings) -> int:
         for name, value in RAY_LOCAL_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
     try:
-        from service import ray_serve
+        from clipwise.service import ray_serve
     except ImportError as error:
         print(f"clipwise serve --engine ray needs the ray extra (clipwise[ray]): {error}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """``clipwise train``: train a registered model on a video dataset; the result is a new model version.
 
-Options come, in rising precedence, from the defaults of ``training.config.TrainConfig``, the run's saved
+Options come, in rising precedence, from the defaults of ``clipwise.training.config.TrainConfig``, the run's saved
 ``config.json`` (with ``--resume``), a ``--config`` JSON file and the flags given. Under ``torchrun`` every
 process runs this same command (``torchrun --nproc-per-node 2 -m clipwise.cli train ...``).
 """
@@ -53,7 +53,7 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from training.config import TrainConfig
+    from clipwise.training.config import TrainConfig
 
     parser = subparsers.add_parser(
         "train",
@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _value_type(name: str, default: Any) -> type:
-    from training.config import PATH_FIELDS
+    from clipwise.training.config import PATH_FIELDS
 
     if name in PATH_FIELDS:
         return Path
@@ -96,7 +96,7 @@ def _value_type(name: str, default: Any) -> type:
 
 def config_values(args: argparse.Namespace) -> dict[str, Any]:
     """The options of a run: saved config (with --resume) < --config file < flags."""
-    from training.config import ConfigError, default_run_dir
+    from clipwise.training.config import ConfigError, default_run_dir
 
     flags = {name: value for name, value in vars(args).items() if name in OPTIONS}
     from_file = json.loads(args.config.read_text()) if args.config else {}
@@ -115,10 +115,10 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from models.device import DeviceUnavailable
-    from training.config import ConfigError, TrainConfig
-    from training.data import AnnotationError
-    from training.trainer import fit
+    from clipwise.models.device import DeviceUnavailable
+    from clipwise.training.config import ConfigError, TrainConfig
+    from clipwise.training.data import AnnotationError
+    from clipwise.training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -4,8 +4,8 @@
 ``sources`` holds what each source's checkpoints were trained as and places tensors by role.
 """
 
-from models.imports.reading import CheckpointImportError, read_state_dict
-from models.imports.sources import (
+from clipwise.models.imports.reading import CheckpointImportError, read_state_dict
+from clipwise.models.imports.sources import (
     SOURCES,
     ImportedCheckpoint,
     Placement,

@@ -1,9 +1,11 @@
 """Where each source keeps each tensor: Clipwise's modules by role, and one naming function per source.
 
 A role names a parameterised module independently of any code base. ResNets (TSN / TSM backbones and
-``models.resnet3d``) use ``models.resnet3d``'s names: ``stem.conv``, ``stem.bn``, ``stages.{s}.{b}.{part}`` (s = 0
+``clipwise.models.resnet3d``) use ``clipwise.models.resnet3d``'s names: ``stem.conv``, ``stem.bn``,
+``stages.{s}.{b}.{part}`` (s = 0
 for res2; parts ``conv1``..``conv3``, ``bn1``..``bn3``, ``downsample.0`` / ``downsample.1``) and ``head.fc``. X3D
-uses ``models.x3d``'s names, MobileNetV2 ``models.mobilenet``'s (``layers.{i}...``). A module's role is its name
+uses ``clipwise.models.x3d``'s names, MobileNetV2 ``clipwise.models.mobilenet``'s (``layers.{i}...``). A module's role
+is its name
 inside the nearest enclosing network of one of these kinds, translated for TSN; modules outside them (Ada3D's
 selection heads, AdaFuse's policy nets) have roles no source names.
 
@@ -35,10 +37,10 @@ from collections.abc import Callable
 
 from torch import nn
 
-from models.mobilenet import MobileNetV2Features
-from models.resnet3d import ResNet3D
-from models.tsn import TSN
-from models.x3d import X3D
+from clipwise.models.mobilenet import MobileNetV2Features
+from clipwise.models.resnet3d import ResNet3D
+from clipwise.models.tsn import TSN
+from clipwise.models.x3d import X3D
 
 Layout = Callable[[str, nn.Module], str | None]
 """(role, the network of ``NETWORKS`` it is in) → the source's module name, or None: no such module there."""

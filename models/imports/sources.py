@@ -1,7 +1,8 @@
 """The sources Clipwise imports from, what their checkpoints were trained as, and putting tensors in place.
 
 A ``Source`` is a code base's checkpoint format: the entry holding the state dict, the layout of its names
-(``models.imports.layouts``) and, per Clipwise family, a ``Recipe``: the config fields that build the network its
+(``clipwise.models.imports.layouts``) and, per Clipwise family, a ``Recipe``: the config fields that build the network
+its
 checkpoints were trained as and the clips they were trained and tested on, which the manifest records.
 
 Recipes (from the sources' Kinetics-400 configs; PyTorchVideo's hub models are PySlowFast's):
@@ -36,11 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import models.imports.layouts as layouts
-from models.base import IMAGENET_MEAN, IMAGENET_STD, ClipModelConfig, Preprocessing, VideoClassifier
-from models.checkpoint import SourceCheckpoint, save_version, sha256_file
-from models.imports.reading import CheckpointImportError, listed, read_state_dict
-from models.registry import create_model, get_preset
+import clipwise.models.imports.layouts as layouts
+from clipwise.models.base import IMAGENET_MEAN, IMAGENET_STD, ClipModelConfig, Preprocessing, VideoClassifier
+from clipwise.models.checkpoint import SourceCheckpoint, save_version, sha256_file
+from clipwise.models.imports.reading import CheckpointImportError, listed, read_state_dict
+from clipwise.models.registry import create_model, get_preset
 
 Triple = tuple[float, float, float]
 KINETICS_MEAN: Triple = (0.45, 0.45, 0.45)  # PySlowFast's DATA.MEAN, PyTorchVideo's hub transforms

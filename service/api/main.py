@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import demo, health, management, metrics, models, predict, v2
+from clipwise.service.api.routes import demo, health, management, metrics, models, predict, v2
 
 api_router = APIRouter()
 api_router.include_router(health.router)

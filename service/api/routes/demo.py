@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from service.errors import ApiError
+from clipwise.service.errors import ApiError
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 PAGE = "index.html"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import StateDep
-from service.errors import ApiError, documented_errors
-from service.schemas import Liveness, Readiness
+from clipwise.service.deps import StateDep
+from clipwise.service.errors import ApiError, documented_errors
+from clipwise.service.schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 

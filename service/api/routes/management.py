@@ -13,13 +13,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from export.runtime import BACKENDS
-from service.api.routes.models import ModelName
-from service.deps import StateDep, StoreDep, require_admin
-from service.errors import documented_errors
-from service.lifecycle import load_model
-from service.model_store import VersionEntry
-from service.schemas import BackendChoiceReport, LoadResponse, UnloadResponse, VersionInfo, VersionList
+from clipwise.export.runtime import BACKENDS
+from clipwise.service.api.routes.models import ModelName
+from clipwise.service.deps import StateDep, StoreDep, require_admin
+from clipwise.service.errors import documented_errors
+from clipwise.service.lifecycle import load_model
+from clipwise.service.model_store import VersionEntry
+from clipwise.service.schemas import BackendChoiceReport, LoadResponse, UnloadResponse, VersionInfo, VersionList
 
 router = APIRouter(prefix="/v1/models", tags=["management"], dependencies=[Depends(require_admin)])
 AUTH_ERRORS = (401, 403)

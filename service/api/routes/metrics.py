@@ -1,11 +1,11 @@
-"""``GET /metrics``: the app's Prometheus metrics (``service.metrics``), in the text exposition format."""
+"""``GET /metrics``: the app's Prometheus metrics (``clipwise.service.metrics``), in the text exposition format."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import StateDep
+from clipwise.service.deps import StateDep
 
 router = APIRouter(tags=["health"])
 

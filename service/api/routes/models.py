@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from service.deps import StoreDep
-from service.errors import documented_errors
-from service.model_store import ModelStore, ServedModel
-from service.schemas import BackendChoiceReport, CounterpartReport, ModelDetail, ModelList, ModelSummary
+from clipwise.service.deps import StoreDep
+from clipwise.service.errors import documented_errors
+from clipwise.service.model_store import ModelStore, ServedModel
+from clipwise.service.schemas import BackendChoiceReport, CounterpartReport, ModelDetail, ModelList, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 # a repository's model names have at most 64 characters (models.checkpoint.NAME_PATTERN): longer is a 422

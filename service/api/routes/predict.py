@@ -9,15 +9,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from service.api.routes.models import ModelName
-from service.deps import StateDep
-from service.errors import ApiError, documented_errors
-from service.inference import decode_limits, flops_report, top_classes, video_report
-from service.log import REQUEST_ID
-from service.metrics import STAGES
-from service.runner import deadline_in
-from service.schemas import PredictQuery, PredictResponse, TimingReport
-from service.upload import FIELD, read_upload
+from clipwise.service.api.routes.models import ModelName
+from clipwise.service.deps import StateDep
+from clipwise.service.errors import ApiError, documented_errors
+from clipwise.service.inference import decode_limits, flops_report, top_classes, video_report
+from clipwise.service.log import REQUEST_ID
+from clipwise.service.metrics import STAGES
+from clipwise.service.runner import deadline_in
+from clipwise.service.schemas import PredictQuery, PredictResponse, TimingReport
+from clipwise.service.upload import FIELD, read_upload
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
 logger = logging.getLogger(__name__)

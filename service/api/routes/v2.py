@@ -1,4 +1,5 @@
-"""The Open Inference Protocol v2 (KServe / Triton HTTP) for clients that send tensors (``service.protocol_v2``).
+"""The Open Inference Protocol v2 (KServe / Triton HTTP) for clients that send tensors
+(``clipwise.service.protocol_v2``).
 
 Every model route also exists under ``/v2/models/{name}/versions/{version}``, where the version must be the
 one served. Errors are the protocol's ``{"error": "..."}``; ``backend`` is a query parameter as on ``/v1``.
@@ -12,13 +13,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from service.api.routes.models import ModelName
-from service.backends import BackendRequest
-from service.config import VERSION
-from service.deps import StateDep
-from service.errors import ApiError
-from service.model_store import ServedModel
-from service.protocol_v2 import (
+from clipwise.service.api.routes.models import ModelName
+from clipwise.service.backends import BackendRequest
+from clipwise.service.config import VERSION
+from clipwise.service.deps import StateDep
+from clipwise.service.errors import ApiError
+from clipwise.service.model_store import ServedModel
+from clipwise.service.protocol_v2 import (
     HEADER_LENGTH,
     DecodedRequest,
     InferRequest,
@@ -35,9 +36,9 @@ from service.protocol_v2 import (
     model_metadata,
     response_parameters,
 )
-from service.runner import deadline_in
-from service.state import ServiceState
-from service.upload import read_body
+from clipwise.service.runner import deadline_in
+from clipwise.service.state import ServiceState
+from clipwise.service.upload import read_body
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 VERSIONED = "/models/{name}/versions/{version}"
