@@ -3,7 +3,9 @@
 Startup checks the configuration at once (the repository exists, the default models are in it) and
 refuses to start otherwise, then starts the decode workers; the models are then loaded and warmed up in the
 background, so ``/healthz`` answers during loading and ``/readyz`` turns 200 when every default model is
-served. With ``watch`` on, the repository is then polled for new versions (``clipwise.service.lifecycle``).
+served. With ``watch`` on, the repository is then polled for new versions (``clipwise.service.lifecycle``). The
+Open Inference Protocol over gRPC (``clipwise.service.grpc_api``) is served on the same event loop from startup
+to shutdown, unless its port is 0.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import grpc
 import torch
 from fastapi import FastAPI
 
@@ -32,6 +35,9 @@ DESCRIPTION = (
     "Video action recognition with efficient and adaptive models. Every prediction reports the FLOPs "
     "(multiply-accumulates) the model executed and, for adaptive models, the policy it followed."
 )
+
+
+GRPC_STOP_GRACE_S = 5.0  # at shutdown, RPCs in progress get this long to finish
 
 
 class ConfigurationError(RuntimeError):
@@ -75,13 +81,31 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(state.settings.torch_threads)
     names = default_models(state)
     await asyncio.to_thread(state.decoder.start)
+    grpc_server = await serve_grpc(state)
     background = asyncio.create_task(load_models(state, names))
     try:
         yield
     finally:
         background.cancel()
+        if grpc_server is not None:
+            await grpc_server.stop(GRPC_STOP_GRACE_S)
         state.runner.shutdown()
         state.decoder.close()
+
+
+async def serve_grpc(state: ServiceState) -> grpc.aio.Server | None:
+    """The Open Inference Protocol over gRPC on the settings' port, on this event loop; None when it is 0. Its
+    module is imported only then: its messages and a gRPC client's may not share a process (see there)."""
+    settings = state.settings
+    if not settings.grpc_port:
+        return None
+    from clipwise.service.grpc_api.server import start_grpc_server
+
+    try:
+        return await start_grpc_server(state)
+    except RuntimeError as error:
+        state.decoder.close()
+        raise ConfigurationError(f"CLIPWISE_GRPC_PORT / --grpc-port {settings.grpc_port}: {error}") from None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="TCP port of the Open Inference Protocol over gRPC, as Triton's (0: off)"
+    )
     model_repository: Path = Field(BUNDLED_REPOSITORY, description="model repository directory (<model>/<version>/...)")
     models: Annotated[list[str] | None, NoDecode] = Field(
         None, description="models to load at startup, comma-separated (default: every model in the repository)"

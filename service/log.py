@@ -38,6 +38,11 @@ def configure_logging(level: str) -> None:
 
 
 def request_id_for(scope: Scope) -> str:
-    """The client's ``X-Request-ID`` when it is sane (1-64 characters of ``[A-Za-z0-9._:-]``), a new id otherwise."""
-    incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    """The id of an HTTP request: its ``X-Request-ID`` header by ``request_id_from``."""
+    return request_id_from(Headers(scope=scope).get(REQUEST_ID_HEADER))
+
+
+def request_id_from(incoming: str | None) -> str:
+    """The client's id (a header, gRPC metadata) when it is sane (1-64 characters of ``[A-Za-z0-9._:-]``), a new
+    id otherwise."""
     return incoming if incoming and SANE_ID.fullmatch(incoming) else uuid.uuid4().hex

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,11 +25,15 @@ import torch
 from pydantic import BaseModel, Field, ValidationError
 
 from clipwise.models.base import Execution
+from clipwise.service.backends import BackendRequest
+from clipwise.service.config import VERSION
 from clipwise.service.errors import ApiError
 from clipwise.service.inference import flops_report
 from clipwise.service.log import REQUEST_ID
 from clipwise.service.model_store import ServedModel
+from clipwise.service.runner import deadline_in
 from clipwise.service.schemas import MAX_VIEWS
+from clipwise.service.state import ServiceState
 
 INPUT_NAME = "clips"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -45,7 +51,7 @@ class TensorMetadata(BaseModel):
 
 
 class ServerMetadata(BaseModel):
-    """``GET /v2``."""
+    """```GET /v2```."""
 
     name: str = Field(description="server name")
     version: str = Field(description="server version")
@@ -185,6 +191,11 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "bad_request", message)
 
 
+def server_description() -> ServerMetadata:
+    """What ``GET /v2`` and gRPC's ServerMetadata answer."""
+    return ServerMetadata(name="clipwise", version=VERSION, extensions=["binary_tensor_data"])
+
+
 def model_metadata(served: ServedModel, versions: list[int]) -> ModelMetadata:
     """The served version's tensors; the platform is its default backend."""
     classes = len(served.manifest.labels)
@@ -210,15 +221,25 @@ class DecodedRequest:
 
 
 def decode_request(body: bytearray, header_length: str | None, clip_shape: tuple[int, ...]) -> DecodedRequest:
-    """Parse and check an inference request body; 400 for anything the model cannot take. The input's name,
-    datatype and shape are checked before its values are read: only a request the model can take has its
-    JSON values made into objects (about ten times their size in the body)."""
+    """Parse and check an inference request body (JSON, or the binary extension's JSON then data); 400 for
+    anything the model cannot take."""
     json_size = _json_size(body, header_length)
     head = body[:json_size] if json_size < len(body) else body  # a copy of the JSON header only
-    _check_input(_validated(RequestHead, head).inputs[0], clip_shape)
+    return decode_parts(head, memoryview(body)[json_size:], clip_shape)
+
+
+def decode_parts(head: bytearray | dict[str, Any], binary: memoryview, clip_shape: tuple[int, ...]) -> DecodedRequest:
+    """Check and decode a request given as its JSON part (as text, or parsed: gRPC's messages) and its binary
+    data. The input's name, datatype and shape are checked before its values are read: only a request the model
+    can take has its JSON values made into objects (about ten times their size in the body)."""
+    check_head(head, clip_shape)
     request = _validated(InferRequest, head)
-    binary = memoryview(body)[json_size:]
     return DecodedRequest(request.id, _input_clips(request, binary), _requested_outputs(request))
+
+
+def check_head(head: bytearray | dict[str, Any], clip_shape: tuple[int, ...]) -> None:
+    """400 unless the request has one input the model takes (``_check_input``); its values are not read."""
+    _check_input(_validated(RequestHead, head).inputs[0], clip_shape)
 
 
 def _json_size(body: bytearray, header_length: str | None) -> int:
@@ -230,9 +251,9 @@ def _json_size(body: bytearray, header_length: str | None) -> int:
     return int(header_length)
 
 
-def _validated(model: type[Model], data: bytearray) -> Model:
+def _validated(model: type[Model], data: bytearray | dict[str, Any]) -> Model:
     try:
-        return model.model_validate_json(data)
+        return model.model_validate(data) if isinstance(data, dict) else model.model_validate_json(data)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}" for item in error.errors())
         raise bad_request(f"invalid inference request: {problems}") from None
@@ -303,18 +324,9 @@ def encode_response(
     request: DecodedRequest, model_name: str, version: int, execution: Execution, parameters: dict[str, Parameter]
 ) -> tuple[bytes, dict[str, str]]:
     """The response body (JSON, then any binary outputs) and its headers."""
-    logits = execution.logits.float()
-    arrays = {
-        "logits": logits.numpy(),
-        "probabilities": logits.softmax(dim=-1).numpy(),
-        "executed_gflops": np.asarray(execution.executed_gflops, dtype=np.float64),
-    }
+    arrays = output_arrays(execution)
     response = InferResponse(
-        model_name=model_name,
-        model_version=str(version),
-        id=request.id or REQUEST_ID.get(),
-        parameters=parameters,
-        outputs=[],
+        model_name=model_name, model_version=str(version), id=response_id(request), parameters=parameters, outputs=[]
     )
     chunks: list[bytes] = []
     for spec, binary in request.outputs:
@@ -332,6 +344,21 @@ def encode_response(
     return header + b"".join(chunks), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
 
 
+def output_arrays(execution: Execution) -> dict[str, np.ndarray]:
+    """Every output of an inference by name: logits, probabilities (their softmax), executed GFLOPs per clip."""
+    logits = execution.logits.float()
+    return {
+        "logits": logits.numpy(),
+        "probabilities": logits.softmax(dim=-1).numpy(),
+        "executed_gflops": np.asarray(execution.executed_gflops, dtype=np.float64),
+    }
+
+
+def response_id(request: DecodedRequest) -> str:
+    """The request's own id, or its request id when it has none."""
+    return request.id or REQUEST_ID.get()
+
+
 def response_parameters(execution: Execution, backend: str, batch_size: int) -> dict[str, Parameter]:
     """FLOPs over all clips, the backend, the batch size and the per-clip policy (JSON) of an inference."""
     flops = flops_report(execution)
@@ -347,3 +374,41 @@ def response_parameters(execution: Execution, backend: str, batch_size: int) -> 
     if execution.policy is not None:
         parameters["policy"] = json.dumps([policy.model_dump(mode="json") for policy in execution.policy])
     return parameters
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A request's answer before its encoding: what it asked for, what ran, the response parameters."""
+
+    request: DecodedRequest
+    execution: Execution
+    parameters: dict[str, Parameter]
+
+
+Receive = Callable[[], Awaitable[Callable[[], DecodedRequest]]]
+
+
+async def run_inference(
+    state: ServiceState, served: ServedModel, backend: BackendRequest | None, receive: Receive
+) -> Inference:
+    """One inference request over either transport, counted by outcome and held by admission control:
+    ``receive`` takes in the request (HTTP reads the body) and gives the parsing, which runs in a worker slot;
+    the clips are then batched and run, and the stages, FLOPs and policy recorded."""
+    with state.metrics.counting(served, served.backend_name(backend)), state.admission.admit():
+        runner = served.backend(backend)
+        parse = await receive()
+        deadline = deadline_in(state.settings.request_timeout_s)
+        with state.batcher.expecting(served, runner):
+            (decoded, decode_s), slot_ms = await state.runner.run(lambda: _timed(parse), deadline)
+            batch = await state.batcher.execute(served, runner, decoded.clips, deadline)
+    stages = {"decode": decode_s, "queue": (slot_ms + batch.queue_ms) / 1000, "inference": batch.inference_ms / 1000}
+    state.metrics.observe_stages(served.name, stages)
+    state.metrics.observe_execution(served.name, batch.execution, batch.batch_size)
+    parameters = response_parameters(batch.execution, runner.label, batch.batch_size)
+    return Inference(decoded, batch.execution, parameters)
+
+
+def _timed(parse: Callable[[], DecodedRequest]) -> tuple[DecodedRequest, float]:
+    started = time.perf_counter()
+    decoded = parse()
+    return decoded, time.perf_counter() - started

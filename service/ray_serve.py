@@ -56,7 +56,7 @@ class ClipwiseDeployment:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         configure_logging(self.settings.log_level)
-        app = create_app(self.settings)
+        app = create_app(self.settings.model_copy(update={"grpc_port": 0}))  # replicas share a node: HTTP only
         app.router.lifespan_context = _until_ready(app.router.lifespan_context)
         replica = serve.get_replica_context().replica_id.to_full_id_str()
         app.add_middleware(ReplicaHeaderMiddleware, replica=replica)

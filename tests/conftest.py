@@ -22,6 +22,10 @@ from live_server import one_torch_thread  # noqa: F401 - a fixture for every mod
 
 from clipwise.video.synthetic import encode_video, index_coded_frames, write_video
 
+# The apps the tests serve in this process answer HTTP only: gRPC's default port would be bound by each (and
+# the server's protocol messages may not share a process with tritonclient.grpc's); tests/test_grpc.py serves
+# it from a server process of its own.
+os.environ.setdefault("CLIPWISE_GRPC_PORT", "0")
 NUM_FRAMES, HEIGHT, WIDTH, FPS, GOP = 64, 120, 160, 25, 16
 IN_CI = os.environ.get("CI") == "true"
 MAY_SKIP_IN_CI = "gpu_only"

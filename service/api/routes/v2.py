@@ -7,7 +7,7 @@ one served. Errors are the protocol's ``{"error": "..."}``; ``backend`` is a que
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -15,7 +15,6 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from clipwise.service.api.routes.models import ModelName
 from clipwise.service.backends import BackendRequest
-from clipwise.service.config import VERSION
 from clipwise.service.deps import StateDep
 from clipwise.service.errors import ApiError
 from clipwise.service.model_store import ServedModel
@@ -34,9 +33,9 @@ from clipwise.service.protocol_v2 import (
     encode_response,
     inlined_schema,
     model_metadata,
-    response_parameters,
+    run_inference,
+    server_description,
 )
-from clipwise.service.runner import deadline_in
 from clipwise.service.state import ServiceState
 from clipwise.service.upload import read_body
 
@@ -80,7 +79,7 @@ INFER_ANSWER: dict[str, Any] = {
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="clipwise", version=VERSION, extensions=["binary_tensor_data"])
+    return server_description()
 
 
 @router.get("/health/live", summary="The process is alive")
@@ -127,7 +126,7 @@ async def model_ready_at_version(name: ModelName, version: Version, state: State
 async def infer(name: ModelName, request: Request, state: StateDep, backend: BackendQuery = None) -> Response:
     """FP32 clips [N, 3, T, crop, crop] in; logits, probabilities and executed GFLOPs per clip out, batched with
     concurrent requests. The response ``parameters`` hold the backend, the FLOPs and the policy."""
-    return await run_inference(state, request, state.store.get(name), backend)
+    return await infer_http(state, request, state.store.get(name), backend)
 
 
 @router.post(
@@ -141,37 +140,26 @@ async def infer_at_version(
     name: ModelName, version: Version, request: Request, state: StateDep, backend: BackendQuery = None
 ) -> Response:
     """As ``POST /v2/models/{name}/infer``, on the served version, which must be ``version``."""
-    return await run_inference(state, request, state.store.get(name, version), backend)
+    return await infer_http(state, request, state.store.get(name, version), backend)
 
 
-async def run_inference(
+async def infer_http(
     state: ServiceState, request: Request, served: ServedModel, backend: BackendRequest | None
 ) -> Response:
-    """Parse the request's clips, run them (batched) and encode the outputs, counting the request."""
+    """Read the request's body (as the binary extension or JSON, each within its limit), run it through the
+    protocol's inference path and encode the outputs."""
     settings = state.settings
-    with state.metrics.counting(served, served.backend_name(backend)), state.admission.admit():
-        runner = served.backend(backend)
+
+    async def receive() -> Callable[[], DecodedRequest]:
         if request.headers.get("content-encoding", "identity") != "identity":
             raise ApiError(415, "unsupported_encoding", "send the request body uncompressed")
         header_length = request.headers.get(HEADER_LENGTH)
         limit = settings.max_json_bytes if header_length is None else settings.max_upload_bytes
         body = await read_body(request, limit, settings.upload_timeout_s)
-        deadline = deadline_in(settings.request_timeout_s)
-        parse = partial(_timed_decode, body, header_length, served.clip_shape)
-        with state.batcher.expecting(served, runner):
-            (decoded, decode_s), slot_ms = await state.runner.run(parse, deadline)
-            batch = await state.batcher.execute(served, runner, decoded.clips, deadline)
-    stages = {"decode": decode_s, "queue": (slot_ms + batch.queue_ms) / 1000, "inference": batch.inference_ms / 1000}
-    state.metrics.observe_stages(served.name, stages)
-    state.metrics.observe_execution(served.name, batch.execution, batch.batch_size)
-    parameters = response_parameters(batch.execution, runner.label, batch.batch_size)
-    content, headers = encode_response(decoded, served.name, served.version, batch.execution, parameters)
+        return partial(decode_request, body, header_length, served.clip_shape)
+
+    inference = await run_inference(state, served, backend, receive)
+    content, headers = encode_response(
+        inference.request, served.name, served.version, inference.execution, inference.parameters
+    )
     return Response(content, headers=headers)
-
-
-def _timed_decode(
-    body: bytearray, header_length: str | None, clip_shape: tuple[int, ...]
-) -> tuple[DecodedRequest, float]:
-    started = time.perf_counter()
-    decoded = decode_request(body, header_length, clip_shape)
-    return decoded, time.perf_counter() - started
