@@ -2,7 +2,9 @@
 
 ``--source`` names the code base that wrote the file: ``pytorchvideo`` and ``pyslowfast`` (``.pyth``,
 ``model_state``), ``mmaction2`` (``.pth``, ``state_dict``), ``torchvision`` (an ImageNet ResNet state dict, served
-as a TSN of the ImageNet classes). ``--architecture`` is the registry preset of the same network (``i3d_r50``,
+as a TSN of the ImageNet classes), ``adafuse`` (the AdaFuse authors' ``.pth.tar``: ``--architecture adafuse_tsn_r50``
+with their Something-Something V1 labels, 174 classes, served with the per-channel policy decided by argmax;
+their TSM files are refused). ``--architecture`` is the registry preset of the same network (``i3d_r50``,
 ``slowonly_r50``, ``x3d_s`` / ``x3d_m`` / ``x3d_l``, ``tsn_r50``, ``tsm_r50``, ...); the config fields that build
 what the source trained (I3D's pool after res2, X3D's shortcut BN, the clip size) come from the source's recipe
 (``clipwise.models.imports.sources``) and ``--model-args`` overrides them. Every tensor of the file must find its place
@@ -29,12 +31,14 @@ KINETICS_400 = "kinetics400"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "import",
-        help="import a PyTorchVideo, PySlowFast, mmaction2 or torchvision checkpoint as a servable version",
+        help="import a PyTorchVideo, PySlowFast, mmaction2, torchvision or AdaFuse checkpoint as a servable version",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--source", required=True, help="who wrote the file: pytorchvideo, pyslowfast, mmaction2 or torchvision"
+        "--source",
+        required=True,
+        help="who wrote the file: pytorchvideo, pyslowfast, mmaction2, torchvision or adafuse",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="FILE", help="the checkpoint file")
     parser.add_argument("--architecture", required=True, metavar="PRESET", help="registry preset of the network")

@@ -1,4 +1,5 @@
-"""Importing published checkpoints (PyTorchVideo, PySlowFast, mmaction2, torchvision) as Clipwise models.
+"""Importing published checkpoints (PyTorchVideo, PySlowFast, mmaction2, torchvision, the AdaFuse authors') as
+Clipwise models.
 
 ``reading`` reads a file without running code in it, ``layouts`` knows where each source keeps each tensor,
 ``sources`` holds what each source's checkpoints were trained as and places tensors by role.

@@ -28,6 +28,14 @@ model code (facts, not code):
 * torchvision (``torchvision/models/resnet.py``, ``mobilenetv2.py``): ResNet ``conv1``, ``bn1``,
   ``layer{1..4}.{i}.{conv, bn}{n}``, ``downsample.{0, 1}``, ``fc``; MobileNetV2 ``features.{i}`` (a block's layers
   in ``features.{i}.conv``), ``classifier.1``.
+* the AdaFuse authors (``mengyuest/AdaFuse``: ``ops/batenet.py``, ``ops/models_gate.py``, ``main_gate.py``): the
+  state dict of a ``DataParallel(TSN_Gate)``, so every name begins ``module.``; the ResNet is
+  ``module.base_model`` with torchvision's names except ``downsample0`` (conv) / ``downsample1`` (BN); a gated
+  block's policy net is ``policy_net.gate_fc0`` (FC), ``gate_bn`` (BatchNorm1d), ``gate_fc1`` (FC); the classifier
+  is ``module.new_fc`` (``base_model.fc`` is replaced by a dropout: no tensors). With ``--shared_policy_net`` the
+  FCs are also stored once more as ``module.base_model.gate_fc0s.<in>_<out>`` / ``gate_fc1s.<in>_<out>`` (<in>:
+  twice the block input's channels, <out>: three logits per conv1 channel); ``clipwise.models.imports.sources``
+  checks those copies.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from clipwise.models.adafuse import AdaFuse
 from clipwise.models.mobilenet import MobileNetV2Features
 from clipwise.models.resnet3d import ResNet3D
 from clipwise.models.tsn import TSN
@@ -206,3 +215,25 @@ def torchvision(role: str, network: nn.Module) -> str | None:
         stage, index, part = block
         return f"layer{stage + 1}.{index}.{part}"
     return {"stem.conv": "conv1", "stem.bn": "bn1", "head.fc": "fc"}.get(role)
+
+
+ADAFUSE_RESNET = "module.base_model"
+_ADAFUSE_PARTS = {
+    "downsample.0": "downsample0",
+    "downsample.1": "downsample1",
+    "policy.fc_in": "policy_net.gate_fc0",
+    "policy.bn": "policy_net.gate_bn",
+    "policy.fc_out": "policy_net.gate_fc1",
+}
+
+
+def adafuse(role: str, network: nn.Module) -> str | None:
+    """The AdaFuse authors' names of AdaFuse-TSN / TSM ResNet modules (see the module docstring)."""
+    if not isinstance(network, AdaFuse):
+        return None
+    if block := _block(role):
+        stage, index, part = block
+        return f"{ADAFUSE_RESNET}.layer{stage + 1}.{index}.{_ADAFUSE_PARTS.get(part, part)}"
+    return {"stem.conv": f"{ADAFUSE_RESNET}.conv1", "stem.bn": f"{ADAFUSE_RESNET}.bn1", "head.fc": "module.new_fc"}.get(
+        role
+    )

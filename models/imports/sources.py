@@ -17,6 +17,14 @@ Recipes (from the sources' Kinetics-400 configs; PyTorchVideo's hub models are P
   here, Clipwise's 0–1 convention (ImageNet's 0.485, 0.456, 0.406 / 0.229, 0.224, 0.225).
 * torchvision's ImageNet ResNets as a TSN (1000 ImageNet classes, a frame at a time): 8 segments, short side
   256, crop 224, ImageNet mean / std.
+* the AdaFuse authors' Something-Something V1 checkpoints (``zz_eval.sh``, ``ops/models_gate.py``): 8 segments,
+  crop 224 of short side 256, ImageNet mean / std, the per-channel policy (``structure="channel"``, one decision
+  per channel). Their three logits per channel are ordered [skip, reuse, keep] (``fuse_out_with_mask`` keeps
+  with ``mask[..., -1]`` and reuses with ``mask[..., -2]``), Clipwise's [keep, reuse, skip]: the rows of each
+  policy net's last FC are reordered. Their shared policy FCs (``--shared_policy_net``) are stored under every
+  block and once more under ``gate_fc{0,1}s``: each such copy must equal the blocks' of its dimensions, and a
+  preset that ties its FCs takes only a file whose FCs are shared. Their TSM files are refused
+  (``adafuse_prepare`` says why).
 
 Test-time crops equal the training crops: there the sources' fixed-size head pools (PySlowFast, PyTorchVideo)
 cover the whole feature map, so Clipwise's global average pool computes exactly what they compute.
@@ -29,6 +37,7 @@ kernel fills a linear layer (X3D's ``lin_5`` / ``post_conv``). ``import_checkpoi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +49,7 @@ from torch import nn
 import clipwise.models.imports.layouts as layouts
 from clipwise.models.base import IMAGENET_MEAN, IMAGENET_STD, ClipModelConfig, Preprocessing, VideoClassifier
 from clipwise.models.checkpoint import SourceCheckpoint, save_version, sha256_file
+from clipwise.models.gating import KEEP, REUSE, SKIP
 from clipwise.models.imports.reading import CheckpointImportError, listed, read_state_dict
 from clipwise.models.registry import create_model, get_preset
 
@@ -104,15 +114,91 @@ def _torchvision_tsn(config: ClipModelConfig) -> Recipe:
     return Recipe({"size": 224}, 256 / 224, IMAGENET_MEAN, IMAGENET_STD)
 
 
+def _adafuse(config: ClipModelConfig) -> Recipe:
+    fields = {"frames": 8, "size": 224, "structure": "channel", "decision_group": 1}
+    return Recipe(fields, 256 / 224, IMAGENET_MEAN, IMAGENET_STD)
+
+
+Adapter = Callable[[str, torch.Tensor], torch.Tensor]
+"""(model key, the source's tensor for it) → the tensor in the model's convention."""
+Preparer = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+"""(the file's tensors, the model) → the tensors to place, once the source's own redundancy is checked away."""
+
+
 @dataclass(frozen=True)
 class Source:
-    """A checkpoint format: the entry holding the state dict, its names, and per family the recipe."""
+    """A checkpoint format: the entry holding the state dict, its names, per family the recipe, and where the
+    format needs them, a conversion of tensors (``adapt``) and a check of the file before placing (``prepare``)."""
 
     name: str
     container: str | None
     layout: layouts.Layout
     recipes: Mapping[str, Callable[[ClipModelConfig], Recipe]]
     suffix: str  # the usual file name suffix
+    adapt: Adapter | None = None
+    prepare: Preparer | None = None
+
+
+AUTHORS_ACTIONS = ("skip", "reuse", "keep")  # the AdaFuse authors' order of a channel's logits
+CLIPWISE_ACTIONS = {KEEP: "keep", REUSE: "reuse", SKIP: "skip"}
+POLICY_OUTPUT = ("policy.fc_out.weight", "policy.fc_out.bias")
+SHARED_FCS = re.compile(rf"{re.escape(layouts.ADAFUSE_RESNET)}\.gate_fc(?P<fc>[01])s\.(?P<dims>\d+_\d+)\.(?P<leaf>\w+)")
+BLOCK_FCS = re.compile(r"(?P<block>.+)\.policy_net\.gate_fc(?P<fc>[01])\.(?P<leaf>\w+)")
+
+
+def adafuse_actions(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A policy net's last FC with its three rows per channel in Clipwise's order of actions."""
+    if not key.endswith(POLICY_OUTPUT):
+        return tensor
+    order = [AUTHORS_ACTIONS.index(CLIPWISE_ACTIONS[action]) for action in sorted(CLIPWISE_ACTIONS)]
+    return tensor.unflatten(0, (-1, len(order)))[:, order].flatten(0, 1)
+
+
+def adafuse_prepare(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The file's tensors less its shared policy FCs (``gate_fc{0,1}s.<in>_<out>``), each checked equal to the
+    FCs of every block of its dimensions; refused where the model ties FCs the file does not share, and for TSM.
+
+    The authors' TSM blocks (``ops/batenet.py``, ``Bottleneck.forward``) shift ``x`` before both conv1 and
+    ``downsample0(x)``: their shortcut's projection reads the shifted input, Clipwise's TSM (as TSM's own code)
+    the unshifted one. Until a Clipwise TSM can read it shifted, their TSM files are refused rather than served
+    with other answers."""
+    if getattr(model.config, "temporal_shift", False):
+        raise CheckpointImportError(
+            "AdaFuse-TSM checkpoints are not imported: the authors' blocks feed the shortcut's downsample conv the "
+            "temporally shifted input, Clipwise's TSM the unshifted one, so the first block of every stage would "
+            "answer differently; their AdaFuse-TSN checkpoints import (--architecture adafuse_tsn_r50)"
+        )
+    shared = {key: match for key in state if (match := SHARED_FCS.fullmatch(key))}
+    copies: dict[str, list[str]] = {key: [] for key in shared}
+    for key in state:
+        if (match := BLOCK_FCS.fullmatch(key)) and f"{match['block']}.policy_net.gate_fc0.weight" in state:
+            dims = _policy_dims(state, match["block"])
+            copy = f"{layouts.ADAFUSE_RESNET}.gate_fc{match['fc']}s.{dims}.{match['leaf']}"
+            if copy in copies:
+                copies[copy].append(key)
+    unequal = sorted(f"{key} ≠ {copy}" for copy, keys in copies.items() for key in keys if not _same(state, copy, key))
+    if unequal:
+        raise CheckpointImportError(f"shared policy FCs that differ from a block's: {listed(unequal)}")
+    unused = sorted(key for key, keys in copies.items() if not keys)
+    if unused:
+        raise CheckpointImportError(f"shared policy FCs no block of their dimensions uses: {listed(unused)}")
+    if getattr(model.config, "share_policy_fcs", False) and not shared and any(BLOCK_FCS.fullmatch(k) for k in state):
+        raise CheckpointImportError(
+            "the file's policy FCs are per block, the preset's shared: import with --model-args "
+            "'{\"share_policy_fcs\": false}'"
+        )
+    return {key: tensor for key, tensor in state.items() if key not in shared}
+
+
+def _policy_dims(state: Mapping[str, torch.Tensor], block: str) -> str:
+    """The authors' key of a block's policy FCs: their input and output widths."""
+    inputs = state[f"{block}.policy_net.gate_fc0.weight"].shape[1]
+    outputs = state.get(f"{block}.policy_net.gate_fc1.weight", torch.empty(0)).shape[0]
+    return f"{inputs}_{outputs}"
+
+
+def _same(state: Mapping[str, torch.Tensor], key: str, other: str) -> bool:
+    return state[key].shape == state[other].shape and torch.equal(state[key], state[other])
 
 
 SOURCES = {
@@ -140,6 +226,15 @@ SOURCES = {
             ".pth",
         ),
         Source("torchvision", None, layouts.torchvision, {"tsn": _torchvision_tsn}, ".pth"),
+        Source(
+            "adafuse",
+            "state_dict",
+            layouts.adafuse,
+            {"adafuse": _adafuse},
+            ".pth.tar",
+            adapt=adafuse_actions,
+            prepare=adafuse_prepare,
+        ),
     )
 }
 
@@ -170,8 +265,10 @@ class Placement:
         return [f"{title} ({len(names)}): {listed(names)}" for title, names in kinds if names]
 
 
-def place_by_role(model: nn.Module, state: Mapping[str, torch.Tensor], layout: layouts.Layout) -> Placement:
-    """Put ``state``'s tensors where ``layout`` says their roles are in ``model``."""
+def place_by_role(
+    model: nn.Module, state: Mapping[str, torch.Tensor], layout: layouts.Layout, adapt: Adapter | None = None
+) -> Placement:
+    """Put ``state``'s tensors where ``layout`` says their roles are in ``model``, converted by ``adapt``."""
     placement, taken = Placement(), set()
     holder_roles = layouts.roles(model)
     for key, reference in model.state_dict().items():
@@ -184,7 +281,7 @@ def place_by_role(model: nn.Module, state: Mapping[str, torch.Tensor], layout: l
                 placement.missing.append(f"{key} ← {source_key}" if source_key else f"{key} (no counterpart)")
             continue
         taken.add(source_key)
-        tensor = _fitted(state[source_key], reference)
+        tensor = _fitted(adapt(key, state[source_key]) if adapt else state[source_key], reference)
         if tensor is None:
             placement.misshaped.append(f"{key} {list(reference.shape)} ← {source_key} {list(state[source_key].shape)}")
         else:
@@ -248,7 +345,9 @@ def import_checkpoint(
         model = create_model(architecture, **{**recipe.config, "num_classes": len(labels), **(overrides or {})})
     except (TypeError, ValueError) as error:
         raise CheckpointImportError(str(error)) from None
-    placement = place_by_role(model, state, layout_source.layout)
+    if layout_source.prepare is not None:
+        state = layout_source.prepare(state, model)
+    placement = place_by_role(model, state, layout_source.layout, layout_source.adapt)
     problems = placement.problems()
     if problems:
         hint = [] if placement.tensors else [f"nothing fits: is it a {source} checkpoint of {architecture}?"]
