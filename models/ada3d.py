@@ -4,6 +4,8 @@
   width 1.0, the paper's 0.08), features averaged over frames, two linear heads with sigmoids: one
   probability per frame (T) and one per switchable 3D stage (K: 5 on I3D-R50, stem and res2..res5; 2 on
   Slow-only-R50, res4 and res5). The backbones are ``clipwise.models.resnet3d``'s PySlowFast I3D / Slow-only.
+  Small backbones take a selection net sized to them (``MotionCNN``, the ``_tiny`` presets): MobileNetV2's 52
+  layers would take longer than the backbone they select for.
 * Inference is greedy (probability ≥ 0.5). Dropped frames are removed: the backbone runs on the kept ones
   only, which it can since nothing in it strides or pools in time. A stage turned off runs every temporal
   kernel as its centre slice, a real 1×k×k conv. If no frame reaches 0.5 the most probable one is kept.
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipwise.models.base import ClipModelConfig, Preprocessing, VideoClassifier, forced_on, forcing
+from clipwise.models.base import Capabilities, ClipModelConfig, Preprocessing, VideoClassifier, forced_on, forcing
 from clipwise.models.flops import is_tracking, record_macs, track_macs
 from clipwise.models.mobilenet import MobileNetV2Features
 from clipwise.models.policy import Ada3DPolicy
@@ -53,7 +55,8 @@ class Ada3DConfig(ClipModelConfig):
     size: int = 256
     backbone: str = "i3d_r50"  # a models.resnet3d preset; num_classes, frames and size are passed to it
     backbone_args: dict[str, Any] = field(default_factory=dict)  # other fields of the backbone preset's config
-    selection_width: float = 1.0  # MobileNetV2 width multiplier
+    selection_net: str = "mobilenet_v2"  # the paper's MobileNetV2, or "motion_cnn" (``MotionCNN``, small backbones)
+    selection_width: float = 1.0  # the selection net's width multiplier
     selection_size: int = 112  # frames are resized to this square before the selection net
     sample_stride: int = 8  # the backbone's dense sampling stride
 
@@ -145,27 +148,77 @@ def ada3d_rewards(correct: Tensor, actions: Actions, gamma: float) -> tuple[Tens
     return torch.where(correct, 1 - frame_cost, penalty), torch.where(correct, 1 - stage_cost, penalty)
 
 
-class SelectionNet(nn.Module):
-    """MobileNetV2 on every frame at ``input_size``², mean over frames, logits for T frames and K stages."""
+class MotionCNN(nn.Module):
+    """A selection net's trunk sized for small backbones: three 3×3 stride-2 conv-BN-ReLU layers per frame
+    (16, 32, 64 channels × ``width_mult``), pooled. Its clip descriptor (``clip_features``) adds, to the mean of
+    the frames' features, the mean absolute change between consecutive frames': what tells a still scene from
+    motion, the decision Ada3D's policy has to make, at a cost of a few layers instead of MobileNetV2's 52."""
 
-    def __init__(self, frames: int, stages: int, width_mult: float, input_size: int) -> None:
+    def __init__(self, width_mult: float = 1.0) -> None:
         super().__init__()
+        widths = [max(8, round(base * width_mult)) for base in (16, 32, 64)]
+        layers: list[nn.Module] = []
+        for in_channels, out_channels in zip([3, *widths], widths, strict=False):
+            layers += [nn.Conv2d(in_channels, out_channels, 3, 2, 1, bias=False), nn.BatchNorm2d(out_channels)]
+            layers.append(nn.ReLU(inplace=True))
+        self.layers = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.descriptor_size = 2 * widths[-1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layers(images)
+
+    @staticmethod
+    def clip_features(frames: Tensor) -> Tensor:
+        """(N, T, D) per-frame features → (N, 2D): their mean, and the mean |change| from frame to frame."""
+        change = (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=1) if frames.shape[1] > 1 else frames[:, 0] * 0
+        return torch.cat([frames.mean(dim=1), change], dim=1)
+
+
+class PaperFeatures(MobileNetV2Features):
+    """The paper's selection trunk: MobileNetV2, its frames' features averaged."""
+
+    @property
+    def descriptor_size(self) -> int:
+        return self.out_channels
+
+    @staticmethod
+    def clip_features(frames: Tensor) -> Tensor:
+        return frames.mean(dim=1)
+
+
+SELECTION_TRUNKS: dict[str, type[MotionCNN] | type[PaperFeatures]] = {
+    "mobilenet_v2": PaperFeatures,
+    "motion_cnn": MotionCNN,
+}
+
+
+class SelectionNet(nn.Module):
+    """A trunk on every frame at ``input_size``², pooled over frames, logits for T frames and K stages."""
+
+    def __init__(self, frames: int, stages: int, trunk: str, width_mult: float, input_size: int) -> None:
+        super().__init__()
+        if trunk not in SELECTION_TRUNKS:
+            raise ValueError(f"unknown selection net {trunk!r}: one of {sorted(SELECTION_TRUNKS)}")
         self.input_size = input_size
-        self.features = MobileNetV2Features(width_mult)
-        self.frame_head = nn.Linear(self.features.out_channels, frames)
-        self.stage_head = nn.Linear(self.features.out_channels, stages)
+        self.features = SELECTION_TRUNKS[trunk](width_mult)
+        self.frame_head = nn.Linear(self.features.descriptor_size, frames)
+        self.stage_head = nn.Linear(self.features.descriptor_size, stages)
         for head in (self.frame_head, self.stage_head):
             nn.init.normal_(head.weight, std=0.01)
             nn.init.zeros_(head.bias)
 
-    def forward(self, clips: Tensor) -> tuple[Tensor, Tensor]:
+    def clip_features(self, clips: Tensor) -> Tensor:
+        """(N, 3, T, H, W) clips → (N, D) descriptors the heads read."""
         n, c, t, h, w = clips.shape
         if t != self.frame_head.out_features:
             raise ValueError(f"the selection net decides on {self.frame_head.out_features} frames, got {t}")
         frames = clips.transpose(1, 2).reshape(n * t, c, h, w)
         if (h, w) != (self.input_size, self.input_size):
             frames = F.interpolate(frames, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
-        features = self.features(frames).view(n, t, -1).mean(dim=1)
+        return self.features.clip_features(self.features(frames).view(n, t, -1))
+
+    def forward(self, clips: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.clip_features(clips)
         return self.frame_head(features), self.stage_head(features)
 
 
@@ -210,12 +263,21 @@ class Ada3D(VideoClassifier):
 
     family = "ada3d"
     sampling = "dense"
+    # Clips of a batch are grouped by their plan, which differs from clip to clip: merging requests rarely
+    # makes a group larger, so requests run one by one.
+    capabilities = Capabilities(policy="clip_plans", batchable=False, objective="ada3d")
 
     def __init__(self, config: Ada3DConfig) -> None:
         super().__init__(config)
         self.backbone = build_backbone(config)
         self.num_stages = len(self.backbone.switchable_stages)
-        self.selection = SelectionNet(config.frames, self.num_stages, config.selection_width, config.selection_size)
+        self.selection = SelectionNet(
+            config.frames,
+            self.num_stages,
+            config.selection_net,
+            config.selection_width,
+            config.selection_size,
+        )
         self._backbone_costs_cache: dict[tuple[int, int], dict[tuple[bool, ...], tuple[float, float]]] = {}
 
     # --- inference -------------------------------------------------------------------------------------------
@@ -280,7 +342,7 @@ class Ada3D(VideoClassifier):
         backbone = one + (every - one) * (len(plan.frames) - 1) / max(frames - 1, 1)
         return self.full_gflops(frames, size) - costs[self.full_plan().stages_3d][1] + backbone
 
-    def calibrate(self, frames: int | None = None, size: int | None = None) -> None:
+    def count_plan_costs(self, frames: int | None = None, size: int | None = None) -> None:
         """Count every plan's cost at this input size now (at load), not on the request path."""
         self._backbone_costs(frames or self.config.frames, size or self.config.size)
 
@@ -366,12 +428,13 @@ def _replace_submodule(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
 
 def _register_presets() -> None:
     """``ada3d_i3d_r50`` and ``ada3d_slowonly_r50`` (the paper's 8-frame setting: 200 classes, 256² test
-    crops, MobileNetV2 1.0 at 112²) and their ``_tiny`` twins on the tiny backbones: 8×64² clips, a
-    quarter-width MobileNetV2 at 32² (the paper's half resolution)."""
+    crops, MobileNetV2 1.0 at 112²: about 1 % of the backbone's MACs) and their ``_tiny`` twins on the tiny
+    backbones (8×64² clips), whose selection net is sized to them as the paper's is to I3D-R50: a ``MotionCNN``
+    at 32² (the paper's half resolution), about 3 % of the tiny backbone's MACs."""
     for backbone in ("i3d_r50", "slowonly_r50"):
         paper = Ada3DConfig(backbone=backbone)
         register_preset(f"ada3d_{backbone}", Ada3D, paper)
-        tiny = replace(paper, backbone=f"{backbone}_tiny", size=64, selection_width=0.25, selection_size=32)
+        tiny = replace(paper, backbone=f"{backbone}_tiny", size=64, selection_net="motion_cnn", selection_size=32)
         register_preset(f"ada3d_{backbone}_tiny", Ada3D, tiny)
 
 

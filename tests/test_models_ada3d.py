@@ -78,11 +78,32 @@ def test_tiny_preset_runs_with_a_policy_per_clip(name):
 
 def test_selection_net_costs_the_papers_0_08_gflops_a_frame_at_112():
     frames = 8
-    selection = SelectionNet(frames, stages=5, width_mult=1.0, input_size=112)
+    selection = SelectionNet(frames, stages=5, trunk="mobilenet_v2", width_mult=1.0, input_size=112)
     per_frame = count_flops(selection, frames, 224).gflops / frames  # frames are resized to 112² first
     assert per_frame == pytest.approx(0.08, rel=0.03)
-    two_frames = SelectionNet(2, stages=5, width_mult=1.0, input_size=112)
+    two_frames = SelectionNet(2, stages=5, trunk="mobilenet_v2", width_mult=1.0, input_size=112)
     assert count_flops(two_frames, 2, 112).gflops == pytest.approx(fvcore_gflops(two_frames, 2, 112), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["ada3d_i3d_r50_tiny", "ada3d_slowonly_r50_tiny"])
+def test_small_presets_size_the_selection_net_to_their_backbone(name):
+    """The paper's MobileNetV2 is ~1 % of I3D-R50; a tiny backbone's selection net must stay as small a share."""
+    model = create_model(name, num_classes=11)
+    assert model.config.selection_net == "motion_cnn"
+    selection = count_flops(model.selection, 8, 64).gflops
+    assert fvcore_gflops(model.selection, 8, 64) == pytest.approx(selection, rel=1e-9)
+    assert selection < 0.05 * (model.full_gflops() - selection)
+
+
+def test_motion_descriptor_is_zero_for_a_still_clip_and_not_for_a_moving_one():
+    net = SelectionNet(4, stages=2, trunk="motion_cnn", width_mult=1.0, input_size=32).eval()
+    frame = torch.randn(1, 3, 1, 32, 32)
+    still = frame.expand(1, 3, 4, 32, 32)
+    moving = torch.cat([frame.roll(shift, dims=-1) for shift in range(0, 16, 4)], dim=2)
+    half = net.features.descriptor_size // 2
+    with torch.no_grad():
+        assert torch.equal(net.clip_features(still)[:, half:], torch.zeros(1, half))
+        assert net.clip_features(moving)[:, half:].abs().sum() > 0
 
 
 @pytest.mark.parametrize(("name", "backbone"), [("ada3d_i3d_r50", "i3d_r50"), ("ada3d_slowonly_r50", "slowonly_r50")])

@@ -7,6 +7,7 @@ with the source tree, so a package left out of pyproject.toml's list, or a secon
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,11 +22,15 @@ FOLDERS = {"clipwise": "clipwise", "models": "clipwise/models", "service": "clip
 
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")
+    """The wheel pip builds from a copy of the sources (setuptools writes build/ beside what it builds)."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-               "--wheel-dir", str(out), str(ROOT)]
-    subprocess.run(command, check=True, cwd=build, timeout=300)
+               "--wheel-dir", str(out), str(source)]
+    subprocess.run(command, check=True, timeout=300)
     (wheel,) = out.glob("clipwise-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         return set(archive.namelist())

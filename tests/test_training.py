@@ -1,6 +1,7 @@
 """Training end to end on a tiny synthetic dataset, each paper's objective on a fixed batch, and evaluation."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from clipwise.training.phase import Phase
 from clipwise.training.run_log import RunLog
 from clipwise.training.setup import build_model
 from clipwise.training.synthetic import CLASSES
-from clipwise.training.train_ada3d import leave_one_out_baseline
+from clipwise.training.train_ada3d import bernoulli_entropy
 from clipwise.training.trainer import objective_phases, train_epoch
 
 
@@ -122,7 +123,7 @@ def test_flip_is_refused_for_the_synthetic_labels(synth, tmp_path):
         ("fusion_densenet121_tiny", ["train"]),
         ("adafuse_tsn_r18_tiny", ["train"]),
         ("fusion_template_densenet121_tiny", ["warmup", "droppath"]),
-        ("ada3d_i3d_r50_tiny", ["backbone", "policy", "joint"]),
+        ("ada3d_i3d_r50_tiny", ["backbone", "selection", "policy", "joint"]),
     ],
 )
 def test_the_family_picks_the_objective(name, phases):
@@ -138,7 +139,7 @@ def test_init_loads_a_backbone_into_its_adaptive_model(tmp_path):
     ada3d = build_model(TrainConfig(model="ada3d_i3d_r50_tiny", frames=4, size=32, init=version), num_classes=3)
     assert all(torch.equal(tensor, ada3d.backbone.state_dict()[key]) for key, tensor in i3d.state_dict().items())
     phases = objective_phases(ada3d, TrainConfig(init=version), train_clips=10)
-    assert [phase.epochs for phase in phases] == [0, 10, 10]  # no backbone pre-training from a trained backbone
+    assert [phase.epochs for phase in phases] == [0, 5, 10, 10]  # no backbone pre-training from a trained backbone
 
 
 def test_schedule_warms_up_then_follows_cosine_or_steps():
@@ -285,10 +286,35 @@ def test_ada3d_policy_stage_learns_to_spend_less_with_the_backbone_frozen():
     assert not torch.equal(backbone["stem.conv.weight"], model.backbone.state_dict()["stem.conv.weight"])
 
 
-def test_leave_one_out_baseline():
-    rewards = torch.tensor([1.0, 0.0, -1.0, 2.0])
-    assert leave_one_out_baseline(rewards).tolist() == pytest.approx([1 / 3, 2 / 3, 1.0, 0.0])
-    assert leave_one_out_baseline(torch.tensor([3.0])).tolist() == [0.0]
+def test_bernoulli_entropy_sums_each_actions_entropy():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), -50.0]])  # p = 1/2, 1/2; p = 3/4, ~0
+    expected = [2 * math.log(2), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))]
+    assert bernoulli_entropy(logits).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ada3d_selection_phase_trains_the_selection_net_as_a_classifier():
+    torch.manual_seed(0)
+    model = create_model("ada3d_i3d_r50_tiny", num_classes=3, frames=4, size=64)
+    config = TrainConfig(lr=0.1, clip_grad_norm=0)
+    backbone = {key: value.clone() for key, value in model.backbone.state_dict().items()}
+    phase = phase_named(model, config, "selection")
+    batch = fixed_batch(3, size=64)
+    first, later = run_steps(phase, batch, 1, config), run_steps(phase, batch, 8, config)
+    assert later["train_loss"] < 0.5 * first["train_loss"]
+    assert all(torch.equal(value, model.backbone.state_dict()[key]) for key, value in backbone.items())
+
+
+def test_ada3d_policy_gradient_is_zero_when_the_sample_is_what_the_policy_would_do():
+    """Self-critical baseline: a sampled action set scored like the greedy one teaches nothing (β = 0)."""
+    torch.manual_seed(0)
+    model = create_model("ada3d_i3d_r50_tiny", num_classes=3, frames=4, size=64)
+    for head in (model.selection.frame_head, model.selection.stage_head):
+        torch.nn.init.constant_(head.bias, 30.0)  # p ≈ 1: every sample keeps everything, as greedy does
+    config = TrainConfig(policy_lr=0.5, entropy_weight=0.0, clip_grad_norm=0, weight_decay=0.0)
+    before = {name: value.detach().clone() for name, value in model.selection.named_parameters()}
+    stats = run_steps(phase_named(model, config, "policy"), fixed_batch(3, size=64), 2, config)
+    assert stats["train_advantage"] == 0.0
+    assert all(torch.equal(value, before[name]) for name, value in model.selection.named_parameters())
 
 
 def test_fusion_warms_up_without_drop_path_then_learns_the_rates():

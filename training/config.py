@@ -47,7 +47,9 @@ class TrainConfig:
     latency_weight: float = 1.0  # AdaFuse with cost "latency": λ per unit of gated time (1: full compute)
     policy_lr_scale: float = 1.0  # AdaFuse: the policy nets' learning rate, as a multiple of lr
     gamma: float = 1.0  # Ada3D: penalty of a wrong prediction in the reward (Eq. 4)
+    selection_epochs: int = 5  # Ada3D: the selection net trained as a classifier first (Alg. 1's pre-training)
     policy_epochs: int = 10  # Ada3D stage 1: selection net alone, backbone frozen
+    entropy_weight: float = 0.01  # Ada3D: weight of the policies' entropy bonus (exploration)
     joint_epochs: int = 10  # Ada3D stage 2: joint fine-tuning (Eq. 8)
     policy_lr: float = 1e-4  # Ada3D: learning rate of both policy stages (the paper's)
     fusion_warmup_epochs: int = 5  # fusion: epochs without v-DropPath before the v-DropPath epochs
