@@ -2,18 +2,28 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: install serve test lint container-test clean
+.PHONY: install install-serve serve test lint container-test clean
 
 install: $(STAMP)
+install-serve: $(SERVE_STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-serve: install
+# Serving: Clipwise, torch and the graph backends it serves with (the serve extra).
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[serve]'
+	touch $(SERVE_STAMP)
+
+# Development: serving plus training, Ray and the tools and peers the tests use (the dev extra).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP) $(SERVE_STAMP)
+
+serve: install-serve
 	$(BIN)/clipwise serve
 
 lint: install
