@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
-from clipwise.export.runtime import OnnxRunner, OpenVinoRunner  # noqa: E402
+from clipwise.export.runtime import OnnxBackend, OpenVinoBackend  # noqa: E402
 from clipwise.models import VideoClassifier, create_model  # noqa: E402
 from clipwise.models.ada3d import Ada3D  # noqa: E402
 from clipwise.models.adafuse import AdaFuse  # noqa: E402
@@ -148,7 +148,7 @@ class Counterpart:
     """The dense model a user would deploy instead of an adaptive one: eager, and its graph on the runtimes."""
 
     model: VideoClassifier
-    graphs: dict[str, OnnxRunner | OpenVinoRunner]
+    graphs: dict[str, OnnxBackend | OpenVinoBackend]
 
 
 @torch.inference_mode()
@@ -188,8 +188,8 @@ def counterpart_runs(counterpart: Counterpart | None, clip: torch.Tensor) -> dic
     if counterpart is None:
         return {}
     runs: dict[str, Callable[[], object]] = {"torch": lambda: counterpart.model.execute(clip)}
-    for backend, runner in counterpart.graphs.items():
-        runs[backend] = lambda runner=runner: runner.execute(clip)
+    for name, graph in counterpart.graphs.items():
+        runs[name] = lambda graph=graph: graph.execute(clip)
     return runs
 
 
@@ -208,25 +208,25 @@ DENSE_GRAPHS = ("onnxruntime", "openvino")
 def counterpart_of(loaded: LoadedVersion, clip_shape: tuple[int, ...], work: Path) -> Counterpart:
     """``loaded``'s dense counterpart, eager and its graph on ONNX Runtime and OpenVINO."""
     path = work / f"{loaded.name}-dense.onnx"
-    onnx_runner = graph_runner(loaded, contextlib.nullcontext, path, clip_shape)
-    return Counterpart(loaded.model.eval(), {"onnxruntime": onnx_runner, "openvino": OpenVinoRunner(path, loaded)})
+    onnx_backend = graph_backend(loaded, contextlib.nullcontext, path, clip_shape)
+    return Counterpart(loaded.model.eval(), {"onnxruntime": onnx_backend, "openvino": OpenVinoBackend(path, loaded)})
 
 
-def graph_runner(loaded: LoadedVersion, policy: Policy, path: Path, clip_shape: tuple[int, ...]) -> OnnxRunner:
+def graph_backend(loaded: LoadedVersion, policy: Policy, path: Path, clip_shape: tuple[int, ...]) -> OnnxBackend:
     """The graph of ``loaded``'s model exported under ``policy`` (its decisions, fixed ones as constants), its
     union thresholds calibrated as a served version's are."""
     with policy():
         proto = to_onnx(loaded.model, weights_sha256=loaded.manifest.weights_sha256)
-    runner = OnnxRunner(save_onnx(proto, path), loaded)
-    runner.calibrate(clip_shape)
-    return runner
+    backend = OnnxBackend(save_onnx(proto, path), loaded)
+    backend.calibrate(clip_shape)
+    return backend
 
 
 def onnx_row(
     loaded: LoadedVersion,
     clip: torch.Tensor,
     policy: Policy,
-    full: OnnxRunner,
+    full: OnnxBackend,
     work: Path,
     repeats: int,
     counterpart: Counterpart | None = None,
@@ -235,9 +235,9 @@ def onnx_row(
     """The graph exported under ``policy`` against the graph exported under full compute and the dense
     counterpart (eager and graph), on one clip, in the same interleaved rounds."""
     name = f"{labels['model']}-{labels['case']}".replace(" ", "_").replace("/", "_")
-    runner = graph_runner(loaded, policy, work / f"{name}.onnx", tuple(clip.shape[1:]))
-    execution = runner.execute(clip)
-    runs = {"policy": lambda: runner.execute(clip), "full": lambda: full.execute(clip)}
+    backend = graph_backend(loaded, policy, work / f"{name}.onnx", tuple(clip.shape[1:]))
+    execution = backend.execute(clip)
+    runs = {"policy": lambda: backend.execute(clip), "full": lambda: full.execute(clip)}
     seconds = interleaved(runs | counterpart_runs(counterpart, clip), repeats)
     return Row(
         backend="onnxruntime",
@@ -274,14 +274,14 @@ def learned_rows(repository: Path, videos: list[Path], backends: list[str], repe
         model = loaded.model.eval()
         if not isinstance(model, AdaFuse | Ada3D):
             continue
-        spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
+        spec = ClipSpec(**loaded.manifest.preprocessing.to_dict())
         clips = list(learned_clips(spec, videos))
         clip_shape = tuple(clips[0][1].shape[1:])
         model.calibrate(clip_shape[1], clip_shape[-1])
         dense = dense_version(loaded, repository, work)
         counterpart = counterpart_of(dense, clip_shape, work) if dense else None
         full_graph = (
-            graph_runner(loaded, model.full_compute, work / f"{name}-full.onnx", clip_shape)
+            graph_backend(loaded, model.full_compute, work / f"{name}-full.onnx", clip_shape)
             if "onnxruntime" in backends
             else None
         )
@@ -344,7 +344,7 @@ def preset_rows(
         model.calibrate()
         clip_shape = tuple(clip.shape[1:])
         full_graph = (
-            graph_runner(loaded, model.full_compute, work / f"{preset}-full.onnx", clip_shape)
+            graph_backend(loaded, model.full_compute, work / f"{preset}-full.onnx", clip_shape)
             if "onnxruntime" in backends
             else None
         )
@@ -457,6 +457,25 @@ def prefix_targets(rows: list[Row], bundled_prefix: set[str], random_presets: li
                         f"{preset} prefix random {case}: time vs dense {row.vs_dense:.3f} (≤ {bound}), "
                         f"/ executed {per_executed:.3f} (≤ 1.15)"
                     )
+    return missed
+
+
+def ada3d_targets(rows: list[Row], bundled_ada3d: set[str]) -> list[str]:
+    """The bundled Ada3D's targets on its learned policy, on torch, against its I3D backbone run alone (its dense
+    counterpart): median time ≤ 0.8 of it, no clip above 1.0, the selection net ≤ 15 % of its time."""
+    missed = []
+    for model in sorted(bundled_ada3d):
+        group = [r for r in rows if r.model == model and r.kind == "learned" and r.backend == "torch" and r.vs_dense]
+        if not group:
+            missed.append(f"NOT MEASURED: {model} learned on torch against its I3D backbone")
+            continue
+        median, worst = statistics.median(r.vs_dense for r in group), max(r.vs_dense for r in group)
+        share = statistics.median(r.selection_share for r in group if r.selection_share is not None)
+        if median > 0.8 or worst > 1.0 or share > 0.15:
+            missed.append(
+                f"{model} torch learned: time vs its backbone median {median:.3f} (≤ 0.8), worst {worst:.3f} "
+                f"(≤ 1.0), selection net {share:.1%} of its time (≤ 15 %)"
+            )
     return missed
 
 
@@ -573,6 +592,8 @@ def main() -> int:
         learned = prefix if "learned" in args.policy else set()
         drawn = [p for p in args.prefix_presets if p == "adafuse_tsn_r50"] if "random" in args.policy else []
         missed += prefix_targets(rows, learned, drawn)
+        if "learned" in args.policy:
+            missed += ada3d_targets(rows, {name for name in names if name.startswith("ada3d")})
     return finish(missed)
 
 

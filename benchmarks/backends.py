@@ -3,7 +3,7 @@
 
 Static presets at their paper configuration (the preset's frames and size; ``preset@size`` for another size),
 one clip a call: torch eager, ONNX Runtime and OpenVINO on the graph ``clipwise export onnx`` writes, through
-the runners the service uses (``clipwise.export.runtime``, execution record included), interleaved rounds, medians. The
+the backends the service uses (``clipwise.export.runtime``, execution record included), interleaved rounds, medians. The
 ``auto`` column is the backend ``clipwise.service.backends.choose_backend`` picks, run as a loading version runs it
 (its own interleaved rounds, after the warm-up); its speed-up is torch's median over the picked backend's
 median in this benchmark's rounds. GMAC/s = the preset's full GMACs / median seconds, against the machine's
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import adaptive  # noqa: E402
 from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
-from clipwise.export.runtime import BackendUnavailable, OnnxRunner, OpenVinoRunner, TorchRunner, interleaved_ms  # noqa: E402
+from clipwise.export.runtime import BackendUnavailable, OnnxBackend, OpenVinoBackend, TorchBackend, interleaved_ms  # noqa: E402
 from clipwise.models import Execution, create_model  # noqa: E402
 from clipwise.models.ada3d import Ada3D  # noqa: E402
 from clipwise.models.checkpoint import LoadedVersion, load_version, save_version  # noqa: E402
@@ -102,13 +102,13 @@ def build(spec: str, repository: Path) -> LoadedVersion:
     return load_version(repository, name, int(version_dir.name))
 
 
-def runners(loaded: LoadedVersion, path: Path) -> Backends:
+def opened_backends(loaded: LoadedVersion, path: Path) -> Backends:
     """The three backends of ``loaded`` with its graph exported to ``path``, opened as the service opens them."""
     save_onnx(to_onnx(loaded.model, weights_sha256=loaded.manifest.weights_sha256), path)
-    available, unavailable = {"torch": TorchRunner(loaded.model)}, {}
-    for name, runner in (("onnxruntime", OnnxRunner), ("openvino", OpenVinoRunner)):
+    available, unavailable = {"torch": TorchBackend(loaded.model)}, {}
+    for name, backend in (("onnxruntime", OnnxBackend), ("openvino", OpenVinoBackend)):
         try:
-            available[name] = runner(path, loaded)
+            available[name] = backend(path, loaded)
         except BackendUnavailable as reason:
             unavailable[name] = str(reason)
     return Backends(available, unavailable)
@@ -117,10 +117,10 @@ def runners(loaded: LoadedVersion, path: Path) -> Backends:
 def bench_static(spec: str, repository: Path, repeats: int) -> tuple[float, float, str]:
     """Print one preset's row; returns auto's speed-up over torch, the fastest backend's GMAC/s and its name."""
     loaded = build(spec, repository)
-    backends = runners(loaded, repository / f"{spec}.onnx")
+    backends = opened_backends(loaded, repository / f"{spec}.onnx")
     clip_shape = (3, loaded.model.config.frames, loaded.model.config.size, loaded.model.config.size)
     clip = torch.randn(1, *clip_shape, generator=torch.Generator().manual_seed(0))
-    calls = {name: (lambda runner=runner: runner.execute(clip)) for name, runner in backends.available.items()}
+    calls = {name: (lambda backend=backend: backend.execute(clip)) for name, backend in backends.available.items()}
     for call in calls.values():
         call()  # the warm-up a loading version gets
     picked = choose_backend(backends, "auto", clip_shape).chosen
@@ -144,8 +144,8 @@ def policy_calls(
         return adaptive.under(policy, lambda: model.execute(clip)), adaptive.under(policy, lambda: model(clip))
     with policy():
         proto = to_onnx(model, weights_sha256=loaded.manifest.weights_sha256)
-    runner = OpenVinoRunner(save_onnx(proto, path), loaded)
-    return (lambda: runner.execute(clip),) * 2
+    backend = OpenVinoBackend(save_onnx(proto, path), loaded)
+    return (lambda: backend.execute(clip),) * 2
 
 
 def own_rows(preset: str, backend: str, args: argparse.Namespace, work: Path) -> Iterator[adaptive.Row]:

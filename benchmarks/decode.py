@@ -282,7 +282,7 @@ def compare_filters(clips: list[bytes], clips_per_class: int) -> None:
 
     def scores(name: str, inputs: Callable[[bytes, ClipSpec], torch.Tensor]) -> torch.Tensor:
         loaded = models[name]
-        spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
+        spec = ClipSpec(**loaded.manifest.preprocessing.to_dict())
         model = loaded.model.eval()
         with torch.inference_mode():
             return torch.cat([model.execute(inputs(data, spec)).logits.softmax(-1) for data in validation])

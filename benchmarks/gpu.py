@@ -3,7 +3,7 @@
 At 8×224², one clip, random weights: TSN-R50, AdaFuse-TSN-R50 under random decisions (``random_decisions``)
 and its fixed pattern (``force_saving``) at ``--saving`` (40 %), I3D-R50, and Ada3D-I3D-R50 under a random
 plan and its fixed plan at the same saving. Each case runs on every runtime present, as the service runs it
-(``clipwise.export.runtime`` runners on ``cuda``: the clip copied over and the logits back included):
+(``clipwise.export.runtime`` backends on ``cuda``: the clip copied over and the logits back included):
 
 * ``torch-cuda``: the eager model, its full-compute path through cuDNN against its policy path (AdaFuse's
   gated pairs as the Triton kernels, Ada3D's gathered frames and stages);
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import adaptive  # noqa: E402
 from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
-from clipwise.export.runtime import BackendUnavailable, OnnxRunner, TorchRunner, providers_for  # noqa: E402
+from clipwise.export.runtime import BackendUnavailable, OnnxBackend, TorchBackend, providers_for  # noqa: E402
 from clipwise.models import Execution, VideoClassifier, create_model  # noqa: E402
 from clipwise.models.ada3d import Ada3D  # noqa: E402
 from clipwise.models.adafuse import AdaFuse  # noqa: E402
@@ -155,18 +155,18 @@ def preset_rows(
             with policy():
                 proto = to_onnx(model, weights_sha256=loaded.manifest.weights_sha256)
             graphs[case] = save_onnx(proto, work / f"{preset}-{case}.onnx")
-    runner = TorchRunner(model, device)
-    runner.calibrate(tuple(clip.shape[1:]))
-    execute = partial(runner.execute, clip)
+    backend = TorchBackend(model, device)
+    backend.calibrate(tuple(clip.shape[1:]))
+    execute = partial(backend.execute, clip)
     full = adaptive.under(model.full_compute, execute)
     for case, policy in cases:
-        yield row_of(preset, runner.label, case, adaptive.under(policy, execute), full, repeats)
+        yield row_of(preset, backend.label, case, adaptive.under(policy, execute), full, repeats)
     if "onnxruntime" in skip:
         return
     for runtime, providers in onnx_providers(device).items():
         opened = {}
         for case, path in graphs.items():
-            opened[case] = OnnxRunner(path, loaded, providers=providers)
+            opened[case] = OnnxBackend(path, loaded, providers=providers)
             if case != "full":  # the full-compute graph has no gated node to calibrate
                 opened[case].calibrate(tuple(clip.shape[1:]))
         full = partial(opened["full"].execute, clip)  # timed as the policy graphs are: run and decoded

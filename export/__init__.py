@@ -6,5 +6,5 @@ kernels
 of AdaFuse's gated convolutions on CUDA (``clipwise.export.triton_gating``).
 
 Nothing here is imported by ``models``; ``service`` imports ``clipwise.export.runtime`` only, which loads ONNX Runtime
-when an ONNX Runtime runner is opened.
+when an ONNX Runtime backend is opened.
 """

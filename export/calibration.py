@@ -1,4 +1,4 @@
-"""Union thresholds of an exported AdaFuse graph, calibrated with ONNX Runtime on the machine that serves it.
+"""Union thresholds of an exported graph of gated pairs, calibrated with ONNX Runtime on the machine that serves it.
 
 Each ``clipwise::GatedConvPair`` node runs a convolution over the union of the channels its frames need when
 that union holds fewer than its threshold of the channels, and every channel (constant weights, prepacked by
@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from clipwise.export.ops import DOMAIN, ONNX_OPSET, UNION_ATTRIBUTES
-from clipwise.models.adafuse import AdaFuse
+from clipwise.models.base import VideoClassifier
 from clipwise.models.folding import conv_output_size
 
 SHARES = (0.25, 0.75)
@@ -68,7 +68,7 @@ def set_union_thresholds(model: onnx.ModelProto, thresholds: Sequence[tuple[floa
                 attribute.f = pair[UNION_ATTRIBUTES.index(attribute.name)]
 
 
-def conv_shapes(model: AdaFuse, frames: int, size: int) -> list[tuple[ConvShape, ConvShape]]:
+def conv_shapes(model: VideoClassifier, frames: int, size: int) -> list[tuple[ConvShape, ConvShape]]:
     """conv1's and conv2's shapes of every gated block for one clip of ``frames`` × ``size``²."""
     shapes = []
     for block, cost in zip(model.gated_blocks(), model.block_costs(frames, size), strict=True):
@@ -173,7 +173,7 @@ def threshold(shape: ConvShape, gated_output: bool, options, providers: Sequence
 
 
 def calibrate_thresholds(
-    model: AdaFuse, frames: int, size: int, options, providers: Sequence = CPU_PROVIDERS
+    model: VideoClassifier, frames: int, size: int, options, providers: Sequence = CPU_PROVIDERS
 ) -> list[tuple[float, float]]:
     """Per gated block, the (conv1, conv2) union thresholds measured with ``options`` (an onnxruntime
     ``SessionOptions``, the serving session's threads) on ``providers`` (the serving session's device)."""

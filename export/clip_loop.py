@@ -1,7 +1,7 @@
 """Run a graph traced on one clip over a batch of clips, in an ONNX ``Loop``.
 
-Ada3D gives each clip its own frames and stages, so the clips of a batch have different shapes inside the
-network and cannot share one pass. ``loop_over_clips`` turns a graph with input ``clip`` (1, ...) and
+A clip-plan model (Ada3D) gives each clip its own frames and stages, so the clips of a batch have different
+shapes inside the network and cannot share one pass. ``loop_over_clips`` turns a graph with input ``clip`` (1, ...) and
 outputs (1, ...) into one with input ``clips`` (N, ...) whose Loop body takes clip i, runs the traced
 nodes and stacks their outputs: (N, ...). The weights stay initializers of the main graph, which the body
 reads from the enclosing scope.

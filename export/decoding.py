@@ -6,10 +6,12 @@ architecture (shapes only, no weights), so both backends report the same numbers
 
 * static families: every clip costs the full-compute figure; a model with a fixed policy (a frozen fusion
   strategy) reports the policy recorded at export;
-* AdaFuse: ``AdaFuse.execution_of`` on the per-block decision codes and the union thresholds of the graph's
-  gated nodes: what each node's ``If`` ran (union or dense) gives the executed GFLOPs, Eq. 5 the policy's;
-* Ada3D: each clip's plan (``Actions.plans``) costs what ``Ada3D.plan_gflops`` counts for it: the selection
-  net and the backbone on the kept frames with the plan's 3D stages, exactly what the graph ran.
+* gated pairs (``Capabilities.policy == "gated_pairs"``): the model's ``execution_of`` on the per-block
+  decision codes and the union thresholds of the graph's gated nodes: what each node's ``If`` ran (union or
+  dense) gives the executed GFLOPs, Eq. 5 the policy's;
+* clip plans (``"clip_plans"``): each clip's plan (``Actions.plans``) costs what the model's ``plan_gflops``
+  counts for it: the selection net and the backbone on the kept frames with the plan's 3D stages, exactly
+  what the graph ran.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import onnx
 import torch
 
 from clipwise.export.calibration import union_thresholds
-from clipwise.models.ada3d import Actions, Ada3D
-from clipwise.models.adafuse import AdaFuse
+from clipwise.models.ada3d import Actions
 from clipwise.models.base import VideoClassifier
 from clipwise.models.flops import meta_twin
 from clipwise.models.policy import Policy
@@ -49,10 +50,10 @@ class StaticDecoder:
         return [self.full_gflops] * clips, None if self.policy is None else [self.policy] * clips
 
 
-class AdaFuseDecoder:
+class GatedPairDecoder:
     """Outputs: logits, then each gated block's (N, T, C) keep / reuse / skip codes."""
 
-    def __init__(self, twin: AdaFuse, union_below: Sequence[tuple[float, float]]) -> None:
+    def __init__(self, twin: VideoClassifier, union_below: Sequence[tuple[float, float]]) -> None:
         self.twin = twin
         self.union_below = list(union_below)
         frames, size = twin.config.frames, twin.config.size
@@ -64,12 +65,12 @@ class AdaFuseDecoder:
         return self.twin.execution_of(codes, frames, self.twin.config.size, self.union_below)
 
 
-class Ada3DDecoder:
+class ClipPlanDecoder:
     """Outputs: logits, frames kept (N, T) and 3D stages on (N, S), booleans."""
 
-    def __init__(self, twin: Ada3D) -> None:
+    def __init__(self, twin: VideoClassifier) -> None:
         self.twin = twin
-        twin.calibrate()  # every plan's cost, counted now rather than on the request path
+        twin.count_plan_costs()  # now rather than on the request path
 
     def __call__(self, outputs: Sequence[np.ndarray]) -> Decoded:
         _, frames, stages = outputs
@@ -82,11 +83,12 @@ def decoder_for(
     model: VideoClassifier, full_gflops: float, static_policy: Policy | None, graph: onnx.ModelProto | None = None
 ) -> Decoder:
     """The decoder of the outputs of ``graph``, an export of ``model`` (which it counts on a meta-device twin
-    of); AdaFuse reads its gated nodes' union thresholds from the graph."""
-    if isinstance(model, AdaFuse):
+    of); gated pairs read their nodes' union thresholds from the graph."""
+    policy = model.capabilities.policy
+    if policy == "gated_pairs":
         # a graph exported under full compute has no gated node: every convolution ran dense
         thresholds = union_thresholds(graph) or [(0.0, 0.0)] * len(model.gated_blocks())
-        return AdaFuseDecoder(meta_twin(model), thresholds)
-    if isinstance(model, Ada3D):
-        return Ada3DDecoder(meta_twin(model))
+        return GatedPairDecoder(meta_twin(model), thresholds)
+    if policy == "clip_plans":
+        return ClipPlanDecoder(meta_twin(model))
     return StaticDecoder(full_gflops, static_policy)

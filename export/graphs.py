@@ -1,15 +1,16 @@
-"""What ``torch.onnx.export`` traces for each family: a module from clips to logits and policy tensors.
+"""What ``torch.onnx.export`` traces for each kind of policy (``Capabilities.policy``): a module from clips to
+logits and policy tensors.
 
-* Static families (TSN, TSM, CT-Net, I3D, Slow-only, X3D / E3D, fusion): the model itself; batch size is
-  a dynamic axis.
-* AdaFuse: the model with its gated blocks executing ``clipwise.export.ops.gated_conv_pair`` (one
-  ``clipwise::GatedConvPair`` node per block), through ``clipwise.models.adafuse.executing_gated_pairs``. Outputs:
-  logits, then one (N, T, C) int64 tensor of keep / reuse / skip codes per gated block, in execution order.
-  Exported inside ``full_compute`` the pairs are plain convolutions (the dense reference of benchmarks).
-* Ada3D: one clip at a time (``per_clip``): the selection net, its greedy actions (or a fixed plan),
-  ``clipwise::SelectFrames`` on the kept frames, and a backbone whose temporal convs in switchable stages
-  are ``clipwise::SwitchableConv3d`` nodes reading their stage's flag. Outputs: logits (1, K), kept
-  frames (1, T) and 3D stages on (1, S), booleans; ``clipwise.export.batching`` runs it in a Loop over the batch,
+* ``"none"`` (TSN, TSM, CT-Net, I3D, Slow-only, X3D / E3D, fusion): the model itself; batch size is a dynamic
+  axis.
+* ``"gated_pairs"`` (AdaFuse): the model with its gated blocks executing ``clipwise.export.ops.gated_conv_pair``
+  (one ``clipwise::GatedConvPair`` node per block), through ``clipwise.models.adafuse.executing_gated_pairs``.
+  Outputs: logits, then one (N, T, C) int64 tensor of keep / reuse / skip codes per gated block, in execution
+  order. Exported inside ``full_compute`` the pairs are plain convolutions (the dense reference of benchmarks).
+* ``"clip_plans"`` (Ada3D): one clip at a time (``per_clip``): the selection net, its greedy actions (or a fixed
+  plan), ``clipwise::SelectFrames`` on the kept frames, and a backbone whose temporal convs in switchable stages
+  are ``clipwise::SwitchableConv3d`` nodes reading their stage's flag. Outputs: logits (1, K), kept frames
+  (1, T) and 3D stages on (1, S), booleans; ``clipwise.export.clip_loop`` runs it in a Loop over the batch,
   since clips with different plans have different shapes.
 
 The output names are the contract with ``clipwise.export.decoding``, which turns the policy tensors into executed
@@ -25,16 +26,16 @@ import torch
 from torch import nn
 
 from clipwise.export import ops
-from clipwise.models.ada3d import Actions, Ada3D, Plan, Selection
-from clipwise.models.adafuse import KEEP, AdaFuse, executing_gated_pairs
+from clipwise.models.ada3d import Actions, Plan, Selection
+from clipwise.models.adafuse import KEEP, executing_gated_pairs
 from clipwise.models.base import VideoClassifier
 from clipwise.models.resnet3d import is_temporal
 
 LOGITS = "logits"
-ADA3D_FRAMES, ADA3D_STAGES = "frames_kept", "stages_3d"
+FRAMES_KEPT, STAGES_3D = "frames_kept", "stages_3d"
 
 
-def adafuse_codes_name(block: int) -> str:
+def codes_name(block: int) -> str:
     return f"codes.{block}"
 
 
@@ -47,10 +48,10 @@ class GraphSpec:
     per_clip: bool = False  # traced on one clip; the exported graph loops over the batch
 
 
-class AdaFuseGraph(nn.Module):
-    """AdaFuse's logits and every gated block's (N, T, C) decision codes, gated pairs as clipwise nodes."""
+class GatedPairGraph(nn.Module):
+    """A gated-pair model's logits and every gated block's (N, T, C) decision codes, pairs as clipwise nodes."""
 
-    def __init__(self, model: AdaFuse) -> None:
+    def __init__(self, model: VideoClassifier) -> None:
         super().__init__()
         self.model = model
 
@@ -90,15 +91,15 @@ class SwitchedConv3d(nn.Module):
         return ops.switchable_conv3d(x, self.conv, self.switch.flag)
 
 
-class Ada3DClipGraph(nn.Module):
-    """Ada3D on one clip: logits (1, K), frames kept (1, T), 3D stages on (1, S).
+class ClipPlanGraph(nn.Module):
+    """A clip-plan model on one clip: logits (1, K), frames kept (1, T), 3D stages on (1, S).
 
     A copy of the backbone has each temporal conv of a switchable stage replaced by a ``SwitchedConv3d``;
     the model passed in is left as it is. ``plan`` fixes the actions (benchmarks); by default they are the
     selection net's greedy ones.
     """
 
-    def __init__(self, model: Ada3D, plan: Plan | None = None) -> None:
+    def __init__(self, model: VideoClassifier, plan: Plan | None = None) -> None:
         super().__init__()
         self.selection = model.selection
         self.backbone = copy.deepcopy(model.backbone)
@@ -139,10 +140,11 @@ def graph_spec(model: VideoClassifier, plan: Plan | None = None) -> GraphSpec:
     """The module ``torch.onnx.export`` traces for ``model`` (in eval mode, as the exporter leaves it) and its
     output names."""
     model.eval()
-    if isinstance(model, AdaFuse):
+    policy = model.capabilities.policy
+    if policy == "gated_pairs":
         blocks = len(model.gated_blocks())
-        return GraphSpec(AdaFuseGraph(model).eval(), [LOGITS, *map(adafuse_codes_name, range(blocks))])
-    if isinstance(model, Ada3D):
-        graph = Ada3DClipGraph(model, plan or model.forced_plan()).eval()
-        return GraphSpec(graph, [LOGITS, ADA3D_FRAMES, ADA3D_STAGES], per_clip=True)
+        return GraphSpec(GatedPairGraph(model).eval(), [LOGITS, *map(codes_name, range(blocks))])
+    if policy == "clip_plans":
+        graph = ClipPlanGraph(model, plan or model.forced_plan()).eval()
+        return GraphSpec(graph, [LOGITS, FRAMES_KEPT, STAGES_3D], per_clip=True)
     return GraphSpec(model, [LOGITS])

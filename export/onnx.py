@@ -31,10 +31,10 @@ from pathlib import Path
 import onnx
 import torch
 
-from clipwise.export.batching import loop_over_clips
+from clipwise.export.clip_loop import loop_over_clips
 from clipwise.export.graphs import GraphSpec, graph_spec
 from clipwise.export.ops import ONNX_OPSET, attach_functions
-from clipwise.export.runtime import CLIPS, META_ARCHITECTURE, META_STATIC_POLICY, META_WEIGHTS, MODEL_FILE, OnnxRunner
+from clipwise.export.runtime import CLIPS, META_ARCHITECTURE, META_STATIC_POLICY, META_WEIGHTS, MODEL_FILE, OnnxBackend
 from clipwise.models.ada3d import Plan
 from clipwise.models.base import VideoClassifier
 from clipwise.models.checkpoint import LoadedVersion, load_version_dir
@@ -129,7 +129,7 @@ def verify(loaded: LoadedVersion, path: Path) -> None:
     config = loaded.model.config
     clips = torch.randn(2, 3, config.frames, config.size, config.size, generator=torch.Generator().manual_seed(0))
     expected = loaded.model.execute(clips)
-    got = OnnxRunner(path, loaded).execute(clips)
+    got = OnnxBackend(path, loaded).execute(clips)
     scale = expected.logits.abs().max().clamp_min(1e-12)
     error = ((got.logits - expected.logits).abs().max() / scale).item()
     if error > RELATIVE_TOLERANCE:

@@ -1,17 +1,17 @@
 """Backends that run a model version: ``torch`` (the model's own ``execute``) and ``onnxruntime``.
 
-Both are a ``Runner``: ``execute(clips)`` returns a ``clipwise.models.base.Execution`` (logits, executed GFLOPs per
-clip, full-compute GFLOPs, per-clip policy), so a caller treats them alike. ``OnnxRunner`` runs the
+Both are a ``Backend``: ``execute(clips)`` returns a ``clipwise.models.base.Execution`` (logits, executed GFLOPs per
+clip, full-compute GFLOPs, per-clip policy), so a caller treats them alike. ``OnnxBackend`` runs the
 version's ``model.onnx`` (``clipwise export onnx``) in an ONNX Runtime session and computes the figures
 and the policy from the decisions the graph outputs (``clipwise.export.decoding``), with the model's own code.
 
-Both run on a device (``clipwise.models.device``: ``cpu``, ``cuda:N``); a runner's ``label`` names what ran, as a
+Both run on a device (``clipwise.models.device``: ``cpu``, ``cuda:N``); a backend's ``label`` names what ran, as a
 response reports it: ``torch`` / ``torch-cuda``, ``onnxruntime`` (CPU provider) / ``onnxruntime-cuda`` /
 ``onnxruntime-tensorrt`` (``LABELS``). On CUDA the torch backend copies clips from pinned memory, runs each
-worker thread on its own CUDA stream, and runs AdaFuse's gated pairs as the Triton kernels of
+worker thread on its own CUDA stream, and runs a model's gated pairs as the Triton kernels of
 ``clipwise.export.triton_gating`` where Triton is installed.
 
-ONNX Runtime is imported only when an ``OnnxRunner`` is made, so the torch backend needs none of the export
+ONNX Runtime is imported only when an ``OnnxBackend`` is made, so the torch backend needs none of the export
 extra. Providers follow the device: the CPU provider on ``cpu``; on ``cuda:N`` (onnxruntime-gpu) the
 TensorRT provider first where the ``tensorrt`` package imports, then CUDA, then CPU for what they leave.
 ONNX Runtime expands the clipwise-domain functions (``clipwise.export.ops``) into their standard ops for a provider
@@ -20,11 +20,11 @@ on equal terms, and its idle threads do not spin (spinning threads took the core
 them: eager latency rose 10-500× in the benchmark's interleaved runs). Its graph has its 3D convs rewritten as
 2D convs over frames (``clipwise.export.frame_convs``), which ONNX Runtime runs faster.
 
-``OpenVinoRunner`` compiles the same ``model.onnx`` with OpenVINO (CPU plugin; GPU where present), imported
+``OpenVinoBackend`` compiles the same ``model.onnx`` with OpenVINO (CPU plugin; GPU where present), imported
 only when one is made. OpenVINO reads ONNX directly but not the clipwise-domain operators as model-local
-functions (their outputs lose their rank), so the functions are inlined first (``onnx.inliner``): Ada3D's
-``SelectFrames`` and ``SwitchableConv3d`` then run as the standard nodes they are made of, inside the graph's
-Loop. AdaFuse cannot run there: its union convolutions gather their weights per request, and the CPU plugin
+functions (their outputs lose their rank), so the functions are inlined first (``onnx.inliner``): a clip
+plan's ``SelectFrames`` and ``SwitchableConv3d`` then run as the standard nodes they are made of, inside the graph's
+Loop. Gated pairs cannot run there: their union convolutions gather their weights per request, and the CPU plugin
 refuses a convolution whose weights have a dynamic shape; rather than run it densely, the backend is
 unavailable for it, with that reason. One compiled model has one infer request per worker slot
 (``concurrency``: the service's ``max_concurrent_inferences``), so concurrent jobs never share one; f32
@@ -50,7 +50,6 @@ import torch
 from pydantic import TypeAdapter
 
 from clipwise.export.gpu import gated_pairs_on, triton_installed
-from clipwise.models.adafuse import AdaFuse
 from clipwise.models.base import Execution, VideoClassifier
 from clipwise.models.checkpoint import LoadedVersion
 from clipwise.models.policy import Policy
@@ -63,7 +62,7 @@ if TYPE_CHECKING:  # onnx and what reads graphs come with the export extra: impo
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-PROVIDER_LABELS = {  # ONNX Runtime's provider that ran -> the runner's label
+PROVIDER_LABELS = {  # ONNX Runtime's provider that ran -> the backend's label
     "CPUExecutionProvider": "onnxruntime",
     "CUDAExecutionProvider": "onnxruntime-cuda",
     "TensorrtExecutionProvider": "onnxruntime-tensorrt",
@@ -81,7 +80,7 @@ class BackendUnavailable(RuntimeError):
     """A backend that cannot run this model here: no exported graph, or no runtime installed."""
 
 
-class Runner(Protocol):
+class Backend(Protocol):
     """Runs one model version: ``name`` is the backend's (one of ``BACKENDS``), ``label`` what ran it (one of
     ``LABELS``: the backend and, off the CPU, its device or provider), ``execute`` one inference pass with its
     cost."""
@@ -91,9 +90,14 @@ class Runner(Protocol):
 
     def execute(self, clips: torch.Tensor) -> Execution: ...
 
-    def calibrate(self, clip_shape: Sequence[int]) -> float | None:
-        """Prepare to serve clips of ``clip_shape`` (C, T, H, W) on this machine; the milliseconds of one clip
-        through the full-compute path, or None where it cannot be timed. Called when a version loads."""
+    def calibrate(self, clip_shape: Sequence[int]) -> None:
+        """Time, on this machine, the computations the backend chooses between when it serves clips of
+        ``clip_shape`` (C, T, H, W), and keep its choices. Called when a version loads."""
+        ...
+
+    def time_full_compute(self, clip_shape: Sequence[int]) -> float | None:
+        """The milliseconds of one clip of ``clip_shape`` through the full-compute path, or None where the
+        backend has none (an exported graph holds its policy path only)."""
         ...
 
 
@@ -130,12 +134,12 @@ def interleaved_ms(
     return {name: statistics.median(values) for name, values in times.items()}, len(times[next(iter(times))])
 
 
-class TorchRunner:
+class TorchBackend:
     """The model's own eager ``execute`` on ``device`` (the model is moved there).
 
     On CUDA, clips go over from pinned host memory and each worker thread runs on a CUDA stream of its own, so
     concurrent requests overlap on the GPU without sharing a stream; logits come back to the host before
-    ``execute`` returns. AdaFuse's gated pairs run as the Triton kernels there (``gated_pairs_on``).
+    ``execute`` returns. A model's gated pairs run as the Triton kernels there (``gated_pairs_on``).
     """
 
     name = "torch"
@@ -145,10 +149,11 @@ class TorchRunner:
         self.model = model.to(self.device)
         self.label = "torch" if self.device.type == "cpu" else f"torch-{self.device.type}"
         self.kernels = self.device.type == "cuda" and triton_installed()
-        if self.device.type == "cuda" and isinstance(model, AdaFuse) and not self.kernels:
-            logger.warning("Triton is not installed: AdaFuse's gated pairs run the eager executor on %s", self.device)
+        gated = model.capabilities.policy == "gated_pairs"
+        if self.device.type == "cuda" and gated and not self.kernels:
+            logger.warning("Triton is not installed: gated pairs run the eager executor on %s", self.device)
         self._streams = threading.local()
-        self._pairs = gated_pairs_on if self.kernels and isinstance(model, AdaFuse) else None
+        self._pairs = gated_pairs_on if self.kernels and gated else None
 
     def execute(self, clips: torch.Tensor) -> Execution:
         if self.device.type != "cuda":
@@ -161,18 +166,19 @@ class TorchRunner:
             return dataclasses.replace(execution, logits=execution.logits.cpu())  # waits for this stream only
 
     def _stream(self) -> torch.cuda.Stream:
-        """This thread's CUDA stream on the runner's device (a worker slot is a thread)."""
+        """This thread's CUDA stream on the backend's device (a worker slot is a thread)."""
         stream = getattr(self._streams, "stream", None)
         if stream is None:
             stream = self._streams.stream = torch.cuda.Stream(self.device)
         return stream
 
-    def calibrate(self, clip_shape: Sequence[int]) -> float:
+    def calibrate(self, clip_shape: Sequence[int]) -> None:
         """Calibrate the model's adaptive executor at this clip shape (not where the Triton kernels replace the
-        eager executor: they choose nothing); time one clip through full compute."""
-        frames, size = clip_shape[1], clip_shape[-1]
-        if not (self.kernels and isinstance(self.model, AdaFuse)):
-            self.model.calibrate(frames, size)
+        eager executor: they choose nothing)."""
+        if self._pairs is None:
+            self.model.calibrate(clip_shape[1], clip_shape[-1])
+
+    def time_full_compute(self, clip_shape: Sequence[int]) -> float:
         clip = torch.randn(1, *clip_shape, generator=torch.Generator().manual_seed(0))
         with self.model.full_compute():
             return median_ms(lambda: self.execute(clip))
@@ -181,7 +187,7 @@ class TorchRunner:
 def export_decoder(
     path: Path, loaded: LoadedVersion, metadata: Mapping[str, str], graph: onnx.ModelProto | None
 ) -> Decoder:
-    """The decoder of the outputs of ``path`` (``graph``, needed for AdaFuse), an export of ``loaded`` whose
+    """The decoder of the outputs of ``path`` (``graph``, needed for gated pairs), an export of ``loaded`` whose
     metadata is ``metadata``; raises ``BackendUnavailable`` if it was exported from other weights."""
     from clipwise.export.decoding import decoder_for
 
@@ -213,7 +219,7 @@ def providers_for(device: torch.device) -> list:
     return providers
 
 
-class OnnxRunner:
+class OnnxBackend:
     """A version's exported graph in an ONNX Runtime session, reporting like ``VideoClassifier.execute``.
 
     ``path`` must hold the export of the weights of ``loaded`` (checked against the graph's metadata); its
@@ -250,9 +256,9 @@ class OnnxRunner:
         self.options, self.providers_asked = options, list(providers or providers_for(torch.device(device)))
         # its 3D convs as 2D convs over frames, which ONNX Runtime runs faster (OpenVINO, slower: it reads the file)
         graph = fold_frame_convs(onnx.load(str(path)))
-        self.session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=self.providers_asked)
+        self._open_session(graph)
         self.label = PROVIDER_LABELS.get(self.providers[0], self.name)
-        self.graph = graph if isinstance(loaded.model, AdaFuse) else None  # to recalibrate
+        self.graph = graph if loaded.model.capabilities.policy == "gated_pairs" else None  # to calibrate
         self.model = loaded.model
         self.decoder = export_decoder(path, loaded, self.session.get_modelmeta().custom_metadata_map, self.graph)
         self.full_gflops = loaded.manifest.full_gflops
@@ -261,26 +267,29 @@ class OnnxRunner:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def calibrate(self, clip_shape: Sequence[int]) -> None:
-        """An AdaFuse graph: time each gated node's two computations here and set its union thresholds
-        (``clipwise.export.calibration``), then reopen the session on the calibrated graph. No full-compute graph exists
-        to time: an exported graph holds its policy path only."""
-        from clipwise.export.calibration import calibrate_thresholds, gated_nodes, set_union_thresholds
-        from clipwise.export.decoding import AdaFuseDecoder
-
-        if self.graph is None or not gated_nodes(self.graph):  # a full-compute export: nothing gated
-            return None
+    def _open_session(self, graph: onnx.ModelProto) -> None:
         import onnxruntime
 
+        serialized = graph.SerializeToString()
+        self.session = onnxruntime.InferenceSession(serialized, self.options, providers=self.providers_asked)
+
+    def calibrate(self, clip_shape: Sequence[int]) -> None:
+        """A graph of gated nodes: time each node's two computations here and set its union thresholds
+        (``clipwise.export.calibration``), then open the session again on the calibrated graph."""
+        from clipwise.export.calibration import calibrate_thresholds, gated_nodes, set_union_thresholds
+        from clipwise.export.decoding import GatedPairDecoder
+
+        if self.graph is None or not gated_nodes(self.graph):  # a full-compute export: nothing gated
+            return
         # Timed on the session's providers, less TensorRT (it would build an engine for every probe graph).
         probes = [entry for entry in self.providers_asked if _provider_name(entry) != "TensorrtExecutionProvider"]
         thresholds = calibrate_thresholds(self.model, clip_shape[1], clip_shape[-1], self.options, probes)
         set_union_thresholds(self.graph, thresholds)
-        self.session = onnxruntime.InferenceSession(
-            self.graph.SerializeToString(), self.options, providers=self.providers_asked
-        )
-        if isinstance(self.decoder, AdaFuseDecoder):  # it decodes with the nodes' thresholds: the new ones
+        self._open_session(self.graph)
+        if isinstance(self.decoder, GatedPairDecoder):  # it decodes with the nodes' thresholds: the new ones
             self.decoder.union_below = list(thresholds)
+
+    def time_full_compute(self, clip_shape: Sequence[int]) -> None:
         return None
 
     def execute(self, clips: torch.Tensor) -> Execution:
@@ -289,7 +298,7 @@ class OnnxRunner:
         return Execution(torch.from_numpy(outputs[0]), gflops, self.full_gflops, policy)
 
 
-class OpenVinoRunner:
+class OpenVinoBackend:
     """A version's exported graph compiled by OpenVINO, reporting like ``VideoClassifier.execute`` (see the
     module docstring). ``path`` must hold the export of the weights of ``loaded``."""
 
@@ -304,10 +313,10 @@ class OpenVinoRunner:
             import openvino
         except ImportError:
             raise BackendUnavailable("openvino is not installed (pip install 'clipwise[openvino]')") from None
-        if isinstance(loaded.model, AdaFuse):
+        if loaded.model.capabilities.policy == "gated_pairs":
             raise BackendUnavailable(
-                "OpenVINO cannot run AdaFuse's gated convolutions (their weights are gathered per request, a "
-                "dynamic weight shape its CPU plugin refuses): serve it on torch or onnxruntime"
+                f"OpenVINO cannot run {type(loaded.model).__name__}'s gated convolutions (their weights are gathered "
+                "per request, a dynamic weight shape its CPU plugin refuses): serve it on torch or onnxruntime"
             )
         graph = onnx.load(str(path))
         self.decoder = export_decoder(path, loaded, {entry.key: entry.value for entry in graph.metadata_props}, graph)
@@ -325,7 +334,9 @@ class OpenVinoRunner:
             self._requests.put(self.compiled.create_infer_request())
 
     def calibrate(self, clip_shape: Sequence[int]) -> None:
-        """Nothing to calibrate, and no full-compute graph to time (an exported graph holds its policy path)."""
+        """Nothing to calibrate: OpenVINO runs no gated node."""
+
+    def time_full_compute(self, clip_shape: Sequence[int]) -> None:
         return None
 
     def execute(self, clips: torch.Tensor) -> Execution:
@@ -344,20 +355,20 @@ def _provider_name(entry: str | tuple[str, dict]) -> str:
     return entry if isinstance(entry, str) else entry[0]
 
 
-def open_runner(
+def open_backend(
     loaded: LoadedVersion,
     backend: str,
     *,
     device: torch.device | str = "cpu",
     concurrency: int = 1,
     **session_options,
-) -> Runner:
-    """The runner of a loaded version on ``backend`` (one of ``BACKENDS``) on ``device``; raises
+) -> Backend:
+    """The backend of a loaded version on ``backend`` (one of ``BACKENDS``) on ``device``; raises
     ``BackendUnavailable``. ``concurrency``: the jobs that may run on it at once (OpenVINO's infer requests)."""
     if backend == "torch":
-        return TorchRunner(loaded.model, device)
+        return TorchBackend(loaded.model, device)
     if backend == "onnxruntime":
-        return OnnxRunner(loaded.path / MODEL_FILE, loaded, device=device, **session_options)
+        return OnnxBackend(loaded.path / MODEL_FILE, loaded, device=device, **session_options)
     if backend == "openvino":  # on OpenVINO's own devices (its GPU plugin where present), whatever ``device``
-        return OpenVinoRunner(loaded.path / MODEL_FILE, loaded, concurrency=concurrency, **session_options)
+        return OpenVinoBackend(loaded.path / MODEL_FILE, loaded, concurrency=concurrency, **session_options)
     raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

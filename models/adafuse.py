@@ -59,13 +59,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipwise.models.base import forced_on, forcing
+from clipwise.models.base import Capabilities, forced_on, forcing
 from clipwise.models.flops import conv_macs, count_flops, record_macs
 from clipwise.models.folding import CHANNEL_BLOCK, FoldCache, FoldedConv, conv_output_size
 from clipwise.models.gating import (
     DECISIONS,
     KEEP,
-    PARTITIONS,
     REUSE,
     SKIP,
     Decisions,
@@ -118,9 +117,7 @@ class _Directive:
     keep_all: bool = False  # full compute: dense conv1 and conv2, nothing gated
     masked: bool = False  # run the dense masked formulation at inference too (the reference)
     codes: torch.Tensor | None = None  # forced decision codes, (T, C) or (N, T, C)
-    partitions: tuple[str, str] | None = None  # forced executor partitions (conv1, conv2): tests
     choices: torch.Tensor | None = None  # "prefix": forced level indices, () or (N,)
-    calibrate: bool = False  # time the executor's candidates at this input and keep the fitted costs
 
 
 def _directive_of(block: nn.Module) -> _Directive:
@@ -271,14 +268,21 @@ class AdaFuseBlock(ResidualBlock):
         """The policy picks one level of an ordered channel list per clip (``clipwise.models.prefix_gating``)."""
         return isinstance(self.policy, PrefixPolicyNet)
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        directive = _directive_of(self)
-        if self.training or directive.masked:
-            return self.through_modules(x, frames)
+    def _operands(
+        self, x: torch.Tensor, frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor, FoldedConv, FoldedConv, dict[str, object]]:
+        """The pair's input (``x`` shifted), the block's shortcut, its folded convolutions and its epilogue."""
         shifted = x if self.shift is None else self.shift(x, frames)
         shortcut = x if self.downsample is None else self._folded(*self.downsample).dense(x)
         first, second = self._folded(self.conv1, self.bn1), self._folded(self.conv2, self.bn2)
         epilogue = {"relu": True} if self.bottleneck else {"residual": shortcut, "relu": True}
+        return shifted, shortcut, first, second, epilogue
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        directive = _directive_of(self)
+        if self.training or directive.masked:
+            return self.through_modules(x, frames)
+        shifted, shortcut, first, second, epilogue = self._operands(x, frames)
         if self.prefix and directive.codes is None and _pair_executor.get() is gated_conv_pair:
             out = self._run_prefix(shifted, frames, directive, first, second, epilogue.get("residual"))
         else:
@@ -299,12 +303,7 @@ class AdaFuseBlock(ResidualBlock):
         """The pair under per-channel decisions, by the current executor (``gated_conv_pair`` by default)."""
         masks = self._decide(shifted, frames, directive)
         codes = None if directive.keep_all else masks.argmax(-1)
-        size = (shifted.shape[-2], shifted.shape[-1])
-        if directive.calibrate:
-            self._costs[size] = calibrate_pair(shifted, frames, first, second, **epilogue)
-        costs = self.pair_costs(size, first, second)
-        if directive.partitions is not None:
-            costs = replace(costs, forced=directive.partitions)
+        costs = self.pair_costs((shifted.shape[-2], shifted.shape[-1]), first, second)
         return _pair_executor.get()(shifted, codes, first, second, costs=costs, **epilogue)
 
     def _run_prefix(
@@ -317,11 +316,7 @@ class AdaFuseBlock(ResidualBlock):
         residual: torch.Tensor | None,
     ) -> torch.Tensor:
         """The pair under one level per clip: each clip's frames run as dense slices of pre-sliced weights."""
-        weights = self._prefix_weights
-        if weights is None or not weights.holds(first, second):
-            weights = self._prefix_weights = PrefixWeights(first, second, self.policy.choices)
-        if directive.calibrate:
-            self._choice_seconds[shifted.shape[-2:]] = self._time_choices(shifted[:frames], weights, residual)
+        weights = self._sliced_weights(first, second)
         indices = self._decide_prefix(shifted, frames, directive)[1] or []
         note_executed("prefix", "prefix")
         if len(set(indices)) == 1:  # one level for the whole batch: one set of calls, each clip its share
@@ -340,6 +335,24 @@ class AdaFuseBlock(ResidualBlock):
             per_clip.append(macs)
         record_macs(torch.tensor(per_clip, dtype=torch.float64))
         return torch.cat(outputs)
+
+    def _sliced_weights(self, first: FoldedConv, second: FoldedConv) -> PrefixWeights:
+        """A prefix policy's slices of the folded convolutions for every level, laid out again when they change."""
+        if self._prefix_weights is None or not self._prefix_weights.holds(first, second):
+            self._prefix_weights = PrefixWeights(first, second, self.policy.choices)
+        return self._prefix_weights
+
+    @torch.inference_mode()
+    def calibrate(self, x: torch.Tensor, frames: int) -> None:
+        """Time, on this machine, what the pair chooses between on block inputs like ``x`` (N·T, C, H, W) and
+        keep it by spatial size: the executor's cost models, or a prefix policy's latency table of levels."""
+        shifted, _, first, second, epilogue = self._operands(x, frames)
+        size = (shifted.shape[-2], shifted.shape[-1])
+        if self.prefix:
+            weights = self._sliced_weights(first, second)
+            self._choice_seconds[size] = self._time_choices(shifted[:frames], weights, epilogue.get("residual"))
+        else:
+            self._costs[size] = calibrate_pair(shifted, frames, first, second, **epilogue)
 
     def _time_choices(
         self, x: torch.Tensor, weights: PrefixWeights, residual: torch.Tensor | None
@@ -504,16 +517,16 @@ def gated_conv_pair(
     costs = costs or uncalibrated_costs(x.shape[-2:], x.shape[1], first, second)
     out, run = run_pair(x, Decisions.of(codes), first, second, costs, residual=residual, relu=relu)
     record_macs(run.macs)
-    note_executed(run.conv1, run.conv2)
+    note_executed(run.conv1_partition, run.conv2_partition)
     return out
 
 
-def note_executed(conv1: str, conv2: str) -> None:
+def note_executed(conv1_partition: str, conv2_partition: str) -> None:
     """Record how the gated block running now computed its conv1 and conv2 (its policy's ``executed``): every
     executor calls it, with ``clipwise.models.gating``'s partition names or its own (the Triton kernels: ``triton``)."""
     record = _recorder.get()
     if record is not None and record.blocks:
-        record.blocks[-1].partitions = (conv1, conv2)
+        record.blocks[-1].partitions = (conv1_partition, conv2_partition)
 
 
 class GatedPairExecutor(Protocol):
@@ -586,6 +599,7 @@ class AdaFuse(TSN):
     """
 
     family = "adafuse"
+    capabilities = Capabilities(policy="gated_pairs", objective="adafuse")
 
     def __init__(self, config: AdaFuseConfig) -> None:
         super().__init__(config, build_adafuse_backbone(config))
@@ -653,21 +667,13 @@ class AdaFuse(TSN):
             union1 = 1 - (1 - needed).prod(1)  # (N, C)
             union2 = 1 - (1 - keep - reuse).prod(1)
             frames = record.frames
-            predicted = predicted + costs.conv1.gathered_time(frames, union1.sum(-1))
-            predicted = predicted + costs.conv2.gathered_time(frames, union2.sum(-1))
-            full += costs.conv1.predict(frames, None) + costs.conv2.predict(frames, None)
+            predicted = predicted + costs.conv1_cost.gathered_time(frames, union1.sum(-1))
+            predicted = predicted + costs.conv2_cost.gathered_time(frames, union2.sum(-1))
+            full += costs.conv1_cost.predict(frames, None) + costs.conv2_cost.predict(frames, None)
         return predicted / full
 
     def full_compute(self) -> contextlib.AbstractContextManager:
         return _directing(dict.fromkeys(self.gated_blocks(), {"keep_all": True}))
-
-    def executing_partitions(self, conv1: str, conv2: str) -> contextlib.AbstractContextManager:
-        """Run every gated pair's conv1 and conv2 with the named partitions of ``clipwise.models.gating.PARTITIONS``
-        (where the candidate exists) instead of the cheapest predicted: tests."""
-        for name in (conv1, conv2):
-            if name not in PARTITIONS:
-                raise ValueError(f"unknown partition {name!r}; known: {', '.join(PARTITIONS)}")
-        return _directing(dict.fromkeys(self.gated_blocks(), {"partitions": (conv1, conv2)}))
 
     @torch.inference_mode()
     def calibrate(self, frames: int | None = None, size: int | None = None) -> None:
@@ -676,13 +682,23 @@ class AdaFuse(TSN):
         pass of a random clip; call it when a version loads, never on the request path."""
         frames, size = frames or self.config.frames, size or self.config.size
         clip = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0))
+        inputs: dict[nn.Module, torch.Tensor] = {}
+
+        def keep_input(block: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            inputs.setdefault(block, args[0])
+
+        hooks = [block.register_forward_pre_hook(keep_input) for block in self.gated_blocks()]
         training = self.training
         self.eval()  # the executor runs in eval mode (training calibrates for the latency-aware cost)
         try:
-            with _directing(dict.fromkeys(self.gated_blocks(), {"calibrate": True, "keep_all": True})):
+            with self.full_compute():
                 self(clip.to(self.fc.weight.device))
         finally:
+            for hook in hooks:
+                hook.remove()
             self.train(training)
+        for block in self.gated_blocks():
+            block.calibrate(inputs[block], frames)
 
     def masked_execution(self) -> contextlib.AbstractContextManager:
         """Run the dense masked formulation (training's) at inference too: the reference for gated execution."""

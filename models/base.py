@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import ConfigDict, Field, TypeAdapter, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import nn
 
 from clipwise.models.flops import count_flops, track_macs
@@ -73,19 +75,50 @@ class Execution:
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """How a model's training clips were made; the service makes its inputs the same way."""
+class Capabilities:
+    """What code outside ``models`` needs to know of a family, declared by its class (as timm's
+    ``pretrained_cfg``), so that export, the backends, batching and training never name a family.
 
-    sampling: str  # "segments" (TSN) or "dense"
-    frames: int
-    stride: int  # dense sampling: frames between samples
-    short_side: int
-    crop_size: int
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    ``policy``: how the model's policy runs — ``"none"`` (a static network, or a fixed policy), ``"gated_pairs"``
+    (per-channel gated conv pairs: exported as gated nodes to calibrate, run by the Triton kernels on CUDA, beyond
+    OpenVINO), ``"clip_plans"`` (each clip its own frames and stages: exported for one clip, looped over a
+    batch). ``batchable``: whether requests may share a forward pass. ``objective``: the training objective,
+    the module ``clipwise.training.train_<objective>``.
+    """
+
+    policy: Literal["none", "gated_pairs", "clip_plans"] = "none"
+    batchable: bool = True
+    objective: str = "classifier"
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Preprocessing:
+    """How a model's training clips were made; the service makes its inputs the same way. The one type of the
+    models and the manifest (validated however it is made, ``dataclasses.replace`` included); ``video``'s
+    ``ClipSpec``, which may not import ``models``, is made from ``to_dict()``."""
+
+    sampling: Literal["segments", "dense"] = Field(
+        description="segments: TSN, the centre frame of each of T equal segments; dense: T frames at a stride"
+    )
+    frames: int = Field(ge=1, le=256, description="frames per clip (T)")
+    stride: int = Field(ge=1, le=64, description="dense sampling: frames between two samples")
+    short_side: int = Field(ge=8, le=2048, description="frames are resized so their short side has this length")
+    crop_size: int = Field(ge=8, le=2048, description="side of the square crop(s) taken after resizing")
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="per-channel RGB mean subtracted (0..1 scale)")
+    std: tuple[float, float, float] = Field(IMAGENET_STD, description="per-channel RGB standard deviation divided by")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Preprocessing:
+        if self.crop_size > self.short_side:
+            raise ValueError("crop_size must not exceed short_side")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as JSON types (``video.ClipSpec(**to_dict())``, the manifest's ``preprocessing``)."""
+        return _PREPROCESSING.dump_python(self, mode="json")
+
+
+_PREPROCESSING = TypeAdapter(Preprocessing)
 
 
 class VideoClassifier(nn.Module):
@@ -93,6 +126,7 @@ class VideoClassifier(nn.Module):
 
     family: ClassVar[str] = ""
     sampling: ClassVar[str] = "segments"
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, config: ClipModelConfig) -> None:
         super().__init__()

@@ -39,28 +39,6 @@ class CheckpointError(Exception):
     """A version that cannot be served: missing, malformed, tampered with or not matching its manifest."""
 
 
-class PreprocessingSpec(BaseModel):
-    """Sampling and transforms of the model's input clips."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sampling: Literal["segments", "dense"] = Field(
-        description="segments: TSN, the centre frame of each of T equal segments; dense: T frames at a stride"
-    )
-    frames: int = Field(ge=1, le=256, description="frames per clip (T)")
-    stride: int = Field(ge=1, le=64, description="dense sampling: frames between two samples")
-    short_side: int = Field(ge=8, le=2048, description="frames are resized so their short side has this length")
-    crop_size: int = Field(ge=8, le=2048, description="side of the square crop(s) taken after resizing")
-    mean: tuple[float, float, float] = Field(description="per-channel RGB mean subtracted (0..1 scale)")
-    std: tuple[float, float, float] = Field(description="per-channel RGB standard deviation divided by")
-
-    @model_validator(mode="after")
-    def _crop_fits(self) -> PreprocessingSpec:
-        if self.crop_size > self.short_side:
-            raise ValueError("crop_size must not exceed short_side")
-        return self
-
-
 class SourceCheckpoint(BaseModel):
     """The published checkpoint a version was imported from (``clipwise import``)."""
 
@@ -80,7 +58,7 @@ class Manifest(BaseModel):
     architecture: str = Field(description="registry preset name")
     kwargs: dict[str, Any] = Field(description="config fields passed to create_model")
     labels: list[str] = Field(min_length=1)
-    preprocessing: PreprocessingSpec
+    preprocessing: Preprocessing
     full_gflops: float = Field(ge=0, description="GMACs of one clip with nothing skipped")
     params_m: float = Field(ge=0)
     trained: bool = Field(description="false for randomly initialised placeholder weights")
@@ -218,12 +196,11 @@ def manifest_for(
     (default: the model's own) is how clips are made for it."""
     kwargs = {k: v for k, v in vars(model.config).items() if v != getattr(get_preset(model.preset).config, k)}
     kwargs["num_classes"] = model.config.num_classes
-    prep = preprocessing or model.preprocessing()
     return Manifest(
         architecture=model.preset,
         kwargs=kwargs,
         labels=labels,
-        preprocessing=PreprocessingSpec(**prep.to_dict()),
+        preprocessing=preprocessing or model.preprocessing(),
         full_gflops=model.full_gflops(),
         params_m=sum(p.numel() for p in model.parameters()) / 1e6,
         trained=trained,

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import RelaxedBernoulli
 
-from clipwise.models.base import ClipModelConfig, VideoClassifier, forced_on, forcing
+from clipwise.models.base import Capabilities, ClipModelConfig, VideoClassifier, forced_on, forcing
 from clipwise.models.layers import FrameConv3d
 from clipwise.models.policy import FusionPolicy
 from clipwise.models.registry import register_preset
@@ -287,6 +287,8 @@ class FusionDenseNet(DenseNet3D):
 
 class FusionTemplate(DenseNet3D):
     """The v-DropPath template: all layers S+ST, a learnable drop rate per (layer, path) in ``drop_logits``."""
+
+    capabilities = Capabilities(objective="fusion")
 
     def __init__(self, config: FusionTemplateConfig) -> None:
         super().__init__(config, ["S+ST"] * config.num_layers, dropout=0.0)

@@ -178,24 +178,22 @@ class Candidates:
         split = cost.split * len(groups) if len(groups) > 1 else 0.0
         return split + sum(cost.predict(frames, channels, aligned=aligned) for frames, channels in groups)
 
-    def choose(self, cost: ConvCost, forced: str | None = None) -> str:
+    def choose(self, cost: ConvCost) -> str:
         """The partition of least predicted time (ties: the earlier, the simpler; ``sets`` only by
-        ``SETS_MARGIN``), or ``forced`` if it exists.
-        ``sets`` is counted only if a bound says it could win: however its frames group, each frame computes at
-        least its own channels and one call is made."""
-        if forced is not None:
-            if forced == "sets":
-                self._count_sets()
-            if forced in self.counts:
-                return forced
+        ``SETS_MARGIN``). ``sets`` is counted only if a bound says it could win: however its frames group, each
+        frame computes at least its own channels and one call is made."""
         predictions = {name: self.predicted(name, cost) for name in self.counts if name != "sets"}
         best = min(predictions, key=predictions.__getitem__)
         to_beat = SETS_MARGIN * predictions[best]
-        if forced is None and self._sets_may_beat(cost, to_beat):
-            self._count_sets()
-            if "sets" in self.counts and self.predicted("sets", cost) < to_beat:
-                return "sets"
+        if self._sets_may_beat(cost, to_beat) and self.offers("sets") and self.predicted("sets", cost) < to_beat:
+            return "sets"
         return best
+
+    def offers(self, name: str) -> bool:
+        """Whether partition ``name`` is a candidate here (``sets`` counted now: it is one where frames differ)."""
+        if name == "sets":
+            self._count_sets()
+        return name in self.counts
 
     def _sets_may_beat(self, cost: ConvCost, seconds: float) -> bool:
         per_frame = self.mask.sum(1).double()
@@ -279,10 +277,9 @@ class ConvCost:
 class PairCosts:
     """A pair's two cost models at one spatial input size, and how they were made."""
 
-    conv1: ConvCost
-    conv2: ConvCost
+    conv1_cost: ConvCost
+    conv2_cost: ConvCost
     calibrated: bool
-    forced: tuple[str, str] | None = None  # (conv1, conv2) partitions to run where they exist: tests
 
 
 def _least_squares(points: list[tuple[list[float], float]]) -> list[float]:
@@ -320,8 +317,8 @@ def fit_cost(
 class PairRun:
     """What one gated pair ran: the partitions chosen and the MACs (per clip, or a number all clips share)."""
 
-    conv1: str
-    conv2: str
+    conv1_partition: str
+    conv2_partition: str
     macs: torch.Tensor | float
 
 
@@ -387,23 +384,23 @@ def _on(frames: slice | torch.Tensor, like: torch.Tensor) -> slice | torch.Tenso
     return frames if isinstance(frames, slice) else frames.to(like.device)
 
 
-def _source(conv1: _Conv1Output, group: Group, total_channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _source(computed: _Conv1Output, group: Group, total_channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The map a group's channels are read from, and their positions in it (None: all of it, in order)."""
-    if conv1.channels is None:
-        return conv1.values, group.channels
+    if computed.channels is None:
+        return computed.values, group.channels
     if group.channels is None:  # every channel, from a conv1 that computed some: widen it with zeros
-        return conv1.full_width(total_channels), None
-    if len(group.channels) == len(conv1.channels):  # the same sorted channels (what is read was computed)
-        return conv1.values, None
-    return conv1.values, torch.searchsorted(conv1.channels, group.channels)
+        return computed.full_width(total_channels), None
+    if len(group.channels) == len(computed.channels):  # the same sorted channels (what is read was computed)
+        return computed.values, None
+    return computed.values, torch.searchsorted(computed.channels, group.channels)
 
 
-def fused_input(conv1: _Conv1Output, group: Group, decisions: Decisions) -> torch.Tensor:
+def fused_input(computed: _Conv1Output, group: Group, decisions: Decisions) -> torch.Tensor:
     """conv2's input for a group: kept channels from conv1 at t, reused ones from t−1, zeros elsewhere."""
     channels = slice(None) if group.channels is None else group.channels
     keep = decisions.keep[group.frames][:, channels]
     reuse = decisions.reuse[group.frames][:, channels]
-    values, positions = _source(conv1, group, decisions.channels)
+    values, positions = _source(computed, group, decisions.channels)
     whole = isinstance(group.frames, slice) and group.frames == slice(0, decisions.total_frames)
     current = channels_of(values if whole else values[_on(group.frames, values)], positions)
     reuses = bool(reuse.any())
@@ -425,7 +422,7 @@ def _as_map(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def run_conv2(
-    conv1: _Conv1Output,
+    computed: _Conv1Output,
     groups: list[Group],
     second: FoldedConv,
     decisions: Decisions,
@@ -433,7 +430,7 @@ def run_conv2(
     relu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """second() of every group over its input channels, with the residual and ReLU; output, MACs per clip."""
-    values = conv1.values
+    values = computed.values
     size = conv_output_size(second, values.shape[-2:])
     out_channels, in_channels = second.weight.shape[:2]
     macs: torch.Tensor | float = 0.0
@@ -443,7 +440,8 @@ def run_conv2(
         count = in_channels if group.channels is None else len(group.channels)
         group_residual = None if residual is None else residual[_on(group.frames, residual)]
         if count:
-            z = second(fused_input(conv1, group, decisions), inputs=group.channels, residual=group_residual, relu=relu)
+            fused = fused_input(computed, group, decisions)
+            z = second(fused, inputs=group.channels, residual=group_residual, relu=relu)
         else:
             z = second.bias_only(values, group.size, size, residual=group_residual, relu=relu)
         macs += decisions.clip_counts(group.frames) * second.macs_per_frame(size, count, out_channels)
@@ -464,16 +462,19 @@ def run_pair(
     residual: torch.Tensor | None = None,
     relu: bool = False,
 ) -> tuple[torch.Tensor, PairRun]:
-    """The pair under ``decisions``, each convolution by the partition ``costs`` predicts fastest (or the
-    partitions ``costs.forced`` names, where the candidate exists)."""
-    forced = costs.forced or (None, None)
+    """The pair under ``decisions``, each convolution by the partition ``costs`` predicts fastest
+    (``choose_partitions``)."""
     candidates1 = Candidates.of(decisions.needed, decisions.clips, decisions.frames, blocks=True)
     candidates2 = Candidates.of(decisions.active, decisions.clips, decisions.frames)
-    name1 = candidates1.choose(costs.conv1, forced[0])
-    name2 = candidates2.choose(costs.conv2, forced[1])
-    conv1, macs1 = run_conv1(x, candidates1.groups(name1), first, decisions)
-    out, macs2 = run_conv2(conv1, candidates2.groups(name2), second, decisions, residual, relu)
+    name1, name2 = choose_partitions(candidates1, candidates2, costs)
+    computed, macs1 = run_conv1(x, candidates1.groups(name1), first, decisions)
+    out, macs2 = run_conv2(computed, candidates2.groups(name2), second, decisions, residual, relu)
     return out, PairRun(name1, name2, _added(macs1, macs2, decisions.clips))
+
+
+def choose_partitions(candidates1: Candidates, candidates2: Candidates, costs: PairCosts) -> tuple[str, str]:
+    """conv1's and conv2's partitions, chosen apart: each the one of least predicted time."""
+    return candidates1.choose(costs.conv1_cost), candidates2.choose(costs.conv2_cost)
 
 
 def _added(first: torch.Tensor | float, second: torch.Tensor | float, clips: int) -> torch.Tensor | float:
@@ -532,25 +533,26 @@ def calibrate_pair(
     over random channels and, where its width is made of blocks, over random whole blocks (``blocks``)."""
     generator = torch.Generator().manual_seed(0)
     channels = first.weight.shape[0]
-    conv1_full = first(x[:frames], relu=True)
+    full_output = first(x[:frames], relu=True)
     dense1, gathered1, dense2, gathered2, aligned2 = [], [], [], [], []
     for count in (1, frames):
         inputs = x[:count]
-        conv1 = _Conv1Output(conv1_full[:count], None)
+        computed = _Conv1Output(full_output[:count], None)
         mixed = Decisions.of(torch.randint(KEEP, REUSE + 1, (1, count, channels), generator=generator))
         tail = None if residual is None else residual[:count]
         dense1.append((count, seconds_of(partial(first, inputs, relu=True))))
         every = [Group(slice(0, count), count, None)]
-        dense2.append((count, seconds_of(partial(run_conv2, conv1, every, second, mixed, tail, relu))))
+        dense2.append((count, seconds_of(partial(run_conv2, computed, every, second, mixed, tail, relu))))
         for share in CALIBRATION_SHARES:
             rows = _random_channels(channels, share, generator)
             gathered1.append((count, len(rows), seconds_of(partial(first, inputs, outputs=rows, relu=True))))
             some = [Group(slice(0, count), count, rows)]
-            gathered2.append((count, len(rows), seconds_of(partial(run_conv2, conv1, some, second, mixed, tail, relu))))
+            seconds = seconds_of(partial(run_conv2, computed, some, second, mixed, tail, relu))
+            gathered2.append((count, len(rows), seconds))
             if channels % CHANNEL_BLOCK == 0 and channels > CHANNEL_BLOCK:
                 blocks = _random_blocks(channels, share, generator)
                 whole = [Group(slice(0, count), count, blocks)]
-                seconds = seconds_of(partial(run_conv2, conv1, whole, second, mixed, tail, relu))
+                seconds = seconds_of(partial(run_conv2, computed, whole, second, mixed, tail, relu))
                 aligned2.append((count, len(blocks), seconds))
     cost1, cost2 = fit_cost(dense1, gathered1), fit_cost(dense2, gathered2, aligned2 or None)
     # every frame its own channels, as a policy that differs per frame makes "sets" run (conv1's in whole blocks)
@@ -563,7 +565,7 @@ def calibrate_pair(
     mixed = Decisions.of(torch.randint(KEEP, REUSE + 1, (1, frames, channels), generator=generator))
     tail = None if residual is None else residual[:frames]
     split1 = seconds_of(partial(run_conv1, x[:frames], own1, first, mixed))
-    split2 = seconds_of(partial(run_conv2, _Conv1Output(conv1_full, None), own2, second, mixed, tail, relu))
+    split2 = seconds_of(partial(run_conv2, _Conv1Output(full_output, None), own2, second, mixed, tail, relu))
     return PairCosts(_with_split(cost1, split1, own1), _with_split(cost2, split2, own2), calibrated=True)
 
 

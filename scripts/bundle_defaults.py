@@ -87,7 +87,7 @@ def copy_versions(work: Path, repository: Path, names: list[str]) -> None:
 
 def predicted_label(loaded: LoadedVersion, video: Path) -> str:
     """The top class of a video, made into one clip as the service makes it."""
-    spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
+    spec = ClipSpec(**loaded.manifest.preprocessing.to_dict())
     logits = loaded.model.eval().execute(load_clips(video.read_bytes(), spec).clips).logits
     return loaded.manifest.labels[int(logits[0].argmax())]
 

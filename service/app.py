@@ -89,7 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         background.cancel()
         if grpc_server is not None:
             await grpc_server.stop(GRPC_STOP_GRACE_S)
-        state.runner.shutdown()
+        state.slots.shutdown()
         state.decoder.close()
 
 

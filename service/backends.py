@@ -1,4 +1,4 @@
-"""The backends a served version can run on: ``clipwise.export.runtime``'s runners, opened once per loaded version,
+"""The backends a served version can run on: ``clipwise.export.runtime``'s backends, opened once per loaded version,
 and the choice of the one that serves it by default.
 
 ``torch`` (the model's own ``execute``) always; ``onnxruntime`` and ``openvino`` when the version directory
@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from clipwise.export.runtime import BACKENDS, MODEL_FILE, BackendUnavailable, Runner, interleaved_ms, open_runner
+from clipwise.export.runtime import BACKENDS, MODEL_FILE, Backend, BackendUnavailable, interleaved_ms, open_backend
 from clipwise.models.checkpoint import AUTO_BACKEND, CheckpointError, LoadedVersion
 
 BackendName = Literal["torch", "onnxruntime", "openvino"]  # export.runtime.BACKENDS, as the API's type
@@ -35,9 +35,9 @@ TIMING_BUDGET_S = 10.0  # rounds stop once this is spent (at least one is run)
 
 @dataclass(frozen=True)
 class Backends:
-    """The runners of one version, and why the others cannot run it."""
+    """The backends of one version, and why the others cannot run it."""
 
-    available: dict[BackendName, Runner]
+    available: dict[BackendName, Backend]
     unavailable: dict[BackendName, str]
 
 
@@ -45,11 +45,11 @@ def open_backends(loaded: LoadedVersion, concurrency: int = 1, device: torch.dev
     """Every backend that can run ``loaded`` on ``device`` (default: the CPU) with up to ``concurrency`` jobs at
     once; raises CheckpointError if the manifest's backend cannot, or if the version's ``model.onnx`` cannot be
     opened."""
-    available: dict[BackendName, Runner] = {}
+    available: dict[BackendName, Backend] = {}
     unavailable: dict[BackendName, str] = {}
     for name in BACKENDS:
         try:
-            available[name] = open_runner(loaded, name, device=device or torch.device("cpu"), concurrency=concurrency)
+            available[name] = open_backend(loaded, name, device=device or torch.device("cpu"), concurrency=concurrency)
         except BackendUnavailable as reason:
             unavailable[name] = str(reason)
         except Exception as error:  # ONNX Runtime's own errors for a graph it cannot load (corrupt, invalid)
@@ -94,7 +94,7 @@ def choose_backend(backends: Backends, asked: BackendRequest, clip_shape: Sequen
     if asked != AUTO_BACKEND or len(backends.available) == 1:
         return untimed_choice(asked)
     clip = torch.randn(1, *clip_shape, generator=torch.Generator().manual_seed(0))
-    calls = {name: (lambda runner=runner: runner.execute(clip)) for name, runner in backends.available.items()}
+    calls = {name: (lambda backend=backend: backend.execute(clip)) for name, backend in backends.available.items()}
     try:
         timings, rounds = interleaved_ms(calls, TIMING_ROUNDS, TIMING_BUDGET_S)
     except Exception as error:  # a backend that passed its warm-up but fails on a random clip: keep the manifest's

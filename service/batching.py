@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from clipwise.export.runtime import Runner
+from clipwise.export.runtime import Backend
 from clipwise.models.base import Execution
 from clipwise.service.config import Settings
 from clipwise.service.model_store import ServedModel
-from clipwise.service.runner import InferenceRunner
+from clipwise.service.slots import SlotPool
 
 
 @dataclass
@@ -56,7 +56,7 @@ class _Pending:
 @dataclass(frozen=True)
 class _Key:
     served: ServedModel
-    backend: Runner
+    backend: Backend
     clip_shape: tuple[int, ...]
 
 
@@ -81,18 +81,18 @@ class _Queue:
 
 
 class Batcher:
-    """Groups the inference of concurrent requests into batches run by ``runner``."""
+    """Groups the inference of concurrent requests into batches run in the worker slots of ``slots``."""
 
-    def __init__(self, runner: InferenceRunner, settings: Settings) -> None:
-        self.runner = runner
+    def __init__(self, slots: SlotPool, settings: Settings) -> None:
+        self.slots = slots
         self.enabled = settings.batching
         self.window_s = settings.batch_window_ms / 1000
         self.max_clips = settings.max_batch_size
         self._queues: dict[_Key, _Queue] = {}
-        self._expected: Counter[tuple[ServedModel, Runner]] = Counter()
+        self._expected: Counter[tuple[ServedModel, Backend]] = Counter()
 
     @contextlib.contextmanager
-    def expecting(self, served: ServedModel, backend: Runner) -> Iterator[None]:
+    def expecting(self, served: ServedModel, backend: Backend) -> Iterator[None]:
         """Announce a request that will submit clips for ``served`` on ``backend`` within the block (it is
         decoding them): a batch of theirs waits for it, up to the window, rather than leaving without it."""
         announced = (served, backend)
@@ -107,9 +107,9 @@ class Batcher:
                 if (key.served, key.backend) == announced:
                     queue.changed.set()
 
-    async def execute(self, served: ServedModel, backend: Runner, clips: torch.Tensor, deadline: float) -> BatchResult:
+    async def execute(self, served: ServedModel, backend: Backend, clips: torch.Tensor, deadline: float) -> BatchResult:
         """Run ``clips`` on ``backend`` by ``deadline`` (event-loop time), batched with other requests when
-        allowed. Raises the runner's ``ApiError`` (503, 504) or the backend's error."""
+        allowed. Raises the slot pool's ``ApiError`` (503, 504) or the backend's error."""
         request = _Pending(clips, deadline)
         if not (self.enabled and served.batchable):
             await self._run(backend, [request])
@@ -149,11 +149,11 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(queue.changed.wait(), left)
 
-    async def _run(self, backend: Runner, batch: list[_Pending]) -> None:
+    async def _run(self, backend: Backend, batch: list[_Pending]) -> None:
         """Run ``batch`` as one job and hand each request its share, or the job's error."""
         clips = torch.cat([request.clips for request in batch]) if len(batch) > 1 else batch[0].clips
         try:
-            (execution, started, inference_ms), _ = await self.runner.run(
+            (execution, started, inference_ms), _ = await self.slots.run(
                 lambda: _timed_execute(backend, clips), min(request.deadline for request in batch)
             )
         except Exception as error:
@@ -168,7 +168,7 @@ class Batcher:
                 request.result.set_result(BatchResult(share, queue_ms, inference_ms, len(batch)))
 
 
-def _timed_execute(backend: Runner, clips: torch.Tensor) -> tuple[Execution, float, float]:
+def _timed_execute(backend: Backend, clips: torch.Tensor) -> tuple[Execution, float, float]:
     started = time.perf_counter()
     execution = backend.execute(clips)
     return execution, started, (time.perf_counter() - started) * 1000

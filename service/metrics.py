@@ -1,7 +1,7 @@
 """Prometheus metrics of one app, served at ``/metrics``; each app has its own registry.
 
 * ``clipwise_requests_total{model, version, backend, status}``: inference requests (v1 and v2) by outcome;
-* ``clipwise_requests_in_progress``: inference requests held now (``clipwise.service.runner.Admission``);
+* ``clipwise_requests_in_progress``: inference requests held now (``clipwise.service.slots.Admission``);
 * ``clipwise_stage_seconds{model, stage}``: histogram of each stage (decode, preprocess, queue, inference);
 * ``clipwise_executed_gflops_total{model}``, ``clipwise_policy_gflops_total{model}`` and
   ``clipwise_full_gflops_total{model}``: GMACs of what really ran, what the policies' decisions cost by the
@@ -35,7 +35,7 @@ from clipwise.models.base import Execution
 from clipwise.models.policy import policy_fractions
 from clipwise.service.errors import status_of
 from clipwise.service.model_store import ModelStore, ServedModel
-from clipwise.service.runner import Admission
+from clipwise.service.slots import Admission
 
 STAGES = ("decode", "preprocess", "queue", "inference")
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

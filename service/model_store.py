@@ -14,13 +14,14 @@ other methods only take the dictionary lock for a moment.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
-from clipwise.export.runtime import MODEL_FILE, Runner
+from clipwise.export.runtime import MODEL_FILE, Backend
 from clipwise.models.checkpoint import (
     CheckpointError,
     LoadedVersion,
@@ -38,13 +39,8 @@ from clipwise.service.backends import (
     Backends,
     choose_backend,
     open_backends,
-    untimed_choice,
 )
 from clipwise.video import ClipSpec
-
-# Ada3D groups the clips of a batch by their plan (frames kept, 3D stages on), which differs from clip to clip:
-# merging requests rarely makes a group larger, so its requests run one by one.
-UNBATCHED_FAMILIES = frozenset({"ada3d"})
 
 
 class ModelNotFound(LookupError):
@@ -67,18 +63,24 @@ class InvalidVersion(Exception):
     """A version in the repository that cannot be served: the repository's fault, not the request's."""
 
 
-@dataclass(eq=False)
+def clip_spec(manifest: Manifest) -> ClipSpec:
+    """How the input clips of a version are sampled and transformed, as its manifest says."""
+    return ClipSpec(**manifest.preprocessing.to_dict())
+
+
+def clip_shape(spec: ClipSpec) -> tuple[int, int, int, int]:
+    """Shape of one input clip: (channels, frames, height, width)."""
+    return (3, spec.frames, spec.crop_size, spec.crop_size)
+
+
+@dataclass(frozen=True, eq=False)
 class ServedModel:
-    """A loaded version and the backends that can run it."""
+    """A loaded version, the backends that can run it and the one chosen to serve it by default."""
 
     loaded: LoadedVersion
     backends: Backends
+    choice: BackendChoice
     full_compute_ms: dict[str, float] = field(default_factory=dict)  # per backend, one view, timed at load
-    choice: BackendChoice | None = None  # the default backend; None: the manifest's, untimed
-
-    def __post_init__(self) -> None:
-        if self.choice is None:
-            self.choice = untimed_choice(self.manifest.backend)
 
     @property
     def name(self) -> str:
@@ -99,23 +101,22 @@ class ServedModel:
     @cached_property
     def spec(self) -> ClipSpec:
         """How the model's input clips are sampled and transformed."""
-        return ClipSpec(**self.manifest.preprocessing.model_dump())
+        return clip_spec(self.manifest)
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
-        """Shape of one input clip: (channels, frames, height, width)."""
-        return (3, self.spec.frames, self.spec.crop_size, self.spec.crop_size)
+        return clip_shape(self.spec)
 
     @property
     def batchable(self) -> bool:
-        """Whether requests may share a forward pass (see ``UNBATCHED_FAMILIES``)."""
-        return self.family not in UNBATCHED_FAMILIES
+        """Whether requests may share a forward pass, as the model's class declares."""
+        return type(self.loaded.model).capabilities.batchable
 
     def backend_name(self, name: BackendRequest | None = None) -> BackendName:
         """``name``, or for None and ``auto`` the backend chosen when the version loaded."""
         return self.choice.chosen if name in (None, "auto") else name
 
-    def backend(self, name: BackendRequest | None = None) -> Runner:
+    def backend(self, name: BackendRequest | None = None) -> Backend:
         """The backend called ``name`` (default, or ``auto``: the one chosen when the version loaded)."""
         chosen = self.backend_name(name)
         if chosen not in self.backends.available:
@@ -246,36 +247,37 @@ def open_version(
     where = f"{name} version {version} cannot be served"
     try:
         loaded = load_version(repository, name, version)
-        served = ServedModel(loaded, open_backends(loaded, concurrency, device))
+        backends = open_backends(loaded, concurrency, device)
     except CheckpointError as error:
         raise InvalidVersion(f"{where}: {error}") from None
-    for backend in served.backends.available.values():
-        warm_up(served, backend)
-    served.choice = choose_backend(served.backends, served.manifest.backend, served.clip_shape)
-    return served
+    shape = clip_shape(clip_spec(loaded.manifest))
+    timed = {name: warm_up(loaded, backend, shape) for name, backend in backends.available.items()}
+    choice = choose_backend(backends, loaded.manifest.backend, shape)
+    full_compute_ms = {name: ms for name, ms in timed.items() if ms is not None}
+    return ServedModel(loaded, backends, choice, full_compute_ms)
 
 
-def warm_up(served: ServedModel, backend: Runner) -> None:
-    """The backend calibrates (an adaptive model's executor times its candidate computations on this machine;
-    an ONNX Runtime session may be reopened on its calibrated graph) and the full-compute path of one view is
-    timed; then one inference on a blank clip, on what will serve, so the first request does not pay for lazy
-    initialisation; it checks the logits have one entry per label. Raises ``InvalidVersion`` if the backend
-    fails.
+def warm_up(loaded: LoadedVersion, backend: Backend, shape: Sequence[int]) -> float | None:
+    """The backend calibrates at clips of ``shape`` (an adaptive model's executor times its candidate
+    computations on this machine; an ONNX Runtime session may be opened again on its calibrated graph) and
+    times the full-compute path of one view (the milliseconds returned, None where it has none); then one
+    inference on a blank clip, on what will serve, so the first request does not pay for lazy initialisation;
+    it checks the logits have one entry per label. Raises ``InvalidVersion`` if the backend fails.
 
     On torch it also caches the model's full-compute GFLOPs at the served input size: counting them runs the
     model with its parameters swapped for meta tensors, which must not happen while requests run on it.
     """
-    classes = len(served.manifest.labels)
-    where = f"{served.name} version {served.version} on {backend.name}"
+    classes = len(loaded.manifest.labels)
+    where = f"{loaded.name} version {loaded.version} on {backend.name}"
     try:
-        full_compute_ms = backend.calibrate(served.clip_shape)
+        backend.calibrate(shape)
+        full_compute_ms = backend.time_full_compute(shape)
     except Exception as error:  # any failure of a version's own code or graph makes it unservable
         raise InvalidVersion(f"{where}: calibrating failed: {error}") from None
     try:
-        logits = backend.execute(torch.zeros(1, *served.clip_shape)).logits
+        logits = backend.execute(torch.zeros(1, *shape)).logits
     except Exception as error:
         raise InvalidVersion(f"{where}: the warm-up inference failed: {error}") from None
     if tuple(logits.shape) != (1, classes):
         raise InvalidVersion(f"{where}: logits of shape {tuple(logits.shape)}, not (1, {classes}) for its labels")
-    if full_compute_ms is not None:
-        served.full_compute_ms[backend.name] = full_compute_ms
+    return full_compute_ms

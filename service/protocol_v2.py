@@ -31,8 +31,8 @@ from clipwise.service.errors import ApiError
 from clipwise.service.inference import flops_report
 from clipwise.service.log import REQUEST_ID
 from clipwise.service.model_store import ServedModel
-from clipwise.service.runner import deadline_in
 from clipwise.service.schemas import MAX_VIEWS
+from clipwise.service.slots import deadline_in
 from clipwise.service.state import ServiceState
 
 INPUT_NAME = "clips"
@@ -395,16 +395,16 @@ async def run_inference(
     ``receive`` takes in the request (HTTP reads the body) and gives the parsing, which runs in a worker slot;
     the clips are then batched and run, and the stages, FLOPs and policy recorded."""
     with state.metrics.counting(served, served.backend_name(backend)), state.admission.admit():
-        runner = served.backend(backend)
+        chosen = served.backend(backend)
         parse = await receive()
         deadline = deadline_in(state.settings.request_timeout_s)
-        with state.batcher.expecting(served, runner):
-            (decoded, decode_s), slot_ms = await state.runner.run(lambda: _timed(parse), deadline)
-            batch = await state.batcher.execute(served, runner, decoded.clips, deadline)
+        with state.batcher.expecting(served, chosen):
+            (decoded, decode_s), slot_ms = await state.slots.run(lambda: _timed(parse), deadline)
+            batch = await state.batcher.execute(served, chosen, decoded.clips, deadline)
     stages = {"decode": decode_s, "queue": (slot_ms + batch.queue_ms) / 1000, "inference": batch.inference_ms / 1000}
     state.metrics.observe_stages(served.name, stages)
     state.metrics.observe_execution(served.name, batch.execution, batch.batch_size)
-    parameters = response_parameters(batch.execution, runner.label, batch.batch_size)
+    parameters = response_parameters(batch.execution, chosen.label, batch.batch_size)
     return Inference(decoded, batch.execution, parameters)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, field_serializer
 
-from clipwise.models.checkpoint import PreprocessingSpec
+from clipwise.models.base import Preprocessing
 from clipwise.models.policy import Policy
 from clipwise.service.backends import BackendChoice, BackendLabel, BackendName, BackendRequest
 from clipwise.video import CROP_COUNTS
@@ -170,7 +170,7 @@ class ModelDetail(ModelSummary):
 
     versions: list[int] = Field(description="versions present in the repository, ascending")
     labels: list[str] = Field(description="class names, by output index")
-    preprocessing: PreprocessingSpec = Field(description="how input views are sampled and transformed")
+    preprocessing: Preprocessing = Field(description="how input views are sampled and transformed")
     input_shape: list[int] = Field(description="shape of one view: [channels, frames, height, width]")
     params_m: float = Field(ge=0, description="parameters, millions")
     kwargs: dict[str, Any] = Field(description="config fields the architecture was built with")

@@ -56,8 +56,8 @@ def deadline_in(seconds: float) -> float:
     return asyncio.get_running_loop().time() + seconds
 
 
-class InferenceRunner:
-    """A pool of ``slots`` worker threads with deadline-bounded admission."""
+class SlotPool:
+    """A pool of ``slots`` worker threads, each job admitted by its deadline: the service's worker slots."""
 
     def __init__(self, slots: int) -> None:
         self._slots = asyncio.Semaphore(slots)

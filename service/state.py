@@ -13,7 +13,7 @@ from clipwise.service.batching import Batcher
 from clipwise.service.config import Settings
 from clipwise.service.metrics import ServiceMetrics
 from clipwise.service.model_store import ModelStore
-from clipwise.service.runner import Admission, InferenceRunner
+from clipwise.service.slots import Admission, SlotPool
 from clipwise.video.isolation import DecodePool, InProcess
 from clipwise.video.parallel import ThreadBudget, usable_cpus
 
@@ -40,7 +40,7 @@ class ServiceState:
     settings: Settings
     store: ModelStore
     admission: Admission
-    runner: InferenceRunner
+    slots: SlotPool
     batcher: Batcher
     metrics: ServiceMetrics
     decoder: DecodePool | InProcess
@@ -57,13 +57,13 @@ class ServiceState:
         """The state of an app serving with ``settings`` on ``device`` (default: the CPU)."""
         store = ModelStore(settings.model_repository, settings.max_concurrent_inferences, device or torch.device("cpu"))
         admission = Admission(settings.max_pending_requests)
-        runner = InferenceRunner(settings.max_concurrent_inferences)
+        slots = SlotPool(settings.max_concurrent_inferences)
         return cls(
             settings=settings,
             store=store,
             admission=admission,
-            runner=runner,
-            batcher=Batcher(runner, settings),
+            slots=slots,
+            batcher=Batcher(slots, settings),
             metrics=ServiceMetrics(store, admission),
             decoder=decoder(settings),
         )

@@ -20,7 +20,7 @@ def in_process_scores(
     version: LoadedVersion, video: bytes, *, clips: int = 1, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> list[float]:
     """The class scores ``version`` gives ``video`` (``clips`` temporal clips, one crop), by class index."""
-    spec = ClipSpec(**version.manifest.preprocessing.model_dump())
+    spec = ClipSpec(**version.manifest.preprocessing.to_dict())
     views = load_clips(video, spec, clips=clips, limits=limits)
     return version.model.execute(views.clips).logits.softmax(dim=-1).mean(dim=0).tolist()
 

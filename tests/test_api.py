@@ -27,14 +27,14 @@ from live_server import assert_error, serving, wait_for
 from clipwise.cli import build_parser
 from clipwise.commands.serve import settings_from
 from clipwise.export.runtime import MODEL_FILE as ONNX_FILE
-from clipwise.export.runtime import open_runner
+from clipwise.export.runtime import open_backend
 from clipwise.models import create_model
 from clipwise.models.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_version, save_version
 from clipwise.service.app import create_app
 from clipwise.service.config import Settings
 from clipwise.service.errors import ApiError
-from clipwise.service.runner import InferenceRunner, deadline_in
 from clipwise.service.schemas import PredictResponse
+from clipwise.service.slots import SlotPool, deadline_in
 from clipwise.video import ClipSpec, load_clips
 from clipwise.video.synthetic import encode_video, index_coded_frames
 
@@ -114,7 +114,7 @@ def predict(client: httpx.Client, data: bytes, **params: object) -> httpx.Respon
 
 
 def served_spec(repository: Path) -> ClipSpec:
-    return ClipSpec(**load_version(repository, MODEL).manifest.preprocessing.model_dump())
+    return ClipSpec(**load_version(repository, MODEL).manifest.preprocessing.to_dict())
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +163,7 @@ def test_views_are_averaged_as_the_model_scores_them_in_process(
     body = PredictResponse.model_validate_json(response.content)
 
     served = load_version(repository, MODEL)
-    spec = ClipSpec(**served.manifest.preprocessing.model_dump())
+    spec = ClipSpec(**served.manifest.preprocessing.to_dict())
     views = load_clips(data, spec, clips=2, crops=3)
     expected = served.model.execute(views.clips).logits.softmax(dim=-1).mean(dim=0)
     assert {p.index: p.score for p in body.predictions} == pytest.approx(dict(enumerate(expected.tolist())), abs=1e-5)
@@ -327,7 +327,7 @@ def test_model_list_and_detail(client: httpx.Client, repository: Path) -> None:
     detail = client.get(f"/v1/models/{MODEL}").json()
     assert {key: detail[key] for key in summary} == summary
     assert detail["versions"] == [1, 2] and detail["labels"] == LABELS
-    assert detail["preprocessing"] == manifest.preprocessing.model_dump(mode="json")
+    assert detail["preprocessing"] == manifest.preprocessing.to_dict()
     assert detail["input_shape"] == [3, 8, 64, 64]
     assert detail["kwargs"] == {"num_classes": len(LABELS)}
     assert detail["weights_sha256"] == manifest.weights_sha256
@@ -414,7 +414,7 @@ def test_a_version_with_model_onnx_runs_on_either_backend_and_reports_alike(
 
     loaded = load_version(exported, MODEL, 1)
     views = load_clips(data, served_spec(exported), clips=2)
-    expected = open_runner(loaded, "onnxruntime").execute(views.clips).logits.softmax(-1).mean(0).tolist()
+    expected = open_backend(loaded, "onnxruntime").execute(views.clips).logits.softmax(-1).mean(0).tolist()
     torch_scores = {p.index: p.score for p in answers["torch"].predictions}
     for backend in ("onnxruntime", "openvino"):
         scores = {p.index: p.score for p in answers[backend].predictions}
@@ -536,24 +536,24 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert settings.max_upload_bytes == 200 << 20
 
 
-def test_the_runner_refuses_work_it_cannot_start_before_the_deadline() -> None:
+def test_the_slot_pool_refuses_work_it_cannot_start_before_the_deadline() -> None:
     async def scenario() -> None:
-        runner = InferenceRunner(slots=1)
-        busy = asyncio.create_task(runner.run(lambda: time.sleep(0.3), deadline_in(5)))
+        pool = SlotPool(slots=1)
+        busy = asyncio.create_task(pool.run(lambda: time.sleep(0.3), deadline_in(5)))
         await asyncio.sleep(0.05)
         with pytest.raises(ApiError) as refused:
-            await runner.run(lambda: None, deadline_in(0.05))
+            await pool.run(lambda: None, deadline_in(0.05))
         assert (refused.value.status, refused.value.headers) == (503, {"Retry-After": "1"})
         await busy
-        assert (await runner.run(lambda: 7, deadline_in(5)))[0] == 7
-        runner.shutdown()
+        assert (await pool.run(lambda: 7, deadline_in(5)))[0] == 7
+        pool.shutdown()
 
     asyncio.run(scenario())
 
 
-def test_the_runner_answers_504_past_the_deadline_and_keeps_the_slot_until_the_work_ends() -> None:
+def test_the_slot_pool_answers_504_past_the_deadline_and_keeps_the_slot_until_the_work_ends() -> None:
     async def scenario() -> None:
-        runner = InferenceRunner(slots=1)
+        pool = SlotPool(slots=1)
         finished = threading.Event()
 
         def slow() -> None:
@@ -561,11 +561,11 @@ def test_the_runner_answers_504_past_the_deadline_and_keeps_the_slot_until_the_w
             finished.set()
 
         with pytest.raises(ApiError) as late:
-            await runner.run(slow, deadline_in(0.05))
+            await pool.run(slow, deadline_in(0.05))
         assert late.value.status == 504 and not finished.is_set()
-        _, queue_ms = await runner.run(lambda: None, deadline_in(5))
+        _, queue_ms = await pool.run(lambda: None, deadline_in(5))
         assert finished.is_set() and queue_ms > 100  # waited for the abandoned job to free its slot
-        runner.shutdown()
+        pool.shutdown()
 
     asyncio.run(scenario())
 

@@ -1,13 +1,17 @@
-"""The package layering ARCHITECTURE.md states, checked on the source: imports point one way and form no cycle.
+"""The package layering ARCHITECTURE.md states, checked on the source: imports point one way and form no cycle,
+and no package but ``models`` names a family class.
 
 ``service → export / models / video``, ``export → models``, ``training → models / video``; ``models`` and
 ``video`` import nothing of the others; the command line (``clipwise``) may use every package. Every import
 counts, at module level or inside a function: a lazy import against the direction is still a dependency.
+What the other packages need to know of a family is what its class declares (``Capabilities``) or its methods.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -125,3 +129,93 @@ def test_the_service_imports_without_the_optional_extras() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# The family modules (one per family, as the registry loads them) and the classes of the zoo they define.
+FAMILY_MODULES = tuple(
+    f"clipwise.models.{name}" for name in ("tsn", "resnet3d", "x3d", "ctnet", "fusion", "adafuse", "ada3d")
+)
+# A family's training objective (``Capabilities.objective`` names it) and the fusion template's strategy ranking
+# are the training half of one family: they may name its class.
+FAMILY_TRAINING = {
+    "clipwise.training.train_adafuse",
+    "clipwise.training.train_ada3d",
+    "clipwise.training.train_fusion",
+    "clipwise.training.fusion_ranking",
+}
+
+
+def family_classes() -> dict[str, set[str]]:
+    """Per family module, the ``VideoClassifier`` subclasses it defines."""
+    from clipwise.models.base import VideoClassifier
+
+    classes: dict[str, set[str]] = {}
+    for name in FAMILY_MODULES:
+        members = inspect.getmembers(importlib.import_module(name), inspect.isclass)
+        classes[name] = {
+            cls.__name__ for _, cls in members if cls.__module__ == name and issubclass(cls, VideoClassifier)
+        }
+    return classes
+
+
+def dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for a chain of attributes on a name, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def family_references(source: str, classes: dict[str, set[str]]) -> list[str]:
+    """Every import of a family class from its module, and every attribute reference to one through a name
+    bound to a family module (``import clipwise.models.adafuse as m; m.AdaFuse``, ``clipwise.models.tsn.TSN``)."""
+    tree = ast.parse(source)
+    modules = {name: name for name in classes}  # local names bound to a family module
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                if alias.name in classes.get(node.module, ()):
+                    found.append(f"{node.module}.{alias.name}")
+                if f"{node.module}.{alias.name}" in classes:
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            modules |= {alias.asname: alias.name for alias in node.names if alias.asname and alias.name in classes}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and (owner := dotted(node.value)) in modules:
+            if node.attr in classes[modules[owner]]:
+                found.append(f"{modules[owner]}.{node.attr}")
+    return found
+
+
+def test_the_family_checker_finds_family_classes() -> None:
+    classes = family_classes()
+    from clipwise.models.registry import FAMILY_MODULES as registered
+
+    assert set(FAMILY_MODULES) == set(registered)  # every family the registry loads is checked
+    assert {"AdaFuse", "TSN"} <= classes["clipwise.models.adafuse"] | classes["clipwise.models.tsn"]
+    bad = {
+        "from clipwise.models.adafuse import AdaFuse": ["clipwise.models.adafuse.AdaFuse"],
+        "import clipwise.models.ada3d as m\nm.Ada3D": ["clipwise.models.ada3d.Ada3D"],
+        "import clipwise.models.tsn\nclipwise.models.tsn.TSN": ["clipwise.models.tsn.TSN"],
+        "from clipwise.models import fusion\nisinstance(x, fusion.FusionTemplate)": [
+            "clipwise.models.fusion.FusionTemplate"
+        ],
+    }
+    for snippet, expected in bad.items():
+        assert family_references(snippet, classes) == expected, snippet
+    good = "from clipwise.models.ada3d import Plan\nfrom clipwise.models import adafuse\nadafuse.KEEP\nx.AdaFuse"
+    assert family_references(good, classes) == []
+
+
+def test_no_package_but_models_names_a_family_class() -> None:
+    classes = family_classes()
+    found = {
+        name: references
+        for name, path in MODULES.items()
+        if package_of(name) != "models" and name not in FAMILY_TRAINING
+        if (references := family_references(path.read_text(), classes))
+    }
+    assert not found, f"family classes named outside models/ (declare a capability instead): {found}"

@@ -21,11 +21,11 @@ from clipwise.models import create_model
 from clipwise.models.base import Execution
 from clipwise.models.checkpoint import load_version, save_version
 from clipwise.service.app import create_app
-from clipwise.service.backends import open_backends
+from clipwise.service.backends import open_backends, untimed_choice
 from clipwise.service.batching import Batcher, BatchResult, split_execution
 from clipwise.service.config import Settings
 from clipwise.service.model_store import ServedModel
-from clipwise.service.runner import InferenceRunner, deadline_in
+from clipwise.service.slots import SlotPool, deadline_in
 
 LABELS = [f"class_{i}" for i in range(5)]
 STATIC, ADAPTIVE, PER_CLIP = "tsn_r18_tiny", "adafuse_tsn_r18_tiny", "ada3d_i3d_r50_tiny"
@@ -43,6 +43,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, name in enumerate((STATIC, ADAPTIVE, PER_CLIP)):
         torch.manual_seed(seed)
         save_version(create_model(name, num_classes=len(LABELS)), LABELS, root, name, trained=False)
+    torch.manual_seed(3)  # its own seed: the clips' levels must not depend on what the models above drew
     prefix = decisive_policies(randomise_batch_norms(create_model(ADAPTIVE, num_classes=5, structure="prefix")))
     save_version(prefix, LABELS, root, PREFIX, trained=False)
     return root
@@ -50,7 +51,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def served_model(repository: Path, name: str) -> ServedModel:
     loaded = load_version(repository, name)
-    return ServedModel(loaded, open_backends(loaded))
+    return ServedModel(loaded, open_backends(loaded), untimed_choice(loaded.manifest.backend))
 
 
 def random_clips(served: ServedModel, count: int, seed: int) -> torch.Tensor:
@@ -59,8 +60,8 @@ def random_clips(served: ServedModel, count: int, seed: int) -> torch.Tensor:
 
 def run_concurrently(jobs: list[tuple[ServedModel, torch.Tensor]], **settings: object) -> list[BatchResult]:
     """Submit every job at once to a batcher with these settings (and a long window); wait for all."""
-    runner = InferenceRunner(slots=2)
-    batcher = Batcher(runner, Settings(batch_window_ms=WINDOW_MS, **settings))
+    pool = SlotPool(slots=2)
+    batcher = Batcher(pool, Settings(batch_window_ms=WINDOW_MS, **settings))
 
     async def submit(served: ServedModel, clips: torch.Tensor) -> BatchResult:
         with batcher.expecting(served, served.backend()):
@@ -72,7 +73,7 @@ def run_concurrently(jobs: list[tuple[ServedModel, torch.Tensor]], **settings: o
     try:
         return asyncio.run(scenario())
     finally:
-        runner.shutdown()
+        pool.shutdown()
 
 
 def assert_alone_equivalent(served: ServedModel, clips: torch.Tensor, share: Execution) -> None:
@@ -155,8 +156,8 @@ def test_a_batch_waits_for_announced_requests_and_for_no_one_else(repository: Pa
     """A lone request leaves at once; a batch waits for a request still decoding, and stops waiting when that
     request gives up (its video was bad): each well before the window closes."""
     served = served_model(repository, STATIC)
-    runner = InferenceRunner(slots=2)
-    batcher = Batcher(runner, Settings(batch_window_ms=LONG_WINDOW_MS))
+    pool = SlotPool(slots=2)
+    batcher = Batcher(pool, Settings(batch_window_ms=LONG_WINDOW_MS))
     decoding_s = 0.2
 
     async def request(seed: int, decode_s: float = 0.0, submits: bool = True) -> BatchResult | None:
@@ -175,7 +176,7 @@ def test_a_batch_waits_for_announced_requests_and_for_no_one_else(repository: Pa
     try:
         alone, joined, late, waited = asyncio.run(scenario())
     finally:
-        runner.shutdown()
+        pool.shutdown()
     assert alone and joined and late and waited
     short_of_window = LONG_WINDOW_MS / 2
     assert alone.batch_size == 1 and alone.queue_ms < short_of_window

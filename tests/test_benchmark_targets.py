@@ -55,3 +55,16 @@ def test_decode_targets_per_clip_and_case() -> None:
     quick = {key: ratio for key, ratio in measured.items() if key[0] == sizes[0]}
     missed = decode.missed_targets(quick)
     assert [line.split(",")[0] for line in missed] == [f"NOT MEASURED: {sizes[1]} {case}" for case in decode.TARGETS]
+
+
+def test_ada3d_targets_need_learned_torch_rows_against_the_backbone() -> None:
+    def clip(name: str, policy_ms: float, selection_share: float) -> adaptive.Row:
+        return adaptive.Row("ada3d_x", "torch", "learned", name, 0.6, 0.6, 0.7, policy_ms, 10.0, selection_share, 10.0)
+
+    model = {"ada3d_x"}
+    assert adaptive.ada3d_targets([], model) == ["NOT MEASURED: ada3d_x learned on torch against its I3D backbone"]
+    assert adaptive.ada3d_targets([clip("a", 7.0, 0.1), clip("b", 8.5, 0.1)], model) == []
+    (slow_clip,) = adaptive.ada3d_targets([clip("a", 5.0, 0.1), clip("b", 10.5, 0.1)], model)
+    assert "worst 1.050 (≤ 1.0)" in slow_clip
+    (heavy_selection,) = adaptive.ada3d_targets([clip("a", 7.0, 0.2)], model)
+    assert "selection net 20.0% of its time" in heavy_selection

@@ -46,7 +46,7 @@ def test_every_version_is_trained_on_the_synthetic_benchmark(bundled):
 def test_the_sample_clips_are_classified_sensibly(bundled, clip, label):
     data = (EXAMPLES / clip).read_bytes()
     for name, loaded in bundled.items():
-        spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
+        spec = ClipSpec(**loaded.manifest.preprocessing.to_dict())
         with torch.inference_mode():
             execution = loaded.model.eval().execute(load_clips(data, spec).clips)
         predicted = loaded.manifest.labels[int(execution.logits[0].argmax())]

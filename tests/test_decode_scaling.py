@@ -32,7 +32,7 @@ def validation_clips() -> list[bytes]:
 def test_scaling_in_the_converter_barely_moves_the_predictions(validation_clips: list[bytes], name: str):
     loaded = load_version(REPOSITORY, name)
     model = loaded.model.eval()
-    spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
+    spec = ClipSpec(**loaded.manifest.preprocessing.to_dict())
 
     def scores(clips: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -1,5 +1,5 @@
 """The device setting (``CLIPWISE_DEVICE`` / ``--device``): names, the clear refusal of a GPU this machine lacks
-(at startup of ``clipwise serve`` and of the app, in ``clipwise bench``, ``eval`` and ``train``), the runners'
+(at startup of ``clipwise serve`` and of the app, in ``clipwise bench``, ``eval`` and ``train``), the backends'
 labels and ONNX Runtime's providers; and, where CUDA is present, serving on it through a real server.
 
 A GPU that exists nowhere is ``cuda:<device count>``: no CUDA at all here (CI), one past the last GPU where
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from clipwise.commands import bench, serve, train
 from clipwise.commands import eval as eval_command
-from clipwise.export.runtime import LABELS, BackendUnavailable, open_runner, providers_for
+from clipwise.export.runtime import LABELS, BackendUnavailable, open_backend, providers_for
 from clipwise.models import create_model
 from clipwise.models.checkpoint import LoadedVersion, load_version, save_version
 from clipwise.models.device import DeviceUnavailable, resolve_device
@@ -116,8 +116,8 @@ def adafuse_version(tmp_path_factory: pytest.TempPathFactory) -> LoadedVersion:
 
 def test_the_labels_are_the_api_s(tsn_version: LoadedVersion):
     assert set(get_args(BackendLabel)) == set(LABELS)
-    runners = [open_runner(tsn_version, backend) for backend in ("torch", "onnxruntime")]
-    assert [runner.label for runner in runners] == ["torch", "onnxruntime"]  # on the CPU, the backends' names
+    backends = [open_backend(tsn_version, backend) for backend in ("torch", "onnxruntime")]
+    assert [backend.label for backend in backends] == ["torch", "onnxruntime"]  # on the CPU, the backends' names
 
 
 def test_onnx_runtime_on_the_cpu_uses_its_cpu_provider_only():
@@ -139,18 +139,18 @@ def test_onnx_runtime_without_its_cuda_provider_says_what_to_install():
 @pytest.mark.gpu_only
 @pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
-def test_cuda_runners_report_what_the_cpu_reports(
+def test_cuda_backends_report_what_the_cpu_reports(
     adafuse_version: LoadedVersion, backend: str, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     clips = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(1))
-    on_cpu = open_runner(adafuse_version, backend).execute(clips)
+    on_cpu = open_backend(adafuse_version, backend).execute(clips)
     try:
-        runner = open_runner(adafuse_version, backend, device="cuda")
+        on_cuda = open_backend(adafuse_version, backend, device="cuda")
     except BackendUnavailable as reason:
         pytest.skip(str(reason))  # onnxruntime without its CUDA provider
-    assert runner.label in {"torch-cuda", "onnxruntime-cuda", "onnxruntime-tensorrt"}
-    on_gpu = runner.execute(clips)
+    assert on_cuda.label in {"torch-cuda", "onnxruntime-cuda", "onnxruntime-tensorrt"}
+    on_gpu = on_cuda.execute(clips)
     assert on_gpu.logits.device.type == "cpu"
     tolerance = 1e-4 if backend == "torch" else 1e-2  # ONNX Runtime's CUDA provider may use TF32
     torch.testing.assert_close(on_gpu.logits, on_cpu.logits, rtol=tolerance, atol=tolerance)

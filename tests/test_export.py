@@ -19,24 +19,25 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from partitions import executing_partitions
 from randomised import assert_branches_live, randomise_batch_norms
 from torch import nn
 
 from clipwise.commands import export as export_command
 from clipwise.export.calibration import set_union_thresholds
 from clipwise.export.frame_convs import fold_frame_convs
-from clipwise.export.graphs import ADA3D_FRAMES, ADA3D_STAGES, LOGITS
+from clipwise.export.graphs import FRAMES_KEPT, LOGITS, STAGES_3D
 from clipwise.export.onnx import export_version, save_onnx, to_onnx
 from clipwise.export.ops import DOMAIN, attach_functions, gated_conv_pair
 from clipwise.export.runtime import (
     CLIPS,
     MODEL_FILE,
     BackendUnavailable,
-    OnnxRunner,
-    OpenVinoRunner,
-    TorchRunner,
+    OnnxBackend,
+    OpenVinoBackend,
+    TorchBackend,
     interleaved_ms,
-    open_runner,
+    open_backend,
 )
 from clipwise.export.tensorrt import ENGINE_FILE, expand_gating
 from clipwise.models import Execution, VideoClassifier, create_model
@@ -76,7 +77,7 @@ def save(model: VideoClassifier, repository: Path) -> LoadedVersion:
 
 
 def real_clips(loaded: LoadedVersion, video: Path, clips: int = 2) -> torch.Tensor:
-    spec = ClipSpec(**loaded.manifest.preprocessing.model_dump())
+    spec = ClipSpec(**loaded.manifest.preprocessing.to_dict())
     return load_clips(video.read_bytes(), spec, clips=clips).clips
 
 
@@ -126,8 +127,8 @@ def test_static_family_exports_with_dynamic_batch_and_matches_pytorch_on_real_cl
     assert max(entry.version for entry in model.opset_import if entry.domain == "") >= 17
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     clips = real_clips(loaded, h264_video)
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
-    expected = TorchRunner(loaded.model).execute(clips)
+    got = OnnxBackend(loaded.path / MODEL_FILE, loaded).execute(clips)
+    expected = TorchBackend(loaded.model).execute(clips)
     assert_same_execution(got, expected)
     assert_live(loaded.model, clips)
     assert got.executed_gflops == [loaded.manifest.full_gflops] * len(clips)
@@ -160,28 +161,28 @@ def tsn_version(tmp_path_factory) -> LoadedVersion:
     return loaded
 
 
-def test_open_runner_gives_each_backend_behind_one_interface(tsn_version):
-    runners = [open_runner(tsn_version, name) for name in ("torch", "onnxruntime", "openvino")]
-    assert [runner.name for runner in runners] == ["torch", "onnxruntime", "openvino"]
-    assert runners[1].providers[-1] == "CPUExecutionProvider"
-    assert runners[2].device == "CPU"
+def test_open_backend_gives_each_backend_behind_one_interface(tsn_version):
+    backends = [open_backend(tsn_version, name) for name in ("torch", "onnxruntime", "openvino")]
+    assert [backend.name for backend in backends] == ["torch", "onnxruntime", "openvino"]
+    assert backends[1].providers[-1] == "CPUExecutionProvider"
+    assert backends[2].device == "CPU"
     clips = torch.randn(3, 3, 8, 64, 64)
-    expected = runners[0].execute(clips)
-    for runner in runners[1:]:
-        assert_same_execution(runner.execute(clips), expected)
+    expected = backends[0].execute(clips)
+    for backend in backends[1:]:
+        assert_same_execution(backend.execute(clips), expected)
     with pytest.raises(ValueError, match="unknown backend"):
-        open_runner(tsn_version, "tvm")
+        open_backend(tsn_version, "tvm")
 
 
-def test_onnx_runner_refuses_a_graph_exported_from_other_weights(tsn_version, tmp_path):
+def test_onnx_backend_refuses_a_graph_exported_from_other_weights(tsn_version, tmp_path):
     torch.manual_seed(1)
     other = save(create_model("tsn_r18_tiny"), tmp_path)
     with pytest.raises(BackendUnavailable, match="clipwise export onnx"):
-        OnnxRunner(other.path / MODEL_FILE, other)
+        OnnxBackend(other.path / MODEL_FILE, other)
     shutil.copy(tsn_version.path / MODEL_FILE, other.path / MODEL_FILE)
-    for runner in (OnnxRunner, OpenVinoRunner):
+    for backend in (OnnxBackend, OpenVinoBackend):
         with pytest.raises(BackendUnavailable, match="other weights"):
-            runner(other.path / MODEL_FILE, other)
+            backend(other.path / MODEL_FILE, other)
 
 
 # --- 3D convs as 2D convs over frames, for ONNX Runtime -----------------------------------------------------
@@ -223,19 +224,19 @@ def test_openvino_runs_the_exported_graph_as_pytorch_on_real_clips(name, tmp_pat
     loaded = save(randomise_batch_norms(create_model(name)), tmp_path)
     export_version(loaded.path, check=False)
     clips = real_clips(loaded, h264_video)
-    got = OpenVinoRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
-    assert_same_execution(got, TorchRunner(loaded.model).execute(clips))
+    got = OpenVinoBackend(loaded.path / MODEL_FILE, loaded).execute(clips)
+    assert_same_execution(got, TorchBackend(loaded.model).execute(clips))
     assert_live(loaded.model, clips)
     assert (got.policy is not None) == name.startswith("fusion")
 
 
 def test_openvino_runs_concurrent_jobs_each_on_its_own_infer_request(tsn_version):
-    runner = OpenVinoRunner(tsn_version.path / MODEL_FILE, tsn_version, concurrency=3)
+    backend = OpenVinoBackend(tsn_version.path / MODEL_FILE, tsn_version, concurrency=3)
     batches = [torch.randn(size, 3, 8, 64, 64, generator=torch.Generator().manual_seed(size)) for size in (1, 2, 3)]
-    expected = [TorchRunner(tsn_version.model).execute(clips).logits for clips in batches]
+    expected = [TorchBackend(tsn_version.model).execute(clips).logits for clips in batches]
     with ThreadPoolExecutor(3) as pool:
         for _ in range(3):
-            got = list(pool.map(lambda clips: runner.execute(clips).logits, batches))
+            got = list(pool.map(lambda clips: backend.execute(clips).logits, batches))
             for logits, reference in zip(got, expected, strict=True):
                 assert (logits - reference).abs().max() <= RELATIVE * reference.abs().max()
 
@@ -378,12 +379,12 @@ def test_adafuse_graph_runs_each_gated_pair_as_one_clipwise_operator(adafuse_ver
 def test_openvino_refuses_adafuse_rather_than_run_it_densely(adafuse_version):
     loaded, _ = adafuse_version
     with pytest.raises(BackendUnavailable, match="AdaFuse's gated convolutions"):
-        OpenVinoRunner(loaded.path / MODEL_FILE, loaded)
+        OpenVinoBackend(loaded.path / MODEL_FILE, loaded)
 
 
 def test_adafuse_graph_matches_pytorch_decisions_logits_and_flops_on_real_clips(adafuse_version):
     loaded, clips = adafuse_version
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
+    got = OnnxBackend(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = loaded.model.execute(clips)
     assert_same_execution(got, expected, executed=False)
     usage = got.policy[0].overall
@@ -398,8 +399,8 @@ def test_adafuse_graph_reports_what_its_nodes_ran(adafuse_version, tmp_path, uni
     loaded, clips = adafuse_version
     graph = onnx_model(loaded)
     set_union_thresholds(graph, [(union_below, union_below)] * len(loaded.model.gated_blocks()))
-    got = OnnxRunner(save_onnx(graph, tmp_path / MODEL_FILE), loaded).execute(clips)
-    with loaded.model.executing_partitions(partition, partition):
+    got = OnnxBackend(save_onnx(graph, tmp_path / MODEL_FILE), loaded).execute(clips)
+    with executing_partitions(partition, partition):
         expected = loaded.model.execute(clips)
     assert_same_execution(got, expected)
     assert {entry for policy in got.policy for entry in policy.executed} == {f"{partition}/{partition}"}
@@ -410,10 +411,10 @@ def test_adafuse_graph_exported_under_a_forced_saving_executes_it(adafuse_versio
     model = loaded.model
     with model.force_saving(0.4, reuse=False) as saved:
         proto = to_onnx(model, weights_sha256=loaded.manifest.weights_sha256)
-        with model.executing_partitions("union", "union"):
+        with executing_partitions("union", "union"):
             expected = model.execute(clips)
     set_union_thresholds(proto, [(1.01, 1.01)] * len(model.gated_blocks()))  # every node runs its union
-    got = OnnxRunner(save_onnx(proto, tmp_path / MODEL_FILE), loaded).execute(clips)
+    got = OnnxBackend(save_onnx(proto, tmp_path / MODEL_FILE), loaded).execute(clips)
     assert_same_execution(got, expected)  # the graph's union is the torch executor's, in whole 16-channel blocks
     assert got.policy_gflops[0] / got.full_gflops == pytest.approx(1 - saved, abs=1e-6)
 
@@ -456,12 +457,12 @@ def test_ada3d_graph_selects_with_clipwise_operators_in_a_loop_over_clips(ada3d_
     ops = [(node.domain, node.op_type) for node in body.node]
     assert ops.count((DOMAIN, "SelectFrames")) == 1
     assert ops.count((DOMAIN, "SwitchableConv3d")) == switchable
-    assert [output.name for output in model.graph.output] == [LOGITS, ADA3D_FRAMES, ADA3D_STAGES]
+    assert [output.name for output in model.graph.output] == [LOGITS, FRAMES_KEPT, STAGES_3D]
 
 
 def test_ada3d_graph_matches_pytorch_plans_logits_and_flops_on_real_clips(ada3d_version):
     loaded, clips = ada3d_version
-    got = OnnxRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
+    got = OnnxBackend(loaded.path / MODEL_FILE, loaded).execute(clips)
     expected = loaded.model.execute(clips)
     assert_same_execution(got, expected)
     first, second = got.policy
@@ -472,7 +473,7 @@ def test_ada3d_graph_matches_pytorch_plans_logits_and_flops_on_real_clips(ada3d_
 
 def test_ada3d_graph_runs_on_openvino_with_each_clip_s_plan(ada3d_version):
     loaded, clips = ada3d_version
-    got = OpenVinoRunner(loaded.path / MODEL_FILE, loaded).execute(clips)
+    got = OpenVinoBackend(loaded.path / MODEL_FILE, loaded).execute(clips)
     assert_same_execution(got, loaded.model.execute(clips))
     assert got.policy[0] != got.policy[1]
 
@@ -569,7 +570,7 @@ def test_tensorrt_export_builds_an_engine_that_computes_what_onnx_runtime_comput
     stream = torch.cuda.Stream()
     assert context.execute_async_v3(stream.cuda_stream)
     stream.synchronize()
-    expected = open_runner(tsn_version, "onnxruntime").execute(clips).logits
+    expected = open_backend(tsn_version, "onnxruntime").execute(clips).logits
     torch.testing.assert_close(logits.cpu(), expected, rtol=1e-2, atol=1e-2)  # TensorRT may use TF32
 
 

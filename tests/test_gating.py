@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from partitions import forced_choice
 from randomised import assert_branches_live, randomise_batch_norms
 
 from clipwise.models import create_model
@@ -24,7 +25,7 @@ def test_candidates_count_what_each_partition_computes():
         [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]], dtype=torch.bool
     )
     candidates = Candidates.of(mask, clips=2, frames=3)
-    assert candidates.choose(ConvCost(dense=(0.0, 1.0), gathered=(0.0, 0.0, 1e-3)), forced="sets") == "sets"
+    assert candidates.offers("sets")  # counts them
     assert candidates.counts["dense"] == [(6, None)]
     assert candidates.counts["union"] == [(6, 3)]
     assert candidates.counts["clips"] == [(3, 2), (3, 1)]
@@ -44,8 +45,9 @@ def test_the_cheapest_predicted_partition_is_chosen():
     gathering_is_dear = ConvCost(dense=(0.0, 1.0), gathered=(100.0, 0.0, 0.01))  # a huge call overhead
     assert candidates.choose(gathering_is_cheap) == "union"  # ties with sets go to the simpler
     assert candidates.choose(gathering_is_dear) == "dense"
-    assert candidates.choose(gathering_is_dear, forced="union") == "union"
-    assert candidates.choose(gathering_is_dear, forced="clips") == "dense"  # one clip: no such partition
+    assert forced_choice(candidates, "union", gathering_is_dear) == "union"
+    assert not candidates.offers("clips")  # one clip: no such partition
+    assert forced_choice(candidates, "clips", gathering_is_dear) == "dense"
 
 
 def test_fitted_cost_models_reproduce_the_timings_they_were_fitted_on():
@@ -99,7 +101,7 @@ def test_calibration_times_every_gated_pair_at_the_served_size():
     for block in model.gated_blocks():
         costs = block._costs[sorted(block._costs)[0]]
         assert costs.calibrated
-        for cost in (costs.conv1, costs.conv2):
+        for cost in (costs.conv1_cost, costs.conv2_cost):
             assert all(value >= 0 for value in (*cost.dense, *cost.gathered))
             assert cost.predict(8, None) > 0
 

@@ -135,7 +135,7 @@ def test_an_odd_video_gets_the_prediction_its_frames_give(
 
     expected = in_process_scores(served, data, limits=LIMITS)
     assert wrong_answer(response.json(), {served.version: expected}, tolerance=1e-5) is None
-    views = load_clips(data, ClipSpec(**served.manifest.preprocessing.model_dump()), limits=LIMITS)
+    views = load_clips(data, ClipSpec(**served.manifest.preprocessing.to_dict()), limits=LIMITS)
     video = body.video
     assert (video.num_frames, video.frame_indices) == (views.info.num_frames, views.frame_indices)
     assert (video.truncated, video.rotation) == (case.truncated, case.rotation)

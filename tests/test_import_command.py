@@ -48,7 +48,7 @@ def test_import_serve_predict(tmp_path, h264_video, capsys):
     assert all(prediction["label"] == KINETICS[prediction["index"]] for prediction in body["predictions"])
     assert body["flops"]["full_gflops"] == pytest.approx(manifest.full_gflops)
     assert len(body["video"]["frame_indices"][0]) == 13  # X3D-S: 13 frames, every 6th
-    assert detail["preprocessing"] == manifest.preprocessing.model_dump(mode="json")
+    assert detail["preprocessing"] == manifest.preprocessing.to_dict()
 
     fields = {key: value for key, value in manifest.kwargs.items() if key != "num_classes"}
     assert main(["flops", "--model", "x3d_s", "--model-args", json.dumps(fields), "--json"]) == 0

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flops_reference import fvcore_gflops
+from partitions import executing_partitions
 from randomised import assert_branches_live, randomise_batch_norms
 
 from clipwise.cli import main as clipwise_main
 from clipwise.models import count_flops, create_model, track_macs
 from clipwise.models.adafuse import KEEP, REUSE, SKIP, AdaFuse, AdaFuseBlock, FoldedConv, fuse_masked, gated_conv_pair
-from clipwise.models.gating import PARTITIONS, ConvCost, PairCosts
+from clipwise.models.gating import PARTITIONS
 from clipwise.models.policy import AdaFusePolicy
 from clipwise.models.tsn import BasicBlock, Bottleneck
 
@@ -55,13 +56,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 # conv1's union is already in whole blocks: "blocks" is conv2's alone
-PARTITION_PAIRS = [(conv1, conv2) for conv1 in PARTITIONS if conv1 != "blocks" for conv2 in PARTITIONS]
-ANY_COST = ConvCost(dense=(1.0, 1.0), gathered=(1.0, 1.0, 1.0))
-
-
-def forced_costs(conv1: str, conv2: str) -> PairCosts:
-    """Cost models that make the executor run the named partitions."""
-    return PairCosts(ANY_COST, ANY_COST, calibrated=False, forced=(conv1, conv2))
+PARTITION_PAIRS = [(first, second) for first in PARTITIONS if first != "blocks" for second in PARTITIONS]
 
 
 def computed_channels(mask: torch.Tensor, partition: str, *, blocks: bool = False) -> torch.Tensor:
@@ -111,8 +106,8 @@ def test_paper_presets_count_on_the_meta_device(name):
     ("block", "stride"), [(BasicBlock(8, 16, stride=2), 2), (Bottleneck(32, 16, stride=2), 2), (Bottleneck(64, 16), 1)]
 )
 @pytest.mark.parametrize("kind", ["random", "keep", "skip", "reuse", "edges"])
-@pytest.mark.parametrize(("conv1", "conv2"), PARTITION_PAIRS)
-def test_gated_pair_equals_the_masked_reference(block, stride, kind, conv1, conv2):
+@pytest.mark.parametrize(("partition1", "partition2"), PARTITION_PAIRS)
+def test_gated_pair_equals_the_masked_reference(block, stride, kind, partition1, partition2):
     clips, frames, width = 3, 4, block.conv1.out_channels
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(clips * frames, block.conv1.in_channels, 12, 12, generator=generator)
@@ -124,8 +119,8 @@ def test_gated_pair_equals_the_masked_reference(block, stride, kind, conv1, conv
         masks = F.one_hot(codes, 3).float()
         expected = block.bn2(block.conv2(fuse_masked(block.relu(block.bn1(block.conv1(x))), masks)))
         first, second = FoldedConv.of(block.conv1, block.bn1), FoldedConv.of(block.conv2, block.bn2)
-        with track_macs(clips) as tracker:
-            actual = gated_conv_pair(x, codes, first, second, costs=forced_costs(conv1, conv2))
+        with track_macs(clips) as tracker, executing_partitions(partition1, partition2):
+            actual = gated_conv_pair(x, codes, first, second)
 
     assert actual.shape == expected.shape == (clips * frames, block.conv2.out_channels, 12 // stride, 12 // stride)
     assert actual.is_contiguous(memory_format=torch.channels_last)
@@ -139,8 +134,8 @@ def test_gated_pair_equals_the_masked_reference(block, stride, kind, conv1, conv
     )
     per_channel_second = block.conv2.out_channels * 9 * (12 // stride) ** 2
     expected_macs = (
-        computed_channels(needed, conv1, blocks=True).sum(1) * per_channel_first
-        + computed_channels(active, conv2).sum(1) * per_channel_second
+        computed_channels(needed, partition1, blocks=True).sum(1) * per_channel_first
+        + computed_channels(active, partition2).sum(1) * per_channel_second
     )
     assert tracker.per_clip.tolist() == expected_macs.double().tolist()
 
@@ -158,8 +153,8 @@ def test_a_gated_pair_computed_by_hand():
     # {0, 1, 3}; "dense" and "union" (every channel is needed somewhere) compute 4 + 4 for each conv.
     macs = {"sets": 3 + 1 + 2 + 3, "dense": 16, "union": 16, "clips": 16}
     for partition, expected_macs in macs.items():
-        with torch.inference_mode(), track_macs(1) as tracker:
-            out = gated_conv_pair(x, codes, first, second, costs=forced_costs(partition, partition))
+        with torch.inference_mode(), track_macs(1) as tracker, executing_partitions(partition, partition):
+            out = gated_conv_pair(x, codes, first, second)
         assert out.flatten().tolist() == [4.5, 25.5], partition
         assert tracker.per_clip.tolist() == [expected_macs], partition
 
@@ -190,11 +185,11 @@ def test_model_gated_execution_equals_masked_and_eq5(name, kind):
     with torch.inference_mode(), model.follow_policy(forced):
         model(x)
         eq5 = model.policy_gflops().tolist()
-        for conv1, conv2 in PARTITION_PAIRS:
-            with model.executing_partitions(conv1, conv2):
+        for partition1, partition2 in PARTITION_PAIRS:
+            with executing_partitions(partition1, partition2):
                 execution = model.execute(x)
                 actual = model.frame_logits(x)
-            assert relative_error(actual, expected) < 1e-4, (conv1, conv2)
+            assert relative_error(actual, expected) < 1e-4, (partition1, partition2)
             assert torch.allclose(execution.logits, actual.mean(1))
             assert execution.policy_gflops == pytest.approx(eq5, rel=1e-6)  # what the policy asked, however run
             # what ran covers what was asked for (whole 16-channel blocks: at least Eq. 5's channels)
@@ -210,7 +205,7 @@ def test_executed_gflops_equal_fvcore_of_the_executed_graph(name, partition):
     model = create_model(name, frames=frames, size=size).eval()
     generator = torch.Generator().manual_seed(3)
     forced = [decisions("random", 1, frames, b.conv1.out_channels, generator) for b in model.gated_blocks()]
-    with model.follow_policy(forced), model.executing_partitions(partition, partition):
+    with model.follow_policy(forced), executing_partitions(partition, partition):
         executed = model.execute(random_clips(1, frames, size)).executed_gflops[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing warns about the data-dependent channel plans

@@ -371,7 +371,7 @@ def test_eval_reports_accuracy_flops_and_policy_per_class(synth, tmp_path, name,
 def _execute_as_served(model, path: Path, spec):
     from clipwise.video import ClipSpec, load_clips
 
-    return model.execute(load_clips(path.read_bytes(), ClipSpec(**spec.model_dump())).clips)
+    return model.execute(load_clips(path.read_bytes(), ClipSpec(**spec.to_dict())).clips)
 
 
 def test_evaluation_sums_classes_and_leaves_out_empty_ones():

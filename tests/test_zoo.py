@@ -18,7 +18,8 @@ from randomised import assert_branches_live, randomise_batch_norms
 from clipwise.models import count_flops, create_model, get_preset, list_models
 from clipwise.models.ada3d import Ada3D
 from clipwise.models.adafuse import AdaFuse
-from clipwise.models.checkpoint import PreprocessingSpec, load_version, save_version
+from clipwise.models.base import Preprocessing
+from clipwise.models.checkpoint import load_version, save_version
 from clipwise.models.policy import Ada3DPolicy, AdaFusePolicy, FusionPolicy
 from clipwise.models.x3d import E3D_S, architecture_of
 
@@ -47,7 +48,7 @@ def test_preset_builds_and_counts_on_the_meta_device(name):
         model = create_model(name, num_classes=10)
     cost = count_flops(model, model.config.frames, model.config.size)
     assert cost.gflops > 0 and cost.params_m > 0
-    PreprocessingSpec(**model.preprocessing().to_dict())
+    Preprocessing(**model.preprocessing().to_dict())  # validates
     assert dataclasses.replace(get_preset(name).config, num_classes=10) == model.config
 
 

@@ -185,7 +185,7 @@ def version_loader(
         replace(record, label=model_index[record.label])
         for record in read_annotations(list_file, data_labels, data_root)
     ]
-    dataset = VideoDataset(records, ClipSpec(**loaded.manifest.preprocessing.model_dump()))
+    dataset = VideoDataset(records, ClipSpec(**loaded.manifest.preprocessing.to_dict()))
     return eval_loader(dataset, batch_size=batch_size, workers=workers)
 
 

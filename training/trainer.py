@@ -237,13 +237,6 @@ class Trainer:
 
 
 def objective_phases(model: VideoClassifier, config: TrainConfig, train_clips: int) -> list[Phase]:
-    """The phases of the model's objective: its family picks the training script."""
-    from clipwise.models.fusion import FusionTemplate
-
-    if model.family in ("adafuse", "ada3d"):
-        script = f"clipwise.training.train_{model.family}"
-    elif isinstance(model, FusionTemplate):
-        script = "clipwise.training.train_fusion"
-    else:
-        script = "clipwise.training.train_classifier"
+    """The phases of the objective the model's class declares (``Capabilities.objective``)."""
+    script = f"clipwise.training.train_{model.capabilities.objective}"
     return importlib.import_module(script).phases(model, config, train_clips)

@@ -32,7 +32,7 @@ def run_e3d(args: argparse.Namespace) -> int:
 
     from clipwise.models.e3d_search import SCORES, initial_structure, search, write_arch
     from clipwise.models.flops import count_params
-    from clipwise.models.x3d import X3D
+    from clipwise.models.registry import get_preset
 
     initial = initial_structure(args.frames, args.size, args.classes)
     result = search(
@@ -46,7 +46,7 @@ def run_e3d(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     with torch.device("meta"):
-        params_m = count_params(X3D(result.best.config)) / 1e6
+        params_m = count_params(get_preset("e3d").model_cls(result.best.config)) / 1e6
     write_arch(
         args.out,
         result,

@@ -15,8 +15,8 @@ from clipwise.service.errors import ApiError, documented_errors
 from clipwise.service.inference import decode_limits, flops_report, top_classes, video_report
 from clipwise.service.log import REQUEST_ID
 from clipwise.service.metrics import STAGES
-from clipwise.service.runner import deadline_in
 from clipwise.service.schemas import PredictQuery, PredictResponse, TimingReport
+from clipwise.service.slots import deadline_in
 from clipwise.service.upload import FIELD, read_upload
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
@@ -75,7 +75,7 @@ async def predict(
             limits=decode_limits(settings),
         )
         with state.batcher.expecting(served, backend):
-            views, slot_ms = await state.runner.run(decode, deadline)
+            views, slot_ms = await state.slots.run(decode, deadline)
             batch = await state.batcher.execute(served, backend, views.clips, deadline)
     timing = TimingReport(
         read=upload.read_ms,
