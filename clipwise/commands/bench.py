@@ -174,10 +174,10 @@ def measure(args: argparse.Namespace, plan: Plan) -> tuple[dict[str, Any], list[
 
 def in_process_settings(repository: Path | None, models: list[str] | None, device: str | None = None) -> Settings:
     """The environment's settings, serving ``models`` from ``repository`` and on ``device`` (those given),
-    logging warnings only."""
+    logging warnings only, over HTTP only (what is measured: a server on the gRPC port is left alone)."""
     from clipwise.service.config import Settings
 
-    overrides: dict[str, Any] = {"log_level": "warning", "models": models}
+    overrides: dict[str, Any] = {"log_level": "warning", "models": models, "grpc_port": 0}
     if repository is not None:
         overrides["model_repository"] = repository
     if device is not None:
