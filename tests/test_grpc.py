@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from tritonclient.utils import InferenceServerException
 from clipwise.models.checkpoint import list_model_names, load_version
 from clipwise.service.config import BUNDLED_REPOSITORY
 from clipwise.service.grpc_api import generate
+from clipwise.service.local import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.grpc_vs_http import Servers, server_process  # noqa: E402
@@ -305,3 +308,15 @@ def test_a_small_load_over_grpc_is_answered_right_batched_and_counted(
             np.testing.assert_allclose(logits, alone[index], rtol=1e-4, atol=1e-5)
     assert max(batch for got in answers.values() for _, batch in got) > 1
     assert requests_counted(servers, SMALL, "200") == counted_before + clients * rounds
+
+
+def test_a_grpc_port_in_use_stops_the_server_at_startup_saying_why(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = [f"--grpc-port={port}", f"--port={free_port()}", f"--models={SMALL}"]
+        command = [sys.executable, "-m", "clipwise.cli", "serve", *flags]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"CLIPWISE_GRPC_PORT / --grpc-port {port}:" in run.stdout + run.stderr

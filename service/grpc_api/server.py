@@ -19,6 +19,7 @@ The generated messages register the protocol's names (``inference.*``) in protob
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -89,6 +90,9 @@ def answered(method: Rpc) -> Rpc:
         started, outcome = time.perf_counter(), grpc.StatusCode.OK
         try:
             response = await method(servicer, request, context)
+        except asyncio.CancelledError:  # the client went away (counted 499 where the request was counted)
+            outcome = grpc.StatusCode.CANCELLED
+            raise
         except Exception as error:
             answer = _error_answer(error, method.__name__, request_id)
             outcome = STATUS_CODES.get(answer.status, grpc.StatusCode.INTERNAL)
