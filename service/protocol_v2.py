@@ -9,6 +9,10 @@ JSON or, when asked (``parameters.binary_data`` on a requested output, or ``bina
 request), as binary after the JSON. The response ``parameters`` carry the backend, the FLOPs summed over the
 clips, the saving and, for adaptive models, the per-clip policy as a JSON string (protocol parameters are
 scalars).
+
+The HTTP routes (``clipwise.service.api.routes.v2``) and the gRPC server (``clipwise.service.grpc_api.server``)
+share what the protocol means: a request is checked and decoded by ``decode_parts`` (gRPC's message given as the
+JSON head it stands for and its raw bytes) and run by ``run_inference``; only reading and encoding differ.
 """
 
 from __future__ import annotations
