@@ -320,3 +320,21 @@ def test_a_grpc_port_in_use_stops_the_server_at_startup_saying_why(tmp_path: Pat
         run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert f"CLIPWISE_GRPC_PORT / --grpc-port {port}:" in run.stdout + run.stderr
+
+
+def test_kserves_grpc_client_gets_the_same_answer(
+    servers: Servers, over_grpc: triton_grpc.InferenceServerClient, tmp_path: Path
+) -> None:
+    """KServe's SDK compiles an older copy of the .proto, without ``double_param``: it reads the float
+    parameters (the FLOPs) as empty, the others as sent."""
+    values = clips(SMALL_CLIP, 2, seed=5)
+    np.save(tmp_path / "clips.npy", values)
+    client = Path(__file__).with_name("kserve_grpc_client.py")
+    command = [sys.executable, str(client), servers.grpc_address, SMALL, str(tmp_path / "clips.npy")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    assert (answer["live"], answer["ready"], answer["model_ready"], answer["id"]) == (True, True, True, "kserve-1")
+    expected = grpc_infer(over_grpc, SMALL, values).as_numpy("logits")
+    np.testing.assert_allclose(np.array(answer["logits"], dtype=np.float32), expected, rtol=1e-6, atol=1e-7)
+    assert "torch" in answer["parameters"]["backend"] and "int64_param: 1" in answer["parameters"]["batch_size"]
