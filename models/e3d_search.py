@@ -1,4 +1,4 @@
-"""Training-free E3D search (seed 003, Sec. 3.2–3.4 and Appendix E): entropy scores and evolution.
+"""Training-free E3D search (ICLR 2023, Sec. 3.2–3.4 and Appendix E): entropy scores and evolution.
 
 Scores, analytic, no forward pass (Eq. 6 and 8, as the authors' ``compute_stentr.py`` computes them):
 every convolution on the main path (the stem's, the three of every block, the head's 1×1×1 conv) adds

@@ -1,4 +1,4 @@
-"""Probabilistic spatiotemporal fusion (seed 000): the 3D DenseNet-121 template of S / ST / S+ST units, its
+"""Probabilistic spatiotemporal fusion (CVPR 2020): the 3D DenseNet-121 template of S / ST / S+ST units, its
 static strategies, and the v-DropPath template that learns which unit each layer prefers.
 
 Architecture (the paper's Fig. 3 and Supplementary Fig. 1, as the authors' experimental code builds it:

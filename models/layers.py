@@ -17,18 +17,9 @@ when it is not already) and the output stays channels-last 3D; batch norm, activ
 that layout, so in a run of frame convs only the first one copies. Results equal ``F.conv3d``'s up to float
 rounding; the MAC counter sees an ``nn.Conv3d`` with the same output shape, and state dicts are unchanged.
 
-Decision rule: fold every trivial-temporal conv on CPU, whatever conv3d would have picked. Measured on
-2 threads, torch 2.13, batch 1; whole networks in process CPU time with passive OpenMP waits, the steadiest
-clock on the shared 2-core machine (``benchmarks/conv3d_fold.py --clock cpu``; the layout alternatives with
-patched variants of ``frame_conv3d``), single convs in wall-clock minima:
-
-* conv by conv (I3D-R50 shapes at 224²): where conv3d takes the slow kernel, the folded conv is 1.7-2.5×
-  (1×1) to 6-7× (3×3) faster; where conv3d already takes oneDNN, the folded channels-last conv runs like
-  oneDNN's conv3d on a channels-last input, 0.8-0.9× of conv3d on the contiguous input;
-* I3D-R50, folded / conv3d: always folding, channels-last, 0.84 at 8×224² and 0.61 at 4×224²; folding
-  only where conv3d would be slow, 1.06 and 0.60 (the layouts mix); folding in contiguous layout (copies in
-  and out, oneDNN in NCHW) 1.03 and 0.65; folding with (N, T, C, H, W) memory kept, 1.11 and 0.73;
-* tiny presets at 8×64², where a conv takes tens of microseconds: always folding 0.97-1.07 (a wash).
+Decision rule: fold every trivial-temporal conv on CPU, whatever conv3d would have picked: folded convs run
+like oneDNN's conv3d where conv3d takes it and several times faster where it does not (``benchmarks/conv3d_fold.py``;
+the figures are in the README's benchmarks).
 
 So no copy of PyTorch's heuristic is needed. The plain conv3d runs for kernels deeper than one frame,
 temporal strides or padding, other devices (the slow path is a CPU matter; GPUs were not measured), and

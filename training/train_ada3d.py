@@ -1,4 +1,4 @@
-"""Ada3D (seed 002, Alg. 1): a pretrained 3D network, a selection net trained by REINFORCE, then both jointly.
+"""Ada3D (CVPR 2021, Alg. 1): a pretrained 3D network, a selection net trained by REINFORCE, then both jointly.
 
 Phases:
 

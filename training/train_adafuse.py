@@ -1,4 +1,4 @@
-"""AdaFuse (seed 001, Eq. 6): cross-entropy plus λ times the GFLOPs of the sampled policy.
+"""AdaFuse (ICLR 2021, Eq. 6): cross-entropy plus λ times the GFLOPs of the sampled policy.
 
 One phase of ``--epochs`` epochs. In training the gated blocks draw hard Gumbel-softmax decisions with
 straight-through gradients at the temperature of the model's config (τ = 0.67, the paper's), and
@@ -11,7 +11,7 @@ The paper's schedule: SGD, lr 0.002 ×0.1 at epochs 20 and 40 of 50 (``--schedul
 ImageNet weights; ``--init`` starts from a trained TSN / TSM version of the same backbone instead (their
 weights load as they are; only the policy nets start new).
 
-``--cost latency`` (issue 12) replaces the GFLOPs by the executor's predicted time of the gated pairs, as a
+``--cost latency`` replaces the GFLOPs by the executor's predicted time of the gated pairs, as a
 fraction of full compute, weighted by ``--latency-weight``: the model is calibrated on the training machine
 first, and the term counts a channel used at any frame of a clip as computed for all of them (the executor's
 ``union``), so it rewards policies that skip the same channels across frames. ``decision_group`` in

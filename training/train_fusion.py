@@ -1,4 +1,4 @@
-"""Probabilistic fusion (seed 000): the v-DropPath template, warmed up without v-DropPath.
+"""Probabilistic spatiotemporal fusion (CVPR 2020): the v-DropPath template, warmed up without v-DropPath.
 
 Two phases, as the paper trains the template (Sec. 4.1):
 
