@@ -310,6 +310,51 @@ def test_a_small_load_over_grpc_is_answered_right_batched_and_counted(
     assert requests_counted(servers, SMALL, "200") == counted_before + clients * rounds
 
 
+def requests_held(servers: Servers) -> float:
+    text = httpx.get(f"{servers.http_url}/metrics").text
+    (family,) = (
+        family for family in text_string_to_metric_families(text) if family.name == "clipwise_requests_in_progress"
+    )
+    return family.samples[0].value
+
+
+def test_admission_control_holds_grpc_and_http_requests_together(
+    servers: Servers, over_grpc: triton_grpc.InferenceServerClient, over_http: triton_http.InferenceServerClient
+) -> None:
+    """With the limit held by slow gRPC requests, one more is refused at once over either transport with the same
+    message (UNAVAILABLE over gRPC, 503 over HTTP), and every held request is still answered."""
+    slow, slow_clips = "ada3d_i3d_r50_tiny", 10  # never batched: held requests wait for the slots one by one
+    values = clips(clip_shape(over_grpc, slow), slow_clips, seed=9)
+    answers: list[np.ndarray] = []
+
+    def held() -> None:
+        own = triton_grpc.InferenceServerClient(servers.grpc_address)
+        try:
+            answers.append(grpc_infer(own, slow, values).as_numpy("logits"))
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=held) for _ in range(MAX_PENDING)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: requests_held(servers) == MAX_PENDING, "every place held", timeout=60)
+    refusals: dict[str, InferenceServerException] = {}
+    while len(refusals) < 2 and any(thread.is_alive() for thread in threads):  # one more, over each transport
+        for transport, call, client in (("grpc", grpc_infer, over_grpc), ("http", http_infer, over_http)):
+            if transport not in refusals:
+                try:
+                    call(client, SMALL, clips(SMALL_CLIP, 1))  # admitted once a held request has finished
+                except InferenceServerException as error:
+                    refusals[transport] = error
+    for thread in threads:
+        thread.join(timeout=120)
+    assert refusals.keys() == {"grpc", "http"}, "no request was refused while the limit was held"
+    assert refusals["grpc"].status() == "StatusCode.UNAVAILABLE"
+    assert refusals["grpc"].message() == refusals["http"].message()
+    assert f"limit of {MAX_PENDING} requests" in refusals["grpc"].message()
+    assert len(answers) == MAX_PENDING and all(np.array_equal(answer, answers[0]) for answer in answers)
+
+
 def test_a_grpc_port_in_use_stops_the_server_at_startup_saying_why(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
