@@ -54,8 +54,6 @@ sys.path.insert(0, str(ROOT))
 from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
 from clipwise.export.runtime import OnnxBackend, OpenVinoBackend  # noqa: E402
 from clipwise.models import VideoClassifier, create_model  # noqa: E402
-from clipwise.models.ada3d import Ada3D  # noqa: E402
-from clipwise.models.adafuse import AdaFuse  # noqa: E402
 from clipwise.models.checkpoint import (  # noqa: E402
     LoadedVersion,
     list_model_names,
@@ -138,7 +136,7 @@ def under(policy: Policy, call: Callable[[], object]) -> Callable[[], object]:
 
 
 def selection_seconds(model: VideoClassifier, clip: torch.Tensor, repeats: int) -> float | None:
-    if not isinstance(model, Ada3D):
+    if not model.capabilities.policy == "clip_plans":
         return None
     return interleaved({"selection": lambda: model.select(clip)}, repeats)["selection"]
 
@@ -272,7 +270,7 @@ def learned_rows(repository: Path, videos: list[Path], backends: list[str], repe
     for name in list_model_names(repository):
         loaded = load_version(repository, name)
         model = loaded.model.eval()
-        if not isinstance(model, AdaFuse | Ada3D):
+        if not model.capabilities.policy != "none":
             continue
         spec = ClipSpec(**loaded.manifest.preprocessing.to_dict())
         clips = list(learned_clips(spec, videos))
@@ -299,7 +297,7 @@ def dense_version(loaded: LoadedVersion, repository: Path, work: Path) -> Loaded
     ``work``; None for a model with neither."""
     if loaded.manifest.counterpart:
         return load_version(repository, loaded.manifest.counterpart)
-    if not isinstance(loaded.model, Ada3D):
+    if not loaded.model.capabilities.policy == "clip_plans":
         return None
     backbone = loaded.model.backbone
     name = f"{loaded.name}_backbone"
@@ -314,14 +312,14 @@ def preset_policies(
     for saving in savings:
         level = f"-{saving:.0%}"
         if "random" in kinds:
-            if isinstance(model, AdaFuse):
+            if model.capabilities.policy == "gated_pairs":
                 decisions = model.random_decisions(saving)
                 yield "random", level, lambda decisions=decisions: model.follow_policy(decisions)
             else:
                 plan = model.random_plan(saving)
                 yield "random", level, lambda plan=plan: model.follow_plan(plan)
         if "fixed" in kinds:  # the decisions built once, outside what is timed
-            if isinstance(model, AdaFuse):
+            if model.capabilities.policy == "gated_pairs":
                 for reuse, pattern in ((False, "skip"), (True, "reuse+skip")):
                     fixed = model.fixed_decisions(saving, reuse=reuse)
                     yield "fixed", f"{level} {pattern}", lambda fixed=fixed: model.follow_policy(fixed)
@@ -356,7 +354,7 @@ def preset_rows(
                 yield onnx_row(loaded, clip, policy, full_graph, work, repeats, **row_labels)
 
 
-def gated_share(model: AdaFuse) -> float:
+def gated_share(model: VideoClassifier) -> float:
     """The share of a clip's full-compute MACs that the gated conv pairs hold."""
     frames, size = model.config.frames, model.config.size
     gated = sum(frames * (cost.conv1_macs + cost.conv2_macs) for cost in model.block_costs(frames, size))

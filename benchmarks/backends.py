@@ -47,7 +47,6 @@ from benchmarks import adaptive  # noqa: E402
 from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
 from clipwise.export.runtime import BackendUnavailable, OnnxBackend, OpenVinoBackend, TorchBackend, interleaved_ms  # noqa: E402
 from clipwise.models import Execution, create_model  # noqa: E402
-from clipwise.models.ada3d import Ada3D  # noqa: E402
 from clipwise.models.checkpoint import LoadedVersion, load_version, save_version  # noqa: E402
 from clipwise.service.backends import Backends, choose_backend  # noqa: E402
 
@@ -153,7 +152,7 @@ def own_rows(preset: str, backend: str, args: argparse.Namespace, work: Path) ->
     against full compute on the same backend."""
     loaded = build(preset, work)
     model = loaded.model.eval()
-    if backend == "openvino" and not isinstance(model, Ada3D):
+    if backend == "openvino" and not model.capabilities.policy == "clip_plans":
         return
     model.calibrate()
     config = model.config

@@ -43,8 +43,6 @@ from benchmarks import adaptive  # noqa: E402
 from clipwise.export.onnx import save_onnx, to_onnx  # noqa: E402
 from clipwise.export.runtime import BackendUnavailable, OnnxBackend, TorchBackend, providers_for  # noqa: E402
 from clipwise.models import Execution, VideoClassifier, create_model  # noqa: E402
-from clipwise.models.ada3d import Ada3D  # noqa: E402
-from clipwise.models.adafuse import AdaFuse  # noqa: E402
 from clipwise.models.checkpoint import LoadedVersion, load_version, save_version  # noqa: E402
 from clipwise.models.device import DeviceUnavailable, resolve_device  # noqa: E402
 
@@ -95,12 +93,12 @@ def p50_interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict
 def policies(model: VideoClassifier, saving: float) -> Iterator[tuple[str, Policy]]:
     """(case, policy) of a preset: its random and fixed decisions at ``saving``; static models: none."""
     level = f"{saving:.0%}"
-    if isinstance(model, AdaFuse):
+    if model.capabilities.policy == "gated_pairs":
         decisions = model.random_decisions(saving)
         fixed = model.fixed_decisions(saving)  # built once, outside what is timed
         yield f"random-{level}", lambda: model.follow_policy(decisions)
         yield f"fixed-{level}", lambda: model.follow_policy(fixed)
-    elif isinstance(model, Ada3D):
+    elif model.capabilities.policy == "clip_plans":
         plan, fixed_plan = model.random_plan(saving), model.saving_plan(saving).plan
         yield f"random-{level}", lambda: model.follow_plan(plan)
         yield f"fixed-{level}", lambda: model.follow_plan(fixed_plan)

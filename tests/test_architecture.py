@@ -137,6 +137,7 @@ FAMILY_MODULES = tuple(
 )
 # A family's training objective (``Capabilities.objective`` names it) and the fusion template's strategy ranking
 # are the training half of one family: they may name its class.
+SCRIPT_FOLDERS = ("benchmarks", "scripts")
 FAMILY_TRAINING = {
     "clipwise.training.train_adafuse",
     "clipwise.training.train_ada3d",
@@ -211,11 +212,14 @@ def test_the_family_checker_finds_family_classes() -> None:
 
 
 def test_no_package_but_models_names_a_family_class() -> None:
+    """Nor do the benchmarks and scripts, which run on the same interface."""
     classes = family_classes()
+    sources = {name: path for name, path in MODULES.items() if package_of(name) != "models"}
+    sources |= {str(path.relative_to(ROOT)): path for folder in SCRIPT_FOLDERS for path in (ROOT / folder).glob("*.py")}
     found = {
         name: references
-        for name, path in MODULES.items()
-        if package_of(name) != "models" and name not in FAMILY_TRAINING
+        for name, path in sources.items()
+        if name not in FAMILY_TRAINING
         if (references := family_references(path.read_text(), classes))
     }
     assert not found, f"family classes named outside models/ (declare a capability instead): {found}"
