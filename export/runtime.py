@@ -16,9 +16,9 @@ extra. Providers follow the device: the CPU provider on ``cpu``; on ``cuda:N`` (
 TensorRT provider first where the ``tensorrt`` package imports, then CUDA, then CPU for what they leave.
 ONNX Runtime expands the clipwise-domain functions (``clipwise.export.ops``) into their standard ops for a provider
 that does not claim them. The CPU provider uses as many threads as torch does, so the two backends compare
-on equal terms, and its idle threads do not spin (spinning threads took the cores from torch running beside
-them: eager latency rose 10-500× in the benchmark's interleaved runs). Its graph has its 3D convs rewritten as
-2D convs over frames (``clipwise.export.frame_convs``), which ONNX Runtime runs faster.
+on equal terms, and its idle threads do not spin (spinning threads take the cores from torch running beside
+them). Its graph has its 3D convs rewritten as 2D convs over frames (``clipwise.export.frame_convs``), which
+ONNX Runtime runs faster.
 
 ``OpenVinoBackend`` compiles the same ``model.onnx`` with OpenVINO (CPU plugin; GPU where present), imported
 only when one is made. OpenVINO reads ONNX directly but not the clipwise-domain operators as model-local

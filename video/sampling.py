@@ -31,7 +31,8 @@ SAMPLINGS = ("segments", "dense")
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """How a model's clips are made: the fields of ``clipwise.models.base.Preprocessing``, so ``ClipSpec(**dict)``."""
+    """How a model's clips are made: the fields of ``clipwise.models.base.Preprocessing``, made from its
+    ``to_dict()`` (``video`` may not import ``models``, so it checks what it is given itself)."""
 
     sampling: str  # "segments" or "dense"
     frames: int
