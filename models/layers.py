@@ -19,7 +19,7 @@ rounding; the MAC counter sees an ``nn.Conv3d`` with the same output shape, and 
 
 Decision rule: fold every trivial-temporal conv on CPU, whatever conv3d would have picked: folded convs run
 like oneDNN's conv3d where conv3d takes it and several times faster where it does not (``benchmarks/conv3d_fold.py``;
-the figures are in the README's benchmarks).
+the figures are in docs/benchmarks.md).
 
 So no copy of PyTorch's heuristic is needed. The plain conv3d runs for kernels deeper than one frame,
 temporal strides or padding, other devices (the slow path is a CPU matter; GPUs were not measured), and

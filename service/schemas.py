@@ -259,7 +259,7 @@ class Readiness(BaseModel):
 class ErrorDetail(BaseModel):
     """What went wrong."""
 
-    code: str = Field(description="stable machine-readable error code (see the README's error table)")
+    code: str = Field(description="stable machine-readable error code (see the error table of docs/serving.md)")
     message: str = Field(description="human-readable explanation")
     request_id: str = Field(description="id of the request, to find it in the logs")
 
