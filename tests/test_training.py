@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipwise.cli import build_parser
 from clipwise.cli import main as clipwise
+from clipwise.commands.train import config_values
 from clipwise.models import create_model
 from clipwise.models.checkpoint import list_versions, load_version, save_version
 from clipwise.models.fusion import FusionTemplate
-from clipwise.training.config import TrainConfig
+from clipwise.training.config import ConfigError, TrainConfig
 from clipwise.training.data import Batch
 from clipwise.training.distributed import Processes
 from clipwise.training.evaluate import ClassTotals, Evaluation, evaluate_version
@@ -381,3 +383,23 @@ def test_evaluation_sums_classes_and_leaves_out_empty_ones():
     assert evaluation.over(["a", "b"]).means() == pytest.approx(expected)
     report = evaluation.report()
     assert (report["saving"], report["skipped"], list(report["per_class"])) == (0.5, 1, ["a", "b"])
+
+
+def test_train_flags_are_made_from_the_typed_config(capsys):
+    """Every option has a flag in its family's group, typed and checked as the config field is."""
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    help_text = capsys.readouterr().out
+    for group, flag in [("AdaFuse options", "--latency-weight LAMBDA"), ("Ada3D options", "--entropy-weight BETA"),
+                        ("fusion options", "--length-scale K"), ("data and model options", "--init PATH [PATH ...]")]:
+        assert flag in help_text.split(f"{group}:")[1].split("options:")[0]
+    args = parser.parse_args(["train", "--milestones", "3", "6", "--frames", "4", "--model-args", '{"a": 1}', "--flip"])
+    assert config_values(args) == {"milestones": [3, 6], "frames": 4, "model_args": {"a": 1}, "flip": True}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--cost", "seconds"])
+    assert "--cost: invalid choice: 'seconds'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="epoch: Extra inputs are not permitted"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="schedule: Input should be 'cosine' or 'step'"):
+        TrainConfig.from_dict({"schedule": "linear"})

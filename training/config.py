@@ -1,93 +1,115 @@
-"""The options of a training run, light to import (the command line reads their defaults)."""
+"""The options of a training run: one typed config from which ``clipwise train`` makes its flags and help.
+
+Each field is an ``option``: its default, the help line of its flag, a metavar, and its group (the options
+every run reads, then one group per family that has options of its own). A JSON config file may set any
+field; validation turns paths into ``Path``, checks choices and rejects unknown keys.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-PATH_FIELDS = ("data", "out", "run_dir", "data_root", "init")
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+GENERAL, DATA, ADAFUSE, ADA3D, FUSION = "general", "data and model", "AdaFuse", "Ada3D", "fusion"
 
 
 class ConfigError(ValueError):
     """Options that do not make a run: missing or unknown, contradicting the data, or the run directory."""
 
 
-@dataclass
-class TrainConfig:
+def option(default: Any, help: str, metavar: str | None = None, group: str = GENERAL) -> Any:
+    """A field of ``TrainConfig`` with what its command-line flag shows (``metavar`` None: a switch)."""
+    return Field(default, description=help, json_schema_extra={"metavar": metavar, "group": group})
+
+
+class TrainConfig(BaseModel):
     """Everything a training run reads. A JSON config file may set any field; command-line flags win."""
 
-    model: str = ""  # registry preset
-    data: Path | None = None  # dataset directory: classes.txt, train and val lists
-    out: Path | None = None  # REPO/NAME: the trained model becomes the next version there
-    run_dir: Path | None = None  # logs, metrics and resume state (default: runs/NAME)
-    data_root: Path | None = None  # video paths are relative to it (default: each list's directory)
-    init: tuple[Path, ...] = ()  # version directories and files whose weights start the model, matched by role
-    init_source: str = ""  # layout of the --init files (torchvision, pytorchvideo, ...); version directories need none
-    epochs: int = 10  # static families, AdaFuse, fusion (with v-DropPath); Ada3D: backbone pre-training
-    batch_size: int = 8  # per process
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: Literal["cosine", "step"] = "cosine"
-    milestones: tuple[int, ...] = ()  # step schedule: epochs of each phase where the rate drops ×0.1
-    lr_warmup_epochs: float = 0.0
-    clip_grad_norm: float = 20.0  # 0: off
-    frames: int | None = None  # override the preset's clip length
-    size: int | None = None  # override the preset's crop size
-    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # other preset config fields to replace
-    workers: int = 2  # DataLoader worker processes per training process
-    device: str = ""  # cpu, cuda (under torchrun: cuda:LOCAL_RANK) or cuda:N; "": cuda where available, else cpu
-    seed: int = 0
-    flip: bool = False  # horizontal flip; refused for direction-sensitive labels
-    resume: bool = False  # continue the run in run_dir from its latest epoch
-    flops_weight: float = 0.1  # AdaFuse: λ of Eq. 6, per GFLOP
-    cost: Literal["flops", "latency"] = "flops"  # AdaFuse: Eq. 6's cost term, GFLOPs or predicted time
-    latency_weight: float = 1.0  # AdaFuse with cost "latency": λ per unit of gated time (1: full compute)
-    policy_lr_scale: float = 1.0  # AdaFuse: the policy nets' learning rate, as a multiple of lr
-    gamma: float = 1.0  # Ada3D: penalty of a wrong prediction in the reward (Eq. 4)
-    selection_epochs: int = 5  # Ada3D: the selection net trained as a classifier first (Alg. 1's pre-training)
-    policy_epochs: int = 10  # Ada3D stage 1: selection net alone, backbone frozen
-    entropy_weight: float = 0.01  # Ada3D: weight of the policies' entropy bonus (exploration)
-    joint_epochs: int = 10  # Ada3D stage 2: joint fine-tuning (Eq. 8)
-    policy_lr: float = 1e-4  # Ada3D: learning rate of both policy stages (the paper's)
-    fusion_warmup_epochs: int = 5  # fusion: epochs without v-DropPath before the v-DropPath epochs
-    length_scale: float = 50.0  # fusion: prior length scale k of Eq. 5
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    def __post_init__(self) -> None:
-        if isinstance(self.init, str | Path):  # one path: a JSON config's string, an older config.json
-            self.init = (self.init,)
-        self.init = tuple(Path(path) for path in self.init)
+    model: str = option("", "registry preset to train (see `clipwise flops --help`)", "NAME", DATA)
+    data: Path | None = option(None, "dataset directory: classes.txt and train / val lists (.txt or .csv)", "DIR", DATA)
+    out: Path | None = option(
+        None, "model directory REPO/NAME; the trained model becomes its next version", "REPO/NAME", DATA
+    )
+    run_dir: Path | None = option(None, "logs, metrics.csv, TensorBoard and resume state (default: runs/NAME)", "DIR")
+    data_root: Path | None = option(
+        None, "directory the video paths are relative to (default: each list's directory)", "DIR", DATA
+    )
+    init: tuple[Path, ...] = option(
+        (), "start from these version directories and / or files (--init-source), matched by role", "PATH", DATA
+    )
+    init_source: str = option(
+        "", "layout of --init files: torchvision (ImageNet ResNet, MobileNetV2), pytorchvideo, ...", "SOURCE", DATA
+    )
+    frames: int | None = option(None, "frames per clip (default: the preset's)", "T", DATA)
+    size: int | None = option(None, "crop size in pixels (default: the preset's)", "S", DATA)
+    model_args: dict[str, Any] = option(
+        {}, "other fields of the preset's config, as JSON, e.g. '{\"decision_group\": 8}'", "JSON", DATA
+    )
+    flip: bool = option(False, "random horizontal flips (refused for direction-sensitive labels)", None, DATA)
+    workers: int = option(2, "DataLoader worker processes per training process", "N", DATA)
+    epochs: int = option(10, "epochs; Ada3D: of backbone pre-training (none with --init); fusion: with v-DropPath", "N")
+    batch_size: int = option(8, "clips per batch and process", "N")
+    lr: float = option(0.01, "peak learning rate", "LR")
+    momentum: float = option(0.9, "SGD momentum", "M")
+    weight_decay: float = option(1e-4, "weight decay of conv and linear weights", "WD")
+    schedule: Literal["cosine", "step"] = option("cosine", "learning-rate schedule", "{cosine,step}")
+    milestones: tuple[int, ...] = option(
+        (), "step schedule: epochs of a phase where the rate drops x0.1 (default: 40% and 80%)", "E"
+    )
+    lr_warmup_epochs: float = option(0.0, "linear learning-rate warm-up, in epochs", "E")
+    clip_grad_norm: float = option(20.0, "clip the gradient norm to this (0: off)", "NORM")
+    device: str = option(
+        "", "cpu, cuda (under torchrun: each process its own GPU) or cuda:N (default: cuda where available)", "D"
+    )
+    seed: int = option(0, "random seed", "S")
+    resume: bool = option(False, "continue the run in --run-dir from its last epoch", None)
+    flops_weight: float = option(0.1, "lambda of Eq. 6, per GFLOP", "LAMBDA", ADAFUSE)
+    cost: Literal["flops", "latency"] = option(
+        "flops", "Eq. 6's cost term: flops, or latency (the executor's calibrated time)", "{flops,latency}", ADAFUSE
+    )
+    latency_weight: float = option(
+        1.0, "with --cost latency: lambda per unit of the gated pairs' time", "LAMBDA", ADAFUSE
+    )
+    policy_lr_scale: float = option(1.0, "the policy nets' learning rate, as a multiple of --lr", "X", ADAFUSE)
+    gamma: float = option(1.0, "reward of a wrong prediction is -gamma (Eq. 4)", "GAMMA", ADA3D)
+    selection_epochs: int = option(
+        5, "epochs of the selection net trained as a classifier, before the policy", "N", ADA3D
+    )
+    policy_epochs: int = option(10, "epochs of selection-net training by REINFORCE, backbone frozen", "N", ADA3D)
+    entropy_weight: float = option(0.01, "weight of the policies' entropy bonus in the policy stages", "BETA", ADA3D)
+    joint_epochs: int = option(10, "epochs of joint fine-tuning (Eq. 8)", "N", ADA3D)
+    policy_lr: float = option(1e-4, "learning rate of the policy and joint stages (the paper's)", "LR", ADA3D)
+    fusion_warmup_epochs: int = option(5, "template: epochs without v-DropPath first", "N", FUSION)
+    length_scale: float = option(50.0, "template: prior length scale k of Eq. 5", "K", FUSION)
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _one_or_more_paths(cls, value: Any) -> Any:
+        """One path (a JSON config's string) or several."""
+        return (value,) if isinstance(value, str | Path) else value
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """A config from JSON-like values (paths as strings, lists for tuples); unknown keys are an error."""
-        unknown = sorted(set(values) - {item.name for item in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown training options {unknown}")
-        converted = dict(values)
-        for name in PATH_FIELDS:
-            if converted.get(name) and name != "init":  # init: __post_init__
-                converted[name] = Path(converted[name])
-        if "milestones" in converted:
-            converted["milestones"] = tuple(converted["milestones"])
-        return cls(**converted)
+        """A config from JSON-like values (paths as strings, lists for tuples); errors name the option."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in error.errors())
+            raise ConfigError(f"invalid training options: {problems}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        values = {key: str(value) if isinstance(value, Path) else value for key, value in vars(self).items()}
-        return {**values, "init": [str(path) for path in self.init]}
+        return self.model_dump(mode="json")
 
     def resolved(self) -> TrainConfig:
-        """Checked, with the run directory defaulted."""
+        """Checked for the options every run needs, with the run directory defaulted."""
         missing = [name for name in ("model", "data", "out") if not getattr(self, name)]
         if missing:
             raise ConfigError(f"missing training options: {', '.join(missing)}")
-        if self.schedule not in ("cosine", "step"):
-            raise ConfigError(f"schedule must be cosine or step, not {self.schedule!r}")
-        if self.cost not in ("flops", "latency"):
-            raise ConfigError(f"cost must be flops or latency, not {self.cost!r}")
-        return dataclasses.replace(self, run_dir=self.run_dir or default_run_dir(self.out))
+        return self.model_copy(update={"run_dir": self.run_dir or default_run_dir(self.out)})
 
 
 def default_run_dir(out: Path) -> Path:
