@@ -252,6 +252,7 @@ class AdaFuseBlock(ResidualBlock):
         for name, module in block.named_children():
             self.add_module(name, module)
         self.shift, self.downsample = block.shift, block.downsample  # also where they are None
+        self.shift_shortcut = block.shift_shortcut
         if self.conv1.groups != 1 or self.conv2.groups != 1:
             raise ValueError("AdaFuse gates ungrouped convolutions only")
         self.out_channels = block.out_channels
@@ -273,7 +274,7 @@ class AdaFuseBlock(ResidualBlock):
     ) -> tuple[torch.Tensor, torch.Tensor, FoldedConv, FoldedConv, dict[str, object]]:
         """The pair's input (``x`` shifted), the block's shortcut, its folded convolutions and its epilogue."""
         shifted = x if self.shift is None else self.shift(x, frames)
-        shortcut = x if self.downsample is None else self._folded(*self.downsample).dense(x)
+        shortcut = x if self.downsample is None else self._folded(*self.downsample).dense(self.projected(x, shifted))
         first, second = self._folded(self.conv1, self.bn1), self._folded(self.conv2, self.bn2)
         epilogue = {"relu": True} if self.bottleneck else {"residual": shortcut, "relu": True}
         return shifted, shortcut, first, second, epilogue

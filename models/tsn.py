@@ -4,7 +4,8 @@ A clip (N, 3, T, H, W) is folded into a batch of N·T frames, a 2D ResNet gives 
 clip's logits are their average over T (TSN's average consensus). TSM inserts a bidirectional temporal
 shift at the start of every residual branch ("residual shift"): 1/``shift_div`` of the channels take the
 next frame's features, another 1/``shift_div`` the previous frame's, with zeros at the clip ends; the
-identity path is not shifted. The shift moves memory only, so TSM costs exactly the FLOPs of TSN.
+identity path is not shifted (``shift_shortcut`` makes a downsampling shortcut read the shifted input, as the
+AdaFuse authors' TSM does). The shift moves memory only, so TSM costs exactly the FLOPs of TSN.
 
 Choices where the papers are silent follow the TSM code base: the shift wraps conv1 of every block of
 every stage (``shift_place="blockres"``, ``shift_div=8``), channels ``[0, c/8)`` take frame t+1 and
@@ -51,6 +52,7 @@ class TSNConfig(ClipModelConfig):
     layers: tuple[int, ...] | None = None  # blocks per stage; None: those of ResNet-18 / ResNet-50
     temporal_shift: bool = False  # TSM
     shift_div: int = 8  # TSM shifts 1/shift_div of the channels each way
+    shift_shortcut: bool = False  # a block's downsample reads the shifted input (the AdaFuse authors' TSM)
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
@@ -96,10 +98,11 @@ class ResidualBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int, shift_div: int) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int, shift_div: int, shift_shortcut: bool = False) -> None:
         super().__init__()
         self.out_channels = width * self.expansion
         self.shift = TemporalShift(shift_div) if shift_div else None
+        self.shift_shortcut = shift_shortcut
         self.downsample = _downsample(in_channels, self.out_channels, stride)
         self.relu = nn.ReLU(inplace=True)
         self._folded = FoldCache()
@@ -116,21 +119,28 @@ class ResidualBlock(nn.Module):
         if self.training or torch.is_grad_enabled():
             return self.through_modules(x, frames)
         shifted = x if self.shift is None else self.shift(x, frames)
-        shortcut = x if self.downsample is None else self._folded(*self.downsample).dense(x)
+        shortcut = x if self.downsample is None else self._folded(*self.downsample).dense(self.projected(x, shifted))
         return self.folded(shifted, shortcut)
+
+    def projected(self, x: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
+        """What the downsample reads: the block input, or with ``shift_shortcut`` the shifted one, as in the
+        AdaFuse authors' TSM (their identity without a downsample stays unshifted)."""
+        return shifted if self.shift_shortcut else x
 
     def through_modules(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """The block module by module (training, and references at inference)."""
-        shortcut = x if self.downsample is None else self.downsample(x)
         shifted = x if self.shift is None else self.shift(x, frames)
+        shortcut = x if self.downsample is None else self.downsample(self.projected(x, shifted))
         return self.relu(self.branch(shifted, frames) + shortcut)
 
 
 class BasicBlock(ResidualBlock):
     """ResNet-18's block: 3x3 (stride) → 3x3."""
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1, shift_div: int = 0) -> None:
-        super().__init__(in_channels, width, stride, shift_div)
+    def __init__(
+        self, in_channels: int, width: int, stride: int = 1, shift_div: int = 0, shift_shortcut: bool = False
+    ) -> None:
+        super().__init__(in_channels, width, stride, shift_div, shift_shortcut)
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
@@ -149,8 +159,10 @@ class Bottleneck(ResidualBlock):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1, shift_div: int = 0) -> None:
-        super().__init__(in_channels, width, stride, shift_div)
+    def __init__(
+        self, in_channels: int, width: int, stride: int = 1, shift_div: int = 0, shift_shortcut: bool = False
+    ) -> None:
+        super().__init__(in_channels, width, stride, shift_div, shift_shortcut)
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
@@ -169,8 +181,8 @@ class Bottleneck(ResidualBlock):
         return self._folded(self.conv3, self.bn3).dense(out, residual=shortcut, relu=True)
 
 
-BlockFactory = Callable[[int, int, int, int], ResidualBlock]
-"""Builds a block from (in_channels, width, stride, shift_div): a block class, or a partial of one."""
+BlockFactory = Callable[[int, int, int, int, bool], ResidualBlock]
+"""Builds a block from (in_channels, width, stride, shift_div, shift_shortcut): a block class, or a partial of one."""
 
 
 class ResNet2D(nn.Module):
@@ -179,7 +191,9 @@ class ResNet2D(nn.Module):
     Stages ``layer1..layer4`` are ``nn.Sequential`` containers of blocks, each called as ``block(x, frames)``.
     """
 
-    def __init__(self, block: BlockFactory, layers: Sequence[int], width: int, shift_div: int = 0) -> None:
+    def __init__(
+        self, block: BlockFactory, layers: Sequence[int], width: int, shift_div: int = 0, shift_shortcut: bool = False
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -190,7 +204,8 @@ class ResNet2D(nn.Module):
             stage_width, stride = width * 2**index, 1 if index == 0 else 2
             stage = []
             for position in range(blocks):
-                stage.append(block(in_channels, stage_width, stride if position == 0 else 1, shift_div))
+                stride_here = stride if position == 0 else 1
+                stage.append(block(in_channels, stage_width, stride_here, shift_div, shift_shortcut))
                 in_channels = stage[-1].out_channels
             self.add_module(f"layer{index + 1}", nn.Sequential(*stage))
         self.out_channels = in_channels
@@ -227,7 +242,7 @@ def build_backbone(config: TSNConfig, block: BlockFactory | None = None) -> ResN
     """The ResNet a config describes; ``block`` replaces the depth's block class (AdaFuse's gated blocks)."""
     block = block or (BasicBlock if config.depth == 18 else Bottleneck)
     shift_div = config.shift_div if config.temporal_shift else 0
-    return ResNet2D(block, config.layers, config.width, shift_div)
+    return ResNet2D(block, config.layers, config.width, shift_div, config.shift_shortcut)
 
 
 class TSN(VideoClassifier):
