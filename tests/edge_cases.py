@@ -19,7 +19,7 @@ from itertools import accumulate, cycle, islice
 import av
 import numpy as np
 
-from clipwise.video.decode import DecodeLimits, Reason
+from clipwise.video.container import DecodeLimits, Reason
 from clipwise.video.synthetic import encode_video, index_coded_frames
 
 LIMITS = DecodeLimits(max_pixels=256 * 256, max_duration_s=600.0, decode_timeout_s=10.0)

@@ -26,7 +26,7 @@ from clipwise.video import (
     read_frames,
     segment_indices,
 )
-from clipwise.video.decode import PacketInfo
+from clipwise.video.frame_index import PacketInfo
 from clipwise.video.parallel import ThreadBudget
 from clipwise.video.synthetic import encode_video, index_coded_frames, read_frame_index
 from clipwise.video.transforms import crop_origins, resize_short_side

@@ -1,18 +1,8 @@
 """Video input shared by the service and training: decoding (PyAV), frame sampling and transforms."""
 
-from clipwise.video.decode import (
-    ACCEPTED_FORMATS,
-    REASONS,
-    DecodedFrames,
-    DecodeLimits,
-    LoadedClips,
-    Reason,
-    VideoError,
-    VideoInfo,
-    load_clips,
-    probe,
-    read_frames,
-)
+from clipwise.video.clips import LoadedClips, load_clips
+from clipwise.video.container import ACCEPTED_FORMATS, REASONS, DecodeLimits, Reason, VideoError, VideoInfo
+from clipwise.video.decode import DecodedFrames, probe, read_frames
 from clipwise.video.sampling import SAMPLINGS, ClipSpec, dense_indices, segment_indices
 from clipwise.video.transforms import CROP_COUNTS, make_views
 

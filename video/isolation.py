@@ -39,7 +39,8 @@ from typing import Any
 
 import torch
 
-from clipwise.video.decode import Buffer, DecodeLimits, LoadedClips, VideoError, load_clips
+from clipwise.video.clips import LoadedClips, load_clips
+from clipwise.video.container import Buffer, DecodeLimits, VideoError
 from clipwise.video.parallel import ThreadBudget
 from clipwise.video.sampling import ClipSpec
 
