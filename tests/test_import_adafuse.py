@@ -5,9 +5,9 @@ included, so that every decision and every branch shows) under the names their c
 (``mengyuest/AdaFuse``, ``ops/batenet.py``, ``ops/models_gate.py``, ``main_gate.py``), and ``authors_logits``
 computes what their ``TSN_Gate`` computes in eval mode, written out from their code with plain torch
 functionals: the Bottleneck with its policy net between conv1 and conv2, logits per channel ordered [skip,
-reuse, keep], the fused map ``out·keep + previous frame's out·reuse`` — with the argmax in place of their
-Gumbel sample. An imported AdaFuse-TSN version must give the same logits; their TSM files are refused (their
-blocks feed the shortcut's downsample the shifted input, Clipwise's TSM the unshifted one).
+reuse, keep], the fused map ``out·keep + previous frame's out·reuse``, and with ``--shift`` the temporal shift
+of ``x`` before conv1, the policy net and ``downsample0`` — with the argmax in place of their Gumbel sample.
+Imported AdaFuse-TSN, AdaFuse-TSM and TSM-Last versions must give the same logits.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from clipwise.cli import main
 from clipwise.models.checkpoint import load_version, read_manifest
 from clipwise.models.imports import CheckpointImportError, import_checkpoint
+from clipwise.models.registry import create_model
 
 ROOT = "module.base_model"
 CLASSES = 7
@@ -41,9 +42,10 @@ class AuthorsNet:
     hidden_quota: int = 3072  # --hidden_quota (196608 there)
     hidden_dim: int = 0  # --gate_hidden_dim, used without a quota (TSM-Last: 1024 there)
     shared: bool = True  # --shared_policy_net
+    shift: bool = False  # --shift (with their default --shift_div 8)
 
     def hidden(self, planes: int) -> int:
-        return self.hidden_dim or self.hidden_quota // planes
+        return self.hidden_quota // planes if self.hidden_quota > 0 else self.hidden_dim
 
     def blocks(self) -> Iterator[tuple[str, int, int, int, bool]]:
         """(key prefix, input channels, planes, stride, gated) of every Bottleneck in order."""
@@ -57,8 +59,10 @@ class AuthorsNet:
 
 
 TSN = AuthorsNet("adafuse_tsn_r50_tiny")
-TSM = AuthorsNet("adafuse_tsm_r50_tiny")  # --shift: their blocks also feed downsample0 the shifted input
-TSM_LAST = AuthorsNet("adafuse_tsm_last_r50_tiny", gated_stages=(4,), hidden_dim=64, shared=False)
+TSM = AuthorsNet("adafuse_tsm_r50_tiny", shift=True)
+TSM_LAST = AuthorsNet(
+    "adafuse_tsm_last_r50_tiny", gated_stages=(4,), hidden_quota=-1, hidden_dim=64, shared=False, shift=True
+)
 
 
 def _bn(state: dict, prefix: str, channels: int, generator: torch.Generator) -> None:
@@ -124,6 +128,17 @@ def _conv_bn(x: torch.Tensor, state: dict, conv: str, bn: str, stride: int = 1, 
     )
 
 
+def _shift(x: torch.Tensor, fold_div: int = 8) -> torch.Tensor:
+    """Their ``shift``: channels [0, c/8) take frame t+1, [c/8, c/4) frame t−1, zeros at the clip ends."""
+    clips = x.view(-1, FRAMES, *x.shape[1:])
+    fold = x.shape[1] // fold_div
+    out = torch.zeros_like(clips)
+    out[:, :-1, :fold] = clips[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = clips[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = clips[:, :, 2 * fold :]
+    return out.view_as(x)
+
+
 def _previous_frame(x: torch.Tensor) -> torch.Tensor:
     clips = x.view(-1, FRAMES, *x.shape[1:])
     return torch.cat([torch.zeros_like(clips[:, :1]), clips[:, :-1]], 1).view_as(x)
@@ -145,9 +160,11 @@ def _fc(state: dict, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     return state[f"{key}.weight"], state[f"{key}.bias"]
 
 
-def _bottleneck(x: torch.Tensor, state: dict, block: tuple, decisions: list) -> torch.Tensor:
+def _bottleneck(x: torch.Tensor, state: dict, block: tuple, decisions: list, shift: bool) -> torch.Tensor:
     prefix, _, _, stride, gated = block
     identity = x
+    if shift:
+        x = _shift(x)
     out = F.relu(_conv_bn(x, state, f"{prefix}.conv1", f"{prefix}.bn1"))
     if gated:
         mask = _mask(x, state, prefix)
@@ -167,7 +184,7 @@ def authors_logits(state: dict, net: AuthorsNet, clips: torch.Tensor) -> tuple[t
     x = F.max_pool2d(F.relu(_conv_bn(x, state, f"{ROOT}.conv1", f"{ROOT}.bn1", 2, 3)), 3, 2, 1)
     decisions: list[torch.Tensor] = []
     for block in net.blocks():
-        x = _bottleneck(x, state, block, decisions)
+        x = _bottleneck(x, state, block, decisions, net.shift)
     frame_logits = F.linear(x.mean((2, 3)), *_fc(state, "module.new_fc"))
     counts = torch.stack([mask.sum((0, 1)) for mask in decisions]).sum(0)
     return frame_logits.view(len(clips), FRAMES, -1).mean(1), counts
@@ -185,23 +202,45 @@ def clips(count: int = 2) -> torch.Tensor:
 # ---------------------------------------------------------------- round trips
 
 
-def test_an_authors_tsn_checkpoint_gives_their_logits(tmp_path: Path) -> None:
-    state = authors_checkpoint(TSN)
-    imported = import_checkpoint("adafuse", write(state, tmp_path / "ckpt.best.pth.tar"), TSN.preset, LABELS)
+@pytest.mark.parametrize("net", [TSN, TSM, TSM_LAST], ids=["tsn", "tsm", "tsm_last"])
+def test_an_authors_checkpoint_gives_their_logits(net: AuthorsNet, tmp_path: Path) -> None:
+    state = authors_checkpoint(net)
+    imported = import_checkpoint("adafuse", write(state, tmp_path / "ckpt.best.pth.tar"), net.preset, LABELS)
     assert imported.tensors == len([key for key in state if ".gate_fc0s." not in key and ".gate_fc1s." not in key])
     values = clips()
-    expected, counts = authors_logits(state, TSN, values)
+    expected, counts = authors_logits(state, net, values)
     assert (counts > 0).all(), f"a decision never taken ([skip, reuse, keep]: {counts.tolist()}): weaker test"
     with torch.no_grad():
-        logits = imported.model(values)
-    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+        executed = imported.model(values)
+        with imported.model.masked_execution():  # the module-by-module path training takes
+            masked = imported.model(values)
+    torch.testing.assert_close(executed, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(masked, expected, rtol=1e-4, atol=1e-4)
     assert imported.model.config.structure == "channel"
     assert (imported.preprocessing.crop_size, imported.preprocessing.short_side) == (224, 256)
 
 
-@pytest.mark.parametrize("net", [TSM, TSM_LAST], ids=["tsm", "tsm_last"])
-def test_their_tsm_checkpoints_are_refused_not_served_with_other_answers(net: AuthorsNet, tmp_path: Path) -> None:
-    assert "shifted input" in _refusal(authors_checkpoint(net), tmp_path, net.preset)
+def test_their_tsm_is_refused_with_an_unshifted_shortcut(tmp_path: Path) -> None:
+    path = write(authors_checkpoint(TSM), tmp_path / "tsm.pth.tar")
+    with pytest.raises(CheckpointImportError, match="shifted input"):
+        import_checkpoint("adafuse", path, TSM.preset, LABELS, overrides={"shift_shortcut": False})
+
+
+@pytest.mark.parametrize("preset", ["tsm_r50_tiny", "tsm_r18_tiny", "adafuse_tsm_r50_tiny"])
+def test_shift_shortcut_is_off_by_default_and_changes_the_answer_when_set(preset: str) -> None:
+    torch.manual_seed(0)
+    default, shifted = create_model(preset).eval(), create_model(preset, shift_shortcut=True).eval()
+    assert default.config.shift_shortcut is False
+    for module in default.modules():  # statistics away from 0 / 1, so the shortcut's input shows in the logits
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    shifted.load_state_dict(default.state_dict())
+    values = clips(1)
+    with torch.no_grad():
+        executed, gap = shifted(values), (default(values) - shifted(values)).abs().max()
+    assert gap > 1e-3, f"shift_shortcut=True answers as the default (max |Δ| {gap:.2e})"
+    torch.testing.assert_close(shifted(values).detach(), executed, rtol=1e-4, atol=1e-4)  # the module-by-module path
 
 
 def test_the_command_writes_a_version_that_serves_their_logits(tmp_path: Path) -> None:

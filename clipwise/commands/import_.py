@@ -2,13 +2,14 @@
 
 ``--source`` names the code base that wrote the file: ``pytorchvideo`` and ``pyslowfast`` (``.pyth``,
 ``model_state``), ``mmaction2`` (``.pth``, ``state_dict``), ``torchvision`` (an ImageNet ResNet state dict, served
-as a TSN of the ImageNet classes), ``adafuse`` (the AdaFuse authors' ``.pth.tar``: ``--architecture adafuse_tsn_r50``
-with their Something-Something V1 labels, 174 classes, served with the per-channel policy decided by argmax;
-their TSM files are refused). ``--architecture`` is the registry preset of the same network (``i3d_r50``,
-``slowonly_r50``, ``x3d_s`` / ``x3d_m`` / ``x3d_l``, ``tsn_r50``, ``tsm_r50``, ...); the config fields that build
-what the source trained (I3D's pool after res2, X3D's shortcut BN, the clip size) come from the source's recipe
-(``clipwise.models.imports.sources``) and ``--model-args`` overrides them. Every tensor of the file must find its place
-and every tensor of the model its source: anything missing, misshaped or left over is an error naming it.
+as a TSN of the ImageNet classes), ``adafuse`` (the AdaFuse authors' ``.pth.tar``: ``--architecture adafuse_tsn_r50``,
+``adafuse_tsm_r50`` or ``adafuse_tsm_last_r50`` with their Something-Something V1 labels, 174 classes,
+served with the per-channel policy decided by argmax). ``--architecture`` is the registry preset of the same
+network (``i3d_r50``, ``slowonly_r50``, ``x3d_s`` / ``x3d_m`` / ``x3d_l``, ``tsn_r50``, ``tsm_r50``, ...); the
+config fields that build what the source trained (I3D's pool after res2, X3D's shortcut BN, the clip size, the
+AdaFuse authors' shifted shortcut) come from the source's recipe (``clipwise.models.imports.sources``) and
+``--model-args`` overrides them. Every tensor of the file must find its place and every tensor of the model its
+source: anything missing, misshaped or left over is an error naming it.
 The file is read with ``torch.load(weights_only=True)`` (or safetensors): nothing stored in it runs; Caffe2
 ``.pkl`` files are refused.
 

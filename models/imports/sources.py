@@ -23,8 +23,11 @@ Recipes (from the sources' Kinetics-400 configs; PyTorchVideo's hub models are P
   with ``mask[..., -1]`` and reuses with ``mask[..., -2]``), Clipwise's [keep, reuse, skip]: the rows of each
   policy net's last FC are reordered. Their shared policy FCs (``--shared_policy_net``) are stored under every
   block and once more under ``gate_fc{0,1}s``: each such copy must equal the blocks' of its dimensions, and a
-  preset that ties its FCs takes only a file whose FCs are shared. Their TSM files are refused
-  (``adafuse_prepare`` says why).
+  preset that ties its FCs takes only a file whose FCs are shared. Their blocks shift ``x`` before both conv1
+  and ``downsample0(x)`` (``ops/batenet.py``, ``Bottleneck.forward``): the shortcut's projection reads the
+  shifted input, so the recipe sets ``shift_shortcut`` (a no-op without the shift: their TSN). Their TSM files
+  import as ``adafuse_tsm_r50``, TSM-Last (``--enabled_stages 3 --gate_hidden_dim 1024``, unshared FCs) as
+  ``adafuse_tsm_last_r50``.
 
 Test-time crops equal the training crops: there the sources' fixed-size head pools (PySlowFast, PyTorchVideo)
 cover the whole feature map, so Clipwise's global average pool computes exactly what they compute.
@@ -49,7 +52,7 @@ from torch import nn
 import clipwise.models.imports.layouts as layouts
 from clipwise.models.base import IMAGENET_MEAN, IMAGENET_STD, ClipModelConfig, Preprocessing, VideoClassifier
 from clipwise.models.checkpoint import SourceCheckpoint, save_version, sha256_file
-from clipwise.models.gating import KEEP, REUSE, SKIP
+from clipwise.models.gating_partitions import KEEP, REUSE, SKIP
 from clipwise.models.imports.reading import CheckpointImportError, listed, read_state_dict
 from clipwise.models.registry import create_model, get_preset
 
@@ -115,7 +118,7 @@ def _torchvision_tsn(config: ClipModelConfig) -> Recipe:
 
 
 def _adafuse(config: ClipModelConfig) -> Recipe:
-    fields = {"frames": 8, "size": 224, "structure": "channel", "decision_group": 1}
+    fields = {"frames": 8, "size": 224, "structure": "channel", "decision_group": 1, "shift_shortcut": True}
     return Recipe(fields, 256 / 224, IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -156,17 +159,13 @@ def adafuse_actions(key: str, tensor: torch.Tensor) -> torch.Tensor:
 
 def adafuse_prepare(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """The file's tensors less its shared policy FCs (``gate_fc{0,1}s.<in>_<out>``), each checked equal to the
-    FCs of every block of its dimensions; refused where the model ties FCs the file does not share, and for TSM.
-
-    The authors' TSM blocks (``ops/batenet.py``, ``Bottleneck.forward``) shift ``x`` before both conv1 and
-    ``downsample0(x)``: their shortcut's projection reads the shifted input, Clipwise's TSM (as TSM's own code)
-    the unshifted one. Until a Clipwise TSM can read it shifted, their TSM files are refused rather than served
-    with other answers."""
-    if getattr(model.config, "temporal_shift", False):
+    FCs of every block of its dimensions; refused where the model ties FCs the file does not share, and where a
+    TSM's shortcut projection would read the unshifted input (``shift_shortcut`` overridden off): their blocks
+    feed it the shifted one, so such a model would answer differently."""
+    if getattr(model.config, "temporal_shift", False) and not model.config.shift_shortcut:
         raise CheckpointImportError(
-            "AdaFuse-TSM checkpoints are not imported: the authors' blocks feed the shortcut's downsample conv the "
-            "temporally shifted input, Clipwise's TSM the unshifted one, so the first block of every stage would "
-            "answer differently; their AdaFuse-TSN checkpoints import (--architecture adafuse_tsn_r50)"
+            "the AdaFuse authors' TSM blocks feed the shortcut's downsample conv the temporally shifted input: "
+            "import their TSM files with shift_shortcut true (the recipe's), not overridden off"
         )
     shared = {key: match for key in state if (match := SHARED_FCS.fullmatch(key))}
     copies: dict[str, list[str]] = {key: [] for key in shared}
