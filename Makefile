@@ -13,9 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Serving: Clipwise, torch and the graph backends it serves with (the serve extra).
+# Serving: Clipwise, torch and the graph backends it serves with (the serve extra). Not byte-compiled at
+# install (torch alone is thousands of modules): the modules serving imports compile on first import.
 $(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[serve]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[serve]'
 	touch $(SERVE_STAMP)
 
 # Development: serving plus training, Ray and the tools and peers the tests use (the dev extra).
