@@ -44,7 +44,7 @@ from torch import nn
 
 from clipwise.models.adafuse import DECISIONS, KEEP, REUSE, fuse_masked
 from clipwise.models.folding import CHANNEL_BLOCK, FoldedConv
-from clipwise.models.gating import PairCosts
+from clipwise.models.gating_partitions import PairCosts
 
 DOMAIN = "clipwise"
 DOMAIN_VERSION = 1

@@ -42,7 +42,7 @@ from clipwise.models.adafuse import KEEP, REUSE, note_executed
 from clipwise.models.adafuse import gated_conv_pair as eager_gated_conv_pair
 from clipwise.models.flops import conv_macs, record_macs
 from clipwise.models.folding import FoldedConv, conv_output_size
-from clipwise.models.gating import PairCosts
+from clipwise.models.gating_partitions import PairCosts
 
 BLOCK_OUT, BLOCK_PIXELS, BLOCK_IN = 64, 64, 64  # a tile: output channels × output pixels, by input channels
 

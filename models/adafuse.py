@@ -62,17 +62,16 @@ from torch import nn
 from clipwise.models.base import Capabilities, forced_on, forcing
 from clipwise.models.flops import conv_macs, count_flops, record_macs
 from clipwise.models.folding import CHANNEL_BLOCK, FoldCache, FoldedConv, conv_output_size
-from clipwise.models.gating import (
+from clipwise.models.gating import run_pair
+from clipwise.models.gating_calibration import calibrate_pair, seconds_of
+from clipwise.models.gating_partitions import (
     DECISIONS,
     KEEP,
     REUSE,
     SKIP,
     Decisions,
     PairCosts,
-    calibrate_pair,
     in_blocks,
-    run_pair,
-    seconds_of,
     uncalibrated_costs,
 )
 from clipwise.models.policy import AdaFusePolicy, ChannelUsage

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from clipwise.models.folding import FoldedConv
-from clipwise.models.gating import DECISIONS, KEEP, REUSE, SKIP
+from clipwise.models.gating_partitions import DECISIONS, KEEP, REUSE, SKIP
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from unittest import mock
 
 from clipwise.models import gating
-from clipwise.models.gating import PARTITIONS, Candidates, ConvCost, PairCosts
+from clipwise.models.gating_partitions import PARTITIONS, Candidates, ConvCost, PairCosts
 
 ANY_COST = ConvCost(dense=(1.0, 1.0), gathered=(1.0, 1.0, 1.0))
 

@@ -10,7 +10,7 @@ from randomised import assert_branches_live, randomise_batch_norms
 
 from clipwise.models import create_model
 from clipwise.models.adafuse import KEEP, REUSE, SKIP
-from clipwise.models.gating import PARTITIONS, Candidates, ConvCost, PairCosts, fit_cost
+from clipwise.models.gating_partitions import PARTITIONS, Candidates, ConvCost, PairCosts, fit_cost
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster
 

@@ -10,7 +10,7 @@ from randomised import assert_branches_live, randomise_batch_norms
 from clipwise.models import create_model
 from clipwise.models.adafuse import AdaFuse
 from clipwise.models.flops import count_flops
-from clipwise.models.gating import KEEP, REUSE, SKIP
+from clipwise.models.gating_partitions import KEEP, REUSE, SKIP
 from clipwise.models.prefix_gating import PrefixChoice, choice_masks, prefix_choices
 
 PRESET = "adafuse_tsn_r18_tiny"  # BasicBlocks of 16 … 128 channels at 8×64²
