@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import adaptive, backends, decode, gpu  # noqa: E402
+from benchmarks import adaptive, backends, decode, gpu, synthetic  # noqa: E402
 
 
 def test_gpu_targets_need_their_row_and_check_it() -> None:
@@ -68,3 +68,20 @@ def test_ada3d_targets_need_learned_torch_rows_against_the_backbone() -> None:
     assert "worst 1.050 (≤ 1.0)" in slow_clip
     (heavy_selection,) = adaptive.ada3d_targets([clip("a", 7.0, 0.2)], model)
     assert "selection net 20.0% of its time" in heavy_selection
+
+
+def test_synthetic_claims_are_checked_on_the_models_that_ran() -> None:
+    def row(name: str, top1: float, frames: tuple[float, float] = (1, 1), stages: tuple[float, float] = (1, 1)):
+        groups = {"static": (frames[0], stages[0]), "temporal": (frames[1], stages[1]), "overall": (1, 1)}
+        return name, {
+            "title": name.upper(),
+            **{g: {"top1": top1, "policy": {"frame_fraction": f, "stage_fraction": s}} for g, (f, s) in groups.items()},
+        }
+
+    rows = dict([row("i3d", 0.60), row("ada3d", 0.59, frames=(0.5, 0.75), stages=(0.4, 0.5))])
+    claims = synthetic.check_claims(rows)
+    assert [claim.holds for claim in claims] == [True, True]  # within 2 points; 25 points fewer frames
+    assert "frames kept 50% vs 75%" in claims[1].evidence
+    rows = dict([row("i3d", 0.60), row("ada3d", 0.57, frames=(0.6, 0.75), stages=(0.4, 0.5))])
+    assert [claim.holds for claim in synthetic.check_claims(rows)] == [False, False]
+    assert synthetic.check_claims(dict([row("i3d", 0.6)])) == []  # no claim of models that did not run
