@@ -1,38 +1,17 @@
 """AdaFuse (Meng et al., ICLR 2021): per-channel keep / reuse / skip between conv1 and conv2 of every block.
 
-Each gated block of a TSN / TSM ResNet gets a policy net. For frame t it reads the global-average-pooled
-block input of frames t−1 (zeros before the first frame) and t: FC → BatchNorm1d → ReLU → FC to three
-logits per conv1 output channel. *Keep* uses conv1's output of frame t, *reuse* copies the channel of conv1's
-output of frame t−1 (after its BN and ReLU, as computed there, not as fused there), *skip* gives zeros.
-conv2 then reads the fused map. The blocks are the backbone's own (``clipwise.models.tsn``): each chosen block is
-replaced by an :class:`AdaFuseBlock` that takes over its modules under their names, so TSN / TSM weights
-load as they are and only ``*.policy.*`` is new.
+Each gated block of a TSN / TSM ResNet gets a policy net (``clipwise.models.adafuse_policy``). For frame t it
+decides per conv1 output channel: *keep* uses conv1's output of frame t, *reuse* copies the channel of conv1's
+output of frame t−1 (after its BN and ReLU, as computed there, not as fused there), *skip* gives zeros. conv2
+then reads the fused map. The blocks are the backbone's own (``clipwise.models.tsn``): each chosen block is
+replaced by an ``AdaFuseBlock`` (``clipwise.models.adafuse_block``) that takes over its modules under their names,
+so TSN / TSM weights load as they are and only ``*.policy.*`` is new. At inference the blocks execute only what
+the policy keeps (``clipwise.models.adafuse_execution``); the configuration and presets are in
+``clipwise.models.adafuse_config``.
 
-Training: hard Gumbel-softmax with straight-through gradients at τ = 0.67, executed densely: conv1 over all
-channels, the output multiplied by the keep mask plus the previous frame's times the reuse mask. The loss
+Training: hard Gumbel-softmax with straight-through gradients at τ = 0.67, executed densely. The loss
 CE + λ·GFLOPs (Eq. 6) reads :meth:`AdaFuse.policy_gflops` after a forward: the per-clip GFLOPs of that
 forward's policy by Eq. 5, differentiable in the masks.
-
-Inference: the decision is the argmax. The authors' code keeps Gumbel sampling at test time and computes
-every channel densely, then multiplies by the masks. Here the gated blocks execute only what the policy
-keeps (:func:`gated_conv_pair`): conv1 computes channel i of frame t only if it is kept at t or reused at
-t+1 (gathered weight rows), conv2 reads only the channels not skipped at t (gathered weight columns); an
-all-skipped frame gives conv2's bias without a convolution. Frames that share a channel set run as one
-batch; conv1's output is ordered so that a frame's kept channels and those the next frame reuses are both
-slices. The executed MACs are reported per clip through ``clipwise.models.flops.record_macs`` and equal Eq. 5 for
-the same policy. Every convolution of a block runs with its batch norm folded in, channels_last, and on
-the CPU as one oneDNN primitive with its ReLU and the residual sum fused (the kernel torch.compile emits);
-the full-compute policy takes the same path, so that the two compare like for like.
-
-Choices where the paper is silent, following the authors' code (``ops/batenet.py``, ``ops/utils.py``):
-
-* the policy input is the residual branch's input, i.e. after TSM's shift;
-* hidden width ``hidden_quota // block width`` (196608: 3072 … 384 for ResNet-50), FC weights N(0, 0.001);
-* ``share_policy_fcs``: the blocks of a stage with equal (input, width) share the two FCs, each with its own
-  BatchNorm1d (their ``--shared_policy_net``). AdaFuse-TSN-R50 then has 23.86 M + 13.82 M = 37.68 M
-  parameters at 174 classes, the paper's 37.7 M; unshared policy nets would make it 54.9 M;
-* TSM+Last gates only the last stage (``layer4``, their ``--enabled_stages 3``) with 1024 hidden units and
-  unshared FCs (their training script and Table 7).
 
 ``structure="prefix"`` (the ``_small`` presets) is the execution-aware variant (``clipwise.models.prefix_gating``): the
 policy picks, once per block per clip, a level of an ordered channel list — keep the first k, reuse the next r
@@ -50,544 +29,47 @@ not skipped at t), on top of the layers the policy does not touch and the policy
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipwise.models.base import Capabilities, forced_on, forcing
-from clipwise.models.flops import conv_macs, count_flops, record_macs
-from clipwise.models.folding import CHANNEL_BLOCK, FoldCache, FoldedConv, conv_output_size
-from clipwise.models.gating import run_pair
-from clipwise.models.gating_calibration import calibrate_pair, seconds_of
-from clipwise.models.gating_partitions import (
-    DECISIONS,
-    KEEP,
-    REUSE,
-    SKIP,
-    Decisions,
-    PairCosts,
-    in_blocks,
-    uncalibrated_costs,
+from clipwise.models.adafuse_block import AdaFuseBlock, build_adafuse_backbone, directing, fuse_masked
+from clipwise.models.adafuse_config import AdaFuseConfig, adafuse_presets
+from clipwise.models.adafuse_execution import GatedPairExecutor, executing_gated_pairs, gated_conv_pair, note_executed
+from clipwise.models.adafuse_policy import (
+    BlockDecisions,
+    PolicyRecord,
+    active_record,
+    first_frame_reuse_is_skip,
+    recording,
 )
-from clipwise.models.policy import AdaFusePolicy, ChannelUsage
-from clipwise.models.prefix_gating import PrefixPolicyNet, PrefixWeights, order_by_importance, run_prefix_pair
+from clipwise.models.base import Capabilities
+from clipwise.models.flops import count_flops
+from clipwise.models.folding import CHANNEL_BLOCK
+from clipwise.models.gating_partitions import DECISIONS, KEEP, REUSE, SKIP, Decisions, in_blocks
+from clipwise.models.policy import AdaFusePolicy
+from clipwise.models.prefix_gating import order_by_importance
 from clipwise.models.registry import register_preset
-from clipwise.models.tsn import SMALL, TSN, Bottleneck, ResidualBlock, ResNet2D, TSNConfig, build_backbone
-
-
-@dataclass
-class AdaFuseConfig(TSNConfig):
-    """A TSN / TSM ResNet whose blocks in ``gated_stages`` (1 = layer1 … 4 = layer4) carry a policy net."""
-
-    gated_stages: tuple[int, ...] = (1, 2, 3, 4)
-    hidden_quota: int = 196608  # policy hidden width = hidden_quota // block width ...
-    hidden_width: int = 0  # ... unless this is set (TSM+Last: 1024)
-    share_policy_fcs: bool = True  # blocks of a stage with equal dimensions share the policy FCs
-    tau: float = 0.67  # Gumbel-softmax temperature in training
-    decision_group: int = 1  # channels per decision: 1 is the paper's; groups make sets an executor can exploit
-    # "channel": the paper's keep / reuse / skip per (frame, channel); "prefix": one level of an ordered channel
-    # list per block per clip (models.prefix_gating), which executes as dense slices
-    structure: Literal["channel", "prefix"] = "channel"
-    prefix_hidden: int = 64  # "prefix": hidden width of each block's policy net
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.gated_stages = tuple(self.gated_stages)
-        if self.structure not in ("channel", "prefix"):
-            raise ValueError(f"structure must be 'channel' or 'prefix', got {self.structure!r}")
-
-    def policy_hidden(self, block_width: int) -> int:
-        return self.hidden_width or max(1, self.hidden_quota // block_width)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# What gated blocks do in the current context, and what they decided.
-
-
-@dataclass(frozen=True)
-class _Directive:
-    """What one gated block does in the current context (``clipwise.models.base.forcing``)."""
-
-    keep_all: bool = False  # full compute: dense conv1 and conv2, nothing gated
-    masked: bool = False  # run the dense masked formulation at inference too (the reference)
-    codes: torch.Tensor | None = None  # forced decision codes, (T, C) or (N, T, C)
-    choices: torch.Tensor | None = None  # "prefix": forced level indices, () or (N,)
-
-
-def _directive_of(block: nn.Module) -> _Directive:
-    return forced_on(block) or _Directive()
-
-
-def _directing(changes: Mapping[nn.Module, dict[str, object]]) -> contextlib.AbstractContextManager:
-    """Apply each block's changes to its directive inside the block, in this context only."""
-    return forcing({block: replace(_directive_of(block), **change) for block, change in changes.items()})
-
-
-@dataclass
-class BlockDecisions:
-    """One gated block's policy for a batch and the per-frame MACs it gates."""
-
-    masks: torch.Tensor  # (N, T, C, 3) one-hot keep / reuse / skip; straight-through gradients in training
-    conv1_macs: int  # conv1 over all its output channels, one frame
-    conv2_macs: int  # conv2 over all its input channels, one frame
-    input_size: tuple[int, int] = (0, 0)  # spatial size of the block's input
-    partitions: tuple[str, str] | None = None  # how the executor ran conv1 and conv2 (models.gating)
-    probabilities: torch.Tensor | None = None  # training: (N, T, C, 3) softmax of the logits the masks were drawn from
-    choice_weights: torch.Tensor | None = None  # "prefix": (N, L) one-hot level choices (straight-through in training)
-
-    def saved_macs(self) -> torch.Tensor:
-        """Per-clip MACs that Eq. 5 saves against computing every channel (differentiable in the masks)."""
-        keep, reuse, skip = self.masks.unbind(-1)
-        reused_next = F.pad(reuse[:, 1:], (0, 0, 0, 1))
-        not_computed = (1 - keep) * (1 - reused_next)
-        return not_computed.mean(-1).sum(-1) * self.conv1_macs + skip.mean(-1).sum(-1) * self.conv2_macs
-
-
-@dataclass
-class PolicyRecord:
-    """The decisions of every gated block during one forward pass, in execution order."""
-
-    frames: int
-    size: int
-    blocks: list[BlockDecisions] = field(default_factory=list)
-
-    def policy_gflops(self, full_gflops: float) -> torch.Tensor:
-        """GFLOPs per clip of these decisions by Eq. 5 (``full_gflops`` minus what they save), differentiable."""
-        saved = torch.stack([block.saved_macs() for block in self.blocks]).sum(0)
-        return full_gflops - saved / 1e9
-
-    def policies(self, full_gflops: float) -> list[AdaFusePolicy]:
-        """Keep / reuse / skip fractions per clip (overall, per block, per frame), its Eq. 5 GFLOPs and how the
-        executor ran each block."""
-        counts = torch.stack([b.masks.detach().sum(2) for b in self.blocks], 1).double()  # (N, B, T, 3)
-        channels = torch.tensor([b.masks.shape[2] for b in self.blocks], dtype=torch.float64)
-        per_block = counts.sum(2) / (channels[:, None] * self.frames)
-        per_frame = counts.sum(1) / channels.sum()
-        overall = counts.sum((1, 2)) / (channels.sum() * self.frames)
-        gflops = self.policy_gflops(full_gflops).detach().tolist()
-        executed = (
-            [] if any(b.partitions is None for b in self.blocks) else ["/".join(b.partitions) for b in self.blocks]
-        )
-        return [
-            AdaFusePolicy(
-                overall=_usage(overall[n]),
-                blocks=[_usage(row) for row in per_block[n]],
-                frames=[_usage(row) for row in per_frame[n]],
-                gflops=gflops[n],
-                executed=executed,
-            )
-            for n in range(counts.shape[0])
-        ]
-
-
-def _usage(fractions: torch.Tensor) -> ChannelUsage:
-    keep, reuse, skip = fractions.clamp(0, 1).tolist()
-    return ChannelUsage(keep=keep, reuse=reuse, skip=skip)
-
-
-_recorder: ContextVar[PolicyRecord | None] = ContextVar("adafuse_recorder", default=None)
-
-
-@contextlib.contextmanager
-def _recording(frames: int, size: int) -> Iterator[PolicyRecord]:
-    record = PolicyRecord(frames, size)
-    token = _recorder.set(record)
-    try:
-        yield record
-    finally:
-        _recorder.reset(token)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Policy net and the block.
-
-
-class PolicyNet(nn.Module):
-    """Keep / reuse / skip logits per group of ``group`` output channels of conv1 (1: per channel, the paper's)
-    from the pooled input of frames t−1 and t."""
-
-    def __init__(self, in_channels: int, width: int, hidden: int, group: int = 1) -> None:
-        super().__init__()
-        if width % group:
-            raise ValueError(f"decision groups of {group} channels do not divide a block of width {width}")
-        self.group = group
-        self.fc_in = nn.Linear(2 * in_channels, hidden)
-        self.bn = nn.BatchNorm1d(hidden)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc_out = nn.Linear(hidden, DECISIONS * (width // group))
-        for fc in (self.fc_in, self.fc_out):
-            nn.init.normal_(fc.weight, std=0.001)
-            nn.init.zeros_(fc.bias)
-
-    def tie_fcs(self, other: PolicyNet) -> None:
-        """Share the parameters of both FCs with ``other``; each net keeps its own BatchNorm1d."""
-        for mine, theirs in ((self.fc_in, other.fc_in), (self.fc_out, other.fc_out)):
-            mine.weight, mine.bias = theirs.weight, theirs.bias
-
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """(N·T, C_in, H, W) block input → logits (N, T, width / group, 3)."""
-        pooled = x.mean((2, 3)).view(-1, frames, x.shape[1])
-        previous = F.pad(pooled, (0, 0, 1, 0))[:, :-1]
-        hidden = self.relu(self.bn(self.fc_in(torch.cat([previous, pooled], -1).flatten(0, 1))))
-        return self.fc_out(hidden).view(pooled.shape[0], frames, -1, DECISIONS)
-
-
-class AdaFuseBlock(ResidualBlock):
-    """A TSN / TSM residual block with a policy net between conv1 (+ BN, ReLU) and conv2.
-
-    It takes over the modules of the block it replaces, under the same names. Training (and the masked
-    reference) runs the backbone's block with the dense masked fusion in its branch. In eval mode the gated
-    convolutions execute only what the policy keeps, every convolution with its batch norm folded in (cached
-    while weights and statistics stay the same) and, on the CPU, its ReLU and the residual sum fused into it.
-    """
-
-    def __init__(self, block: ResidualBlock, policy: PolicyNet | PrefixPolicyNet, tau: float) -> None:
-        nn.Module.__init__(self)  # the modules come from ``block``, not from ResidualBlock's constructor
-        for name, module in block.named_children():
-            self.add_module(name, module)
-        self.shift, self.downsample = block.shift, block.downsample  # also where they are None
-        self.shift_shortcut = block.shift_shortcut
-        if self.conv1.groups != 1 or self.conv2.groups != 1:
-            raise ValueError("AdaFuse gates ungrouped convolutions only")
-        self.out_channels = block.out_channels
-        self.bottleneck = isinstance(block, Bottleneck)
-        self.policy = policy
-        self.tau = tau
-        self._folded = FoldCache()
-        self._costs: dict[tuple[int, int], PairCosts] = {}  # calibrated, by spatial input size
-        self._prefix_weights: PrefixWeights | None = None  # "prefix": every level's slices, laid out once
-        self._choice_seconds: dict[tuple[int, int], torch.Tensor] = {}  # "prefix": latency table by input size
-
-    @property
-    def prefix(self) -> bool:
-        """The policy picks one level of an ordered channel list per clip (``clipwise.models.prefix_gating``)."""
-        return isinstance(self.policy, PrefixPolicyNet)
-
-    def _operands(
-        self, x: torch.Tensor, frames: int
-    ) -> tuple[torch.Tensor, torch.Tensor, FoldedConv, FoldedConv, dict[str, object]]:
-        """The pair's input (``x`` shifted), the block's shortcut, its folded convolutions and its epilogue."""
-        shifted = x if self.shift is None else self.shift(x, frames)
-        shortcut = x if self.downsample is None else self._folded(*self.downsample).dense(self.projected(x, shifted))
-        first, second = self._folded(self.conv1, self.bn1), self._folded(self.conv2, self.bn2)
-        epilogue = {"relu": True} if self.bottleneck else {"residual": shortcut, "relu": True}
-        return shifted, shortcut, first, second, epilogue
-
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        directive = _directive_of(self)
-        if self.training or directive.masked:
-            return self.through_modules(x, frames)
-        shifted, shortcut, first, second, epilogue = self._operands(x, frames)
-        if self.prefix and directive.codes is None and _pair_executor.get() is gated_conv_pair:
-            out = self._run_prefix(shifted, frames, directive, first, second, epilogue.get("residual"))
-        else:
-            out = self._run_gated(shifted, frames, directive, first, second, epilogue)
-        if not self.bottleneck:
-            return out
-        return self._folded(self.conv3, self.bn3).dense(out, residual=shortcut, relu=True)
-
-    def _run_gated(
-        self,
-        shifted: torch.Tensor,
-        frames: int,
-        directive: _Directive,
-        first: FoldedConv,
-        second: FoldedConv,
-        epilogue: dict[str, object],
-    ) -> torch.Tensor:
-        """The pair under per-channel decisions, by the current executor (``gated_conv_pair`` by default)."""
-        masks = self._decide(shifted, frames, directive)
-        codes = None if directive.keep_all else masks.argmax(-1)
-        costs = self.pair_costs((shifted.shape[-2], shifted.shape[-1]), first, second)
-        return _pair_executor.get()(shifted, codes, first, second, costs=costs, **epilogue)
-
-    def _run_prefix(
-        self,
-        shifted: torch.Tensor,
-        frames: int,
-        directive: _Directive,
-        first: FoldedConv,
-        second: FoldedConv,
-        residual: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The pair under one level per clip: each clip's frames run as dense slices of pre-sliced weights."""
-        weights = self._sliced_weights(first, second)
-        indices = self._decide_prefix(shifted, frames, directive)[1] or []
-        note_executed("prefix", "prefix")
-        if len(set(indices)) == 1:  # one level for the whole batch: one set of calls, each clip its share
-            choice = self.policy.choices[indices[0]]
-            out, macs = run_prefix_pair(shifted, choice, weights, residual=residual, relu=True, frames=frames)
-            record_macs(macs)
-            return out
-        outputs, per_clip = [], []
-        for clip, index in enumerate(indices):
-            rows = slice(clip * frames, (clip + 1) * frames)
-            clip_residual = None if residual is None else residual[rows]
-            out, macs = run_prefix_pair(
-                shifted[rows], self.policy.choices[index], weights, residual=clip_residual, relu=True, frames=frames
-            )
-            outputs.append(out)
-            per_clip.append(macs)
-        record_macs(torch.tensor(per_clip, dtype=torch.float64))
-        return torch.cat(outputs)
-
-    def _sliced_weights(self, first: FoldedConv, second: FoldedConv) -> PrefixWeights:
-        """A prefix policy's slices of the folded convolutions for every level, laid out again when they change."""
-        if self._prefix_weights is None or not self._prefix_weights.holds(first, second):
-            self._prefix_weights = PrefixWeights(first, second, self.policy.choices)
-        return self._prefix_weights
-
-    @torch.inference_mode()
-    def calibrate(self, x: torch.Tensor, frames: int) -> None:
-        """Time, on this machine, what the pair chooses between on block inputs like ``x`` (N·T, C, H, W) and
-        keep it by spatial size: the executor's cost models, or a prefix policy's latency table of levels."""
-        shifted, _, first, second, epilogue = self._operands(x, frames)
-        size = (shifted.shape[-2], shifted.shape[-1])
-        if self.prefix:
-            weights = self._sliced_weights(first, second)
-            self._choice_seconds[size] = self._time_choices(shifted[:frames], weights, epilogue.get("residual"))
-        else:
-            self._costs[size] = calibrate_pair(shifted, frames, first, second, **epilogue)
-
-    def _time_choices(
-        self, x: torch.Tensor, weights: PrefixWeights, residual: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Seconds of one clip's pair under each level, on this machine: the latency table of training's cost."""
-        residual = None if residual is None else residual[: x.shape[0]]
-        seconds = [
-            seconds_of(lambda choice=choice: run_prefix_pair(x, choice, weights, residual=residual, relu=True))
-            for choice in self.policy.choices
-        ]
-        with torch.inference_mode(False):  # timed at inference, read by training's autograd
-            return torch.tensor(seconds, dtype=torch.float64)
-
-    def choice_costs(self, decisions: BlockDecisions, frames: int) -> torch.Tensor:
-        """"prefix": the pair's cost under each level, (L,): its time at the decisions' input size as
-        ``calibrate`` timed it, or, where never timed, its MACs by Eq. 5."""
-        timed = self._choice_seconds.get(tuple(decisions.input_size))
-        if timed is not None:
-            return timed
-        full = frames * (decisions.conv1_macs + decisions.conv2_macs)
-        return full - self.level_saved_macs(decisions, frames)
-
-    def level_saved_macs(self, decisions: BlockDecisions, frames: int) -> torch.Tensor:
-        """"prefix": the MACs per clip each level saves by Eq. 5 at the block's costs in ``decisions``, (L,)."""
-        masks = self.policy.masks(torch.eye(len(self.policy.choices), dtype=torch.float64), frames)
-        return BlockDecisions(masks, decisions.conv1_macs, decisions.conv2_macs).saved_macs()
-
-    def pair_costs(self, size: tuple[int, int], first: FoldedConv, second: FoldedConv) -> PairCosts:
-        """The executor's cost models at this spatial input size: calibrated, or from MACs where never timed."""
-        return self._costs.get(size) or uncalibrated_costs(size, self.conv1.in_channels, first, second)
-
-    def branch(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """The residual branch with the dense masked fusion: training, and the reference at inference."""
-        masks = self._decide(x, frames, _directive_of(self))
-        out = self.bn2(self.conv2(fuse_masked(self.relu(self.bn1(self.conv1(x))), masks)))
-        return self.bn3(self.conv3(self.relu(out))) if self.bottleneck else out
-
-    def _decide(self, x: torch.Tensor, frames: int, directive: _Directive) -> torch.Tensor:
-        """Run the policy net on the branch input and record the decisions it (or the directive) makes: the
-        (N, T, C, 3) keep / reuse / skip masks."""
-        if self.prefix and directive.codes is None:
-            return self._decide_prefix(x, frames, directive)[0]
-        logits = self.policy(x, frames)
-        if self.prefix:  # forced per-channel codes: the policy net still runs, its logits are not per channel
-            logits = logits.new_zeros((len(logits), frames, self.conv1.out_channels, DECISIONS))
-        masks = self._masks(logits, directive)
-        probabilities = None
-        if self.training and not self.prefix:
-            probabilities = (logits / self.tau).softmax(-1).repeat_interleave(self.policy.group, dim=2)
-        self._record(masks, x, probabilities)
-        return masks
-
-    def _decide_prefix(
-        self, x: torch.Tensor, frames: int, directive: _Directive
-    ) -> tuple[torch.Tensor, list[int] | None]:
-        """One level per clip: Gumbel-softmax with straight-through gradients in training, else the argmax (or
-        the forced level); recorded as the equivalent per-channel masks. Returns the masks and each clip's level
-        index (None in training, where the choices are sampled, and while tracing; full compute reads no data:
-        meta device too)."""
-        logits = self.policy(x, frames)
-        clips, levels = logits.shape
-        if directive.keep_all:
-            indices: list[int] | None = [0] * clips
-        elif directive.choices is not None:
-            indices = directive.choices.expand(clips).tolist()
-        elif self.training or torch.jit.is_tracing():  # a traced graph decides in the graph
-            indices = None
-        else:
-            indices = logits.argmax(-1).tolist()
-        if indices is None:
-            if self.training:
-                weights = F.gumbel_softmax(logits, tau=self.tau, hard=True)
-            else:  # the argmax as a one-hot, in operators every exporter keeps shape-agnostic
-                weights = (logits == logits.amax(-1, keepdim=True)).to(logits.dtype)
-            masks = self.policy.masks(weights, frames)
-        else:
-            weights = F.one_hot(torch.tensor(indices, device=logits.device), levels).to(logits.dtype)
-            masks = self.policy.masks_of(indices, frames, logits)
-        self._record(masks, x, None, weights)
-        return masks, indices
-
-    def _masks(self, logits: torch.Tensor, directive: _Directive) -> torch.Tensor:
-        """One-hot keep / reuse / skip per (clip, frame, channel), no reuse at the first frame; the policy net
-        decides per group of channels, and every channel of a group follows its group's decision."""
-        width = self.conv1.out_channels
-        if directive.keep_all:
-            codes = torch.zeros((*logits.shape[:2], width), dtype=torch.long, device=logits.device)
-        elif directive.codes is not None:
-            codes = directive.codes.to(logits.device).expand((*logits.shape[:2], width))
-        elif self.training:
-            masks = F.gumbel_softmax(logits, tau=self.tau, hard=True).repeat_interleave(self.policy.group, dim=2)
-            return _first_frame_reuse_is_skip(masks)
-        else:
-            codes = logits.argmax(-1).repeat_interleave(self.policy.group, dim=2)
-        return _first_frame_reuse_is_skip(F.one_hot(codes, DECISIONS).to(logits.dtype))
-
-    def _record(
-        self,
-        masks: torch.Tensor,
-        x: torch.Tensor,
-        probabilities: torch.Tensor | None,
-        choice_weights: torch.Tensor | None = None,
-    ) -> None:
-        record = _recorder.get()
-        if record is None:
-            return
-        size1 = conv_output_size(self.conv1, x.shape[-2:])
-        size2 = conv_output_size(self.conv2, size1)
-        width = self.conv1.out_channels
-        conv1_macs = conv_macs((width, *size1), self.conv1.in_channels, self.conv1.kernel_size)
-        conv2_macs = conv_macs((self.conv2.out_channels, *size2), width, self.conv2.kernel_size)
-        size = (x.shape[-2], x.shape[-1])
-        record.blocks.append(
-            BlockDecisions(
-                masks, conv1_macs, conv2_macs, size, probabilities=probabilities, choice_weights=choice_weights
-            )
-        )
-
-
-def _first_frame_reuse_is_skip(masks: torch.Tensor) -> torch.Tensor:
-    """A reuse at the first frame copies zeros: make it the skip it amounts to (values are unchanged)."""
-    keep, reuse, skip = masks[:, :1].unbind(-1)
-    first = torch.stack([keep, torch.zeros_like(reuse), skip + reuse], -1)
-    return torch.cat([first, masks[:, 1:]], 1)
-
-
-def fuse_masked(conv1_out: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Dense fusion (training, reference): keep · y_t + reuse · y_{t−1} over all channels, zeros elsewhere."""
-    n, t, c = masks.shape[:3]
-    y = conv1_out.view(n, t, c, *conv1_out.shape[-2:])
-    previous = torch.cat([torch.zeros_like(y[:, :1]), y[:, :-1]], 1)
-    keep, reuse = masks[..., KEEP, None, None], masks[..., REUSE, None, None]
-    return (y * keep + previous * reuse).flatten(0, 1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Gated execution: the eager executor, and the signature every executor shares.
-
-
-def gated_conv_pair(
-    x: torch.Tensor,
-    codes: torch.Tensor | None,
-    first: FoldedConv,
-    second: FoldedConv,
-    *,
-    residual: torch.Tensor | None = None,
-    relu: bool = False,
-    costs: PairCosts | None = None,
-) -> torch.Tensor:
-    """``second(fuse(relu(first(x))), residual, relu)`` under the decisions, computed the cheapest way the cost
-    models predict (``clipwise.models.gating``); reports the MACs it ran per clip.
-
-    x: (N·T, C_in, H, W) frames, clip-major. codes: (N, T, C) keep / reuse / skip per output channel of
-    ``first``, no reuse at a clip's first frame; None keeps everything (no data-dependent step, so it also
-    runs on the meta device). ``costs``: the pair's cost models at this input size (None: from MACs).
-    """
-    if codes is None:
-        y = first(x, relu=True)
-        out = second(y, residual=residual, relu=relu)
-        record_macs(x.shape[0] * (first.macs(y, x.shape[1]) + second.macs(out, y.shape[1])))
-        return out
-    costs = costs or uncalibrated_costs(x.shape[-2:], x.shape[1], first, second)
-    out, run = run_pair(x, Decisions.of(codes), first, second, costs, residual=residual, relu=relu)
-    record_macs(run.macs)
-    note_executed(run.conv1_partition, run.conv2_partition)
-    return out
-
-
-def note_executed(conv1_partition: str, conv2_partition: str) -> None:
-    """Record how the gated block running now computed its conv1 and conv2 (its policy's ``executed``): every
-    executor calls it, with ``clipwise.models.gating``'s partition names or its own (the Triton kernels: ``triton``)."""
-    record = _recorder.get()
-    if record is not None and record.blocks:
-        record.blocks[-1].partitions = (conv1_partition, conv2_partition)
-
-
-class GatedPairExecutor(Protocol):
-    """How a gated block's conv pair runs at inference: ``second(fuse(relu(first(x))), residual, relu)`` where
-    ``fuse`` applies the keep / reuse / skip ``codes`` (N, T, C) to conv1's output (None: keep everything).
-
-    Implemented by ``gated_conv_pair`` (eager, the default), ``clipwise.export.ops.gated_conv_pair`` (one ONNX node when
-    traced) and ``clipwise.export.triton_gating.gated_conv_pair`` (CUDA kernels); ``costs`` is the eager executor's
-    calibrated cost models, which the others may ignore.
-    """
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        codes: torch.Tensor | None,
-        first: FoldedConv,
-        second: FoldedConv,
-        *,
-        residual: torch.Tensor | None = None,
-        relu: bool = False,
-        costs: PairCosts | None = None,
-    ) -> torch.Tensor: ...
-
-
-_pair_executor: ContextVar[GatedPairExecutor] = ContextVar("adafuse_pair", default=gated_conv_pair)
-
-
-@contextlib.contextmanager
-def executing_gated_pairs(executor: GatedPairExecutor) -> Iterator[None]:
-    """Run every gated pair of inference with ``executor`` instead of ``gated_conv_pair``: an ONNX custom op to
-    trace, or a GPU kernel. Per context, so concurrent requests are unaffected."""
-    token = _pair_executor.set(executor)
-    try:
-        yield
-    finally:
-        _pair_executor.reset(token)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The model.
-
-
-def build_adafuse_backbone(config: AdaFuseConfig) -> ResNet2D:
-    """The TSN / TSM ResNet of ``config`` with every block of the gated stages replaced by an AdaFuse block."""
-    backbone = build_backbone(config)
-    stages = backbone.stages()
-    if not config.gated_stages or not set(config.gated_stages) <= set(range(1, len(stages) + 1)):
-        raise ValueError(f"gated_stages must be some of 1..{len(stages)}, got {config.gated_stages}")
-    shared: dict[tuple[int, int], PolicyNet] = {}
-    for index in config.gated_stages:
-        stage = stages[index - 1]
-        for position, block in enumerate(stage):
-            dims = (block.conv1.in_channels, block.conv1.out_channels)
-            if config.structure == "prefix":
-                policy: PolicyNet | PrefixPolicyNet = PrefixPolicyNet(*dims, config.prefix_hidden)
-            else:
-                policy = PolicyNet(*dims, config.policy_hidden(dims[1]), config.decision_group)
-                if config.share_policy_fcs:
-                    policy.tie_fcs(shared.setdefault(dims, policy))
-            stage[position] = AdaFuseBlock(block, policy, config.tau)
-    return backbone
+from clipwise.models.tsn import TSN
+
+# The family's API, wherever its parts are defined
+__all__ = [
+    "DECISIONS",
+    "KEEP",
+    "REUSE",
+    "SKIP",
+    "AdaFuse",
+    "AdaFuseBlock",
+    "AdaFuseConfig",
+    "BlockDecisions",
+    "GatedPairExecutor",
+    "executing_gated_pairs",
+    "fuse_masked",
+    "gated_conv_pair",
+    "note_executed",
+]
 
 
 class AdaFuse(TSN):
@@ -611,15 +93,15 @@ class AdaFuse(TSN):
         return [module for module in self.backbone.modules() if isinstance(module, AdaFuseBlock)]
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        if _recorder.get() is not None:  # a caller collects the decisions
+        if active_record() is not None:  # a caller collects the decisions
             return super().forward(clips)
-        with _recording(clips.shape[2], clips.shape[-1]) as record:
+        with recording(clips.shape[2], clips.shape[-1]) as record:
             logits = super().forward(clips)
         self.last_record = record
         return logits
 
     def forward_with_policy(self, clips: torch.Tensor) -> tuple[torch.Tensor, list[AdaFusePolicy]]:
-        with _recording(clips.shape[2], clips.shape[-1]) as record:
+        with recording(clips.shape[2], clips.shape[-1]) as record:
             logits = self(clips)
         return logits, record.policies(self.full_gflops(record.frames, record.size))
 
@@ -661,7 +143,7 @@ class AdaFuse(TSN):
             first, second = block._folded(block.conv1, block.bn1), block._folded(block.conv2, block.bn2)
             costs = block.pair_costs(decisions.input_size, first, second)
             chances = decisions.masks if decisions.probabilities is None else decisions.probabilities
-            keep, reuse, _ = _first_frame_reuse_is_skip(chances).unbind(-1)
+            keep, reuse, _ = first_frame_reuse_is_skip(chances).unbind(-1)
             reused_next = F.pad(reuse[:, 1:], (0, 0, 0, 1))
             needed = 1 - (1 - keep) * (1 - reused_next)
             union1 = 1 - (1 - needed).prod(1)  # (N, C)
@@ -673,7 +155,7 @@ class AdaFuse(TSN):
         return predicted / full
 
     def full_compute(self) -> contextlib.AbstractContextManager:
-        return _directing(dict.fromkeys(self.gated_blocks(), {"keep_all": True}))
+        return directing(dict.fromkeys(self.gated_blocks(), {"keep_all": True}))
 
     @torch.inference_mode()
     def calibrate(self, frames: int | None = None, size: int | None = None) -> None:
@@ -702,7 +184,7 @@ class AdaFuse(TSN):
 
     def masked_execution(self) -> contextlib.AbstractContextManager:
         """Run the dense masked formulation (training's) at inference too: the reference for gated execution."""
-        return _directing(dict.fromkeys(self.gated_blocks(), {"masked": True}))
+        return directing(dict.fromkeys(self.gated_blocks(), {"masked": True}))
 
     def follow_policy(self, decisions: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
         """Use the given decisions instead of the policy nets': per gated block, a (T, C) or (N, T, C) tensor
@@ -716,7 +198,7 @@ class AdaFuse(TSN):
                     f"decisions for a block of width {block.conv1.out_channels} must be int64 "
                     f"(..., {block.conv1.out_channels}), got {codes.dtype} {tuple(codes.shape)}"
                 )
-        return _directing({block: {"codes": codes} for block, codes in zip(blocks, decisions, strict=True)})
+        return directing({block: {"codes": codes} for block, codes in zip(blocks, decisions, strict=True)})
 
     def fixed_decisions(self, fraction: float, *, reuse: bool = True) -> list[torch.Tensor]:
         """Per gated block, (T, C) codes of a fixed policy that saves about ``fraction`` of the full-compute
@@ -771,7 +253,7 @@ class AdaFuse(TSN):
             levels = len(block.policy.choices)
             if chosen.dtype != torch.long or chosen.dim() > 1 or bool(((chosen < 0) | (chosen >= levels)).any()):
                 raise ValueError(f"choices for a block of {levels} levels must be int64 indices in [0, {levels})")
-        return _directing({block: {"choices": chosen} for block, chosen in zip(blocks, choices, strict=True)})
+        return directing({block: {"choices": chosen} for block, chosen in zip(blocks, choices, strict=True)})
 
     def order_channels_by_importance(self) -> None:
         """A prefix policy: permute every gated block's conv1 output channels most important first
@@ -905,7 +387,7 @@ class AdaFuse(TSN):
         pass, counted once per input size."""
         key = (frames, size)
         if key not in self._block_costs:
-            with _recording(frames, size) as record:
+            with recording(frames, size) as record:
                 count_flops(self, frames, size)
             self._block_costs[key] = record.blocks
         return self._block_costs[key]
@@ -948,26 +430,9 @@ def _saving_pattern(channels: int, frames: int, share: float, reuse: bool, seed:
 
 
 def _register_presets() -> None:
-    """AdaFuse on TSN-R18/R50, TSM-R50 and TSM-R50 gated in its last stage only (8×224², 174 classes), and
-    ``_tiny`` twins: quarter width, two blocks a stage, 8×64², policy nets scaled down (quota 3072). The
-    ``_small`` presets (TSN / TSM-R18 at ``clipwise.models.tsn.SMALL``) are execution-aware: ``structure="prefix"``."""
-    paper = {
-        "adafuse_tsn_r18": AdaFuseConfig(depth=18),
-        "adafuse_tsn_r50": AdaFuseConfig(depth=50),
-        "adafuse_tsm_r50": AdaFuseConfig(depth=50, temporal_shift=True),
-        "adafuse_tsm_last_r50": AdaFuseConfig(
-            depth=50, temporal_shift=True, gated_stages=(4,), hidden_width=1024, share_policy_fcs=False
-        ),
-    }
-    for name, config in paper.items():
+    """Register every AdaFuse preset (``adafuse_presets``) as this family."""
+    for name, config in adafuse_presets().items():
         register_preset(name, AdaFuse, config)
-        tiny = replace(
-            config, width=16, layers=(2, 2, 2, 2), size=64, hidden_quota=3072, hidden_width=config.hidden_width // 16
-        )
-        register_preset(f"{name}_tiny", AdaFuse, tiny)
-    for name in ("adafuse_tsn_r18", "adafuse_tsm_r18"):
-        small = AdaFuseConfig(depth=18, temporal_shift=name.startswith("adafuse_tsm"), structure="prefix", **SMALL)
-        register_preset(f"{name}_small", AdaFuse, small)
 
 
 _register_presets()

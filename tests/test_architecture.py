@@ -223,3 +223,18 @@ def test_no_package_but_models_names_a_family_class() -> None:
         if (references := family_references(path.read_text(), classes))
     }
     assert not found, f"family classes named outside models/ (declare a capability instead): {found}"
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """A module past 500 lines holds more than one job: split it by job. The modules grpcio-tools generates
+    (``*_pb2*.py``) are not written by hand and do not count."""
+    too_long = sorted(
+        f"{name} ({lines} lines)"
+        for name, path in MODULES.items()
+        if not path.match("*_pb2*.py")
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    )
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"

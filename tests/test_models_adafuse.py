@@ -14,7 +14,8 @@ from randomised import assert_branches_live, randomise_batch_norms
 
 from clipwise.cli import main as clipwise_main
 from clipwise.models import count_flops, create_model, track_macs
-from clipwise.models.adafuse import KEEP, REUSE, SKIP, AdaFuse, AdaFuseBlock, FoldedConv, fuse_masked, gated_conv_pair
+from clipwise.models.adafuse import KEEP, REUSE, SKIP, AdaFuse, AdaFuseBlock, fuse_masked, gated_conv_pair
+from clipwise.models.folding import FoldedConv
 from clipwise.models.gating_partitions import PARTITIONS
 from clipwise.models.policy import AdaFusePolicy
 from clipwise.models.tsn import BasicBlock, Bottleneck
