@@ -1,5 +1,5 @@
 """The package layering ARCHITECTURE.md states, checked on the source: imports point one way and form no cycle,
-and no package but ``models`` names a family class.
+no package but ``models`` names a family class, and no module is over 500 lines.
 
 ``service → export / models / video``, ``export → models``, ``training → models / video``; ``models`` and
 ``video`` import nothing of the others; the command line (``clipwise``) may use every package. Every import
