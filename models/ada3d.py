@@ -267,8 +267,8 @@ class Ada3D(VideoClassifier):
     # makes a group larger, so requests run one by one.
     capabilities = Capabilities(policy="clip_plans", batchable=False, objective="ada3d")
 
-    def __init__(self, config: Ada3DConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: Ada3DConfig, preset: str = "") -> None:
+        super().__init__(config, preset)
         self.backbone = build_backbone(config)
         self.num_stages = len(self.backbone.switchable_stages)
         self.selection = SelectionNet(

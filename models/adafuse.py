@@ -83,8 +83,8 @@ class AdaFuse(TSN):
     family = "adafuse"
     capabilities = Capabilities(policy="gated_pairs", objective="adafuse")
 
-    def __init__(self, config: AdaFuseConfig) -> None:
-        super().__init__(config, build_adafuse_backbone(config))
+    def __init__(self, config: AdaFuseConfig, preset: str = "") -> None:
+        super().__init__(config, preset, build_adafuse_backbone(config))
         self.last_record: PolicyRecord | None = None
         self._block_costs: dict[tuple[int, int], list[BlockDecisions]] = {}
 

@@ -128,10 +128,10 @@ class VideoClassifier(nn.Module):
     sampling: ClassVar[str] = "segments"
     capabilities: ClassVar[Capabilities] = Capabilities()
 
-    def __init__(self, config: ClipModelConfig) -> None:
+    def __init__(self, config: ClipModelConfig, preset: str = "") -> None:
         super().__init__()
         self.config = config
-        self.preset = ""  # registry name, set by create_model
+        self.preset = preset  # the registry name it was built as (create_model), which manifests record
         self._full_gflops: dict[tuple[int, int], float] = {}
 
     def forward_with_policy(self, clips: torch.Tensor) -> tuple[torch.Tensor, list[Policy] | None]:

@@ -131,8 +131,8 @@ class CTNet(VideoClassifier):
     family = "ctnet"
     sampling = "segments"
 
-    def __init__(self, config: CTNetConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: CTNetConfig, preset: str = "") -> None:
+        super().__init__(config, preset)
         self.stem = Stem(3, config.stem_width, temporal_kernel=1)
         self.stages = make_stages(
             config.stem_width,

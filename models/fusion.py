@@ -214,8 +214,8 @@ class DenseNet3D(VideoClassifier):
     family = "fusion"
     sampling = "dense"
 
-    def __init__(self, config: DenseNet3DConfig, units: Sequence[Unit], dropout: float) -> None:
-        super().__init__(config)
+    def __init__(self, config: DenseNet3DConfig, units: Sequence[Unit], dropout: float, preset: str) -> None:
+        super().__init__(config, preset)
         temporal_stride = (config.stem_temporal_stride, 2, 2)
         stem_conv = nn.Conv3d(3, config.stem_channels, (5, 7, 7), stride=temporal_stride, padding=(2, 3, 3), bias=False)
         self.stem = nn.Sequential(
@@ -281,8 +281,8 @@ class DenseNet3D(VideoClassifier):
 class FusionDenseNet(DenseNet3D):
     """A static fusion strategy: each dense layer holds only its unit's paths."""
 
-    def __init__(self, config: FusionDenseNetConfig) -> None:
-        super().__init__(config, parse_strategy(config.strategy, config.num_layers), config.dropout)
+    def __init__(self, config: FusionDenseNetConfig, preset: str = "") -> None:
+        super().__init__(config, parse_strategy(config.strategy, config.num_layers), config.dropout, preset)
 
 
 class FusionTemplate(DenseNet3D):
@@ -290,8 +290,8 @@ class FusionTemplate(DenseNet3D):
 
     capabilities = Capabilities(objective="fusion")
 
-    def __init__(self, config: FusionTemplateConfig) -> None:
-        super().__init__(config, ["S+ST"] * config.num_layers, dropout=0.0)
+    def __init__(self, config: FusionTemplateConfig, preset: str = "") -> None:
+        super().__init__(config, ["S+ST"] * config.num_layers, 0.0, preset)
         p = config.initial_drop_rate
         self.drop_logits = nn.Parameter(torch.full((config.num_layers, len(PATHS)), math.log(p / (1 - p))))
 
@@ -377,11 +377,11 @@ def freeze(template: FusionTemplate, strategy: str | Sequence[str]) -> FusionDen
     """
     layout = {field.name: getattr(template.config, field.name) for field in dataclasses.fields(DenseNet3DConfig)}
     units = parse_strategy(strategy, len(template.layers))
+    preset = template.preset.replace("fusion_template_", "fusion_", 1)
     with torch.device(template.drop_logits.device):
-        model = FusionDenseNet(FusionDenseNetConfig(**layout, strategy=format_strategy(units)))
+        model = FusionDenseNet(FusionDenseNetConfig(**layout, strategy=format_strategy(units)), preset)
     weights = template.state_dict()
     model.load_state_dict({key: weights[key] for key in model.state_dict()})
-    model.preset = template.preset.replace("fusion_template_", "fusion_", 1)
     return model.train(template.training)
 
 

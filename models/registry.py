@@ -80,6 +80,4 @@ def create_model(name: str, **overrides: Any) -> VideoClassifier:
     missing = [field for field in preset.requires if overrides.get(field) is None]
     if missing:
         raise TypeError(f"{name}: give {', '.join(f'{field}=...' for field in missing)}")
-    model = preset.model_cls(dataclasses.replace(preset.config, **overrides))
-    model.preset = name
-    return model
+    return preset.model_cls(dataclasses.replace(preset.config, **overrides), preset=name)

@@ -295,8 +295,8 @@ class ResNet3D(VideoClassifier):
     family = "resnet3d"
     sampling = "dense"
 
-    def __init__(self, config: ResNet3DConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: ResNet3DConfig, preset: str = "") -> None:
+        super().__init__(config, preset)
         strides = (config.stem_temporal_stride, config.stem_pool_temporal_stride)
         self.stem = Stem(3, config.stem_width, config.stem_temporal_kernel, *strides)
         self.stages = make_stages(

@@ -251,8 +251,8 @@ class TSN(VideoClassifier):
     family = "tsn"
     sampling = "segments"
 
-    def __init__(self, config: TSNConfig, backbone: ResNet2D | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: TSNConfig, preset: str = "", backbone: ResNet2D | None = None) -> None:
+        super().__init__(config, preset)
         self.backbone = backbone or build_backbone(config)
         self.dropout = nn.Dropout(config.dropout)
         self.fc = nn.Linear(self.backbone.out_channels, config.num_classes)

@@ -247,11 +247,11 @@ class X3D(VideoClassifier):
     family = "x3d"
     sampling = "dense"
 
-    def __init__(self, config: X3DConfig) -> None:
+    def __init__(self, config: X3DConfig, preset: str = "") -> None:
         config = config.resolved()
         if not config.stages:
             raise ValueError("no stages: give stages=..., or arch=PATH written by `clipwise search e3d`")
-        super().__init__(config)
+        super().__init__(config, preset)
         self.stem = build_stem(config)
         stages, in_channels = [], config.stem_channels
         for spec in config.stages:
