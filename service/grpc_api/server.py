@@ -209,8 +209,9 @@ def decode_infer_request(request: pb.ModelInferRequest, clip_shape: tuple[int, .
     if len(raw) > 1 or (raw and request.inputs[0].HasField("contents")):
         raise ApiError(400, "bad_request", "send the input's values as one raw_input_contents or as its contents")
     if raw:
-        head["inputs"][0]["parameters"][BINARY_SIZE] = len(raw[0])
-        return decode_parts(head, memoryview(raw[0]), clip_shape)
+        payload = raw[0]  # protobuf (upb) copies a bytes field out of the message at every access: once here
+        head["inputs"][0]["parameters"][BINARY_SIZE] = len(payload)
+        return decode_parts(head, memoryview(payload), clip_shape)
     head["inputs"][0]["data"] = list(request.inputs[0].contents.fp32_contents)
     return decode_parts(head, memoryview(b""), clip_shape)
 
