@@ -36,7 +36,7 @@ from clipwise.service.grpc_api import generate
 from clipwise.service.local import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.grpc_vs_http import Servers, server_process  # noqa: E402
+from benchmarks.grpc_vs_http import Servers, serialised_once, server_process  # noqa: E402
 
 BUNDLED = list_model_names(BUNDLED_REPOSITORY)
 SMALL = "tsn_r18_tiny"
@@ -205,6 +205,21 @@ def test_request_ids_are_echoed_and_logged(servers: Servers) -> None:
         "[gone-1] GRPC ModelInfer NOT_FOUND",
     ):
         wait_for(lambda line=line: line in servers.log.read_text(), f"{line!r} in the server's log", timeout=10)
+
+
+def test_the_benchmarks_request_serialised_once_answers_as_tritons_client(
+    servers: Servers, over_grpc: triton_grpc.InferenceServerClient
+) -> None:
+    """``benchmarks/grpc_vs_http.py`` times the server and the transport alone with a ModelInfer serialised once
+    and sent as bytes: every time it is sent, it gets the answer Triton's client gets for the same clips."""
+    values = clips(SMALL_CLIP, 2, seed=7)
+    with serialised_once(servers.grpc_address, SMALL, values) as once:
+        answers = [triton_grpc.InferResult(service_pb2.ModelInferResponse.FromString(once())) for _ in range(2)]
+    expected = grpc_infer(over_grpc, SMALL, values)
+    for answer in answers:
+        assert answer.get_response().model_name == SMALL
+        for name in OUTPUTS:
+            np.testing.assert_allclose(answer.as_numpy(name), expected.as_numpy(name), rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------- bad requests
