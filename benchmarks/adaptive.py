@@ -424,13 +424,18 @@ HEADER = (
 )
 
 
+def learned_against_dense(rows: list[Row], model: str) -> list[Row]:
+    """``model``'s learned-policy rows on torch that were timed beside its dense counterpart."""
+    return [r for r in rows if r.model == model and r.kind == "learned" and r.backend == "torch" and r.vs_dense]
+
+
 def prefix_targets(rows: list[Row], bundled_prefix: set[str], random_presets: list[str]) -> list[str]:
     """The execution-aware AdaFuse's targets against the dense counterpart that ``rows`` miss or never measured:
     ``bundled_prefix`` models learned on torch, ``random_presets`` drawn per clip at 40 % and 60 % of the gated
     MACs."""
     missed = []
     for model in sorted(bundled_prefix):
-        group = [r for r in rows if r.model == model and r.kind == "learned" and r.backend == "torch" and r.vs_dense]
+        group = learned_against_dense(rows, model)
         if not group:
             missed.append(f"NOT MEASURED: {model} learned against its dense counterpart (manifest 'counterpart')")
             continue
@@ -463,7 +468,7 @@ def ada3d_targets(rows: list[Row], bundled_ada3d: set[str]) -> list[str]:
     counterpart): median time ≤ 0.8 of it, no clip above 1.0, the selection net ≤ 15 % of its time."""
     missed = []
     for model in sorted(bundled_ada3d):
-        group = [r for r in rows if r.model == model and r.kind == "learned" and r.backend == "torch" and r.vs_dense]
+        group = learned_against_dense(rows, model)
         if not group:
             missed.append(f"NOT MEASURED: {model} learned on torch against its I3D backbone")
             continue

@@ -170,7 +170,9 @@ class MotionCNN(nn.Module):
     @staticmethod
     def clip_features(frames: Tensor) -> Tensor:
         """(N, T, D) per-frame features → (N, 2D): their mean, and the mean |change| from frame to frame."""
-        change = (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=1) if frames.shape[1] > 1 else frames[:, 0] * 0
+        if frames.shape[1] == 1:
+            return torch.cat([frames[:, 0], torch.zeros_like(frames[:, 0])], dim=1)
+        change = (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=1)
         return torch.cat([frames.mean(dim=1), change], dim=1)
 
 
